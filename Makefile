@@ -1,0 +1,84 @@
+# hevcfs — one plain Makefile. `make` builds ./hevcfs; `make test` runs every
+# test (release and ASan+UBSan builds); `make bench` measures; `make deps`
+# installs the Debian packages the build and the tests need.
+
+PKGS      := fuse3 libheif libavformat libavcodec libavutil libswscale libswresample libturbojpeg lmdb
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+
+CC        ?= cc
+WARN      := -Wall -Wextra -Wstrict-prototypes -Wmissing-declarations -Wshadow -Werror
+CFLAGS    ?= -O2 -g
+CPPFLAGS  += -D_GNU_SOURCE -DHEVCFS_VERSION=\"$(VERSION)\"
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ALL_CFLAGS = -std=c17 $(WARN) $(CFLAGS) $(CPPFLAGS) $(PKG_CFLAGS) -MMD -MP
+LDLIBS    += $(PKG_LIBS) -lpthread -lm
+
+LIB_SRC   := $(wildcard codec/*.c) $(wildcard index/*.c) $(wildcard fs/*.c) tools/log.c
+TOOL_SRC  := $(filter-out tools/log.c,$(wildcard tools/*.c))
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+
+# Two build trees: release (build/) and sanitized (build/asan/).
+SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+obj = $(patsubst %.c,build/$(1)%.o,$(2))
+
+.PHONY: all asan test unit-test mount-test bench fuzz format install uninstall clean deps demo
+all: hevcfs
+
+build/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+build/asan/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -c $< -o $@
+
+hevcfs: $(call obj,,$(LIB_SRC) $(TOOL_SRC))
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+build/asan/hevcfs: $(call obj,asan/,$(LIB_SRC) $(TOOL_SRC))
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+asan: build/asan/hevcfs $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
+
+build/tests/%: tests/unit/%.c $(call obj,,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+build/asan/tests/%: tests/unit/%.c $(call obj,asan/,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+UNIT_BIN      := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
+UNIT_ASAN_BIN := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
+
+# The whole suite: unit tests and mount tests, release then ASan+UBSan.
+test: hevcfs asan $(UNIT_BIN)
+	@tests/run.sh
+
+bench: hevcfs
+	@bench/run.sh
+
+deps:
+	@tools/deps.sh
+
+demo: hevcfs
+	@tools/demo.sh
+
+format:
+	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c)
+
+install: hevcfs
+	install -D -m 0755 hevcfs $(DESTDIR)$(PREFIX)/bin/hevcfs
+	ln -sf hevcfs $(DESTDIR)$(PREFIX)/bin/mount.hevcfs
+	install -D -m 0644 doc/hevcfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/hevcfs.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/hevcfs $(DESTDIR)$(PREFIX)/bin/mount.hevcfs \
+	      $(DESTDIR)$(PREFIX)/share/man/man1/hevcfs.1
+
+clean:
+	rm -rf build hevcfs
+
+-include $(shell find build -name '*.d' 2>/dev/null)

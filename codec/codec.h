@@ -1,0 +1,94 @@
+/*
+ * codec — content sniffing, JPEG -> HEIC, video -> HEVC MP4/MKV, metadata
+ * transfer, quality metrics and the legacy JPEG view of archived photos.
+ *
+ * Pure functions over files: nothing here knows about FUSE or LMDB.
+ *
+ * Ownership: inputs are borrowed file descriptors (never closed, read with
+ * pread so their offset is untouched); outputs are paths the caller chose
+ * (created or truncated here, written and fsynced; the caller renames them
+ * into place). On failure a partial output may remain: the caller unlinks it.
+ *
+ * Thread safety: every function is reentrant; callers run several archive
+ * jobs at once on different files. Cancellation is cooperative: long loops
+ * poll opts->cancel and return -ECANCELED when it reads nonzero.
+ *
+ * Errors: 0 or -errno. A file that cannot or should not be archived is not an
+ * error: codec_archive() returns 0 with result->archived == 0 and a reason.
+ */
+#ifndef HEVCFS_CODEC_H
+#define HEVCFS_CODEC_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../tools/log.h"
+
+/* What a file's bytes say it is (never its name). */
+enum codec_kind {
+	CODEC_KIND_OTHER = 0, /* anything we keep byte for byte */
+	CODEC_KIND_JPEG,      /* a JPEG (may still be kept after a closer look) */
+	CODEC_KIND_VIDEO,     /* a container libavformat recognises with video */
+};
+
+/* Knobs, from mount options. Zeroed fields take the documented defaults. */
+struct codec_opts {
+	int photo_quality;     /* 0 = auto: lowest q with luma SSIM >= min_ssim */
+	double min_ssim;       /* HEIC vs original luma SSIM floor, default 0.99 */
+	int view_quality;      /* JPEG view quality, default 92 */
+	double min_view_ssim;  /* view vs original floor, default 0.985 */
+	int crf;               /* x265 CRF, default 22 */
+	const char *preset;    /* x265 preset, default "medium" */
+	const char *x265_params; /* extra x265 params, may be NULL */
+	double min_video_ssim; /* default 0.97 */
+	int threads;           /* encoder threads, 0 = all cores */
+	uint64_t max_pixels;   /* photos above this are kept, default 200e6 */
+	/* Set nonzero by another thread to abandon the job (-ECANCELED). */
+	const atomic_int *cancel;
+	/* Progress for long jobs (video frames); may be NULL. Called from the
+	 * archiving thread. */
+	void (*progress)(void *arg, uint64_t done, uint64_t total, double fps);
+	void *progress_arg;
+};
+
+/* What codec_archive() decided and measured. */
+struct codec_result {
+	int archived;         /* 1: out_path holds the archived file */
+	char reason[160];     /* why kept, when archived == 0 */
+	char suffix[8];       /* appended to the backing name: ".heic", ".mp4",
+				 ".mkv", or "" (a .mp4/.mov video keeps its name) */
+	uint64_t orig_bytes;  /* size of the input */
+	uint64_t stored_bytes;/* size of out_path */
+	uint64_t view_bytes;  /* exact size of the view (photo: JPEG rendered by
+				 codec_render_view; video: stored_bytes) */
+	int quality;          /* photo: HEVC quality used; video: CRF */
+	double ssim;          /* luma SSIM archived vs original (min over samples) */
+	double view_ssim;     /* photo: luma SSIM of the view vs original */
+};
+
+/* Look at the first bytes of fd and say what it is. Never fails: unreadable
+ * input is CODEC_KIND_OTHER. */
+enum codec_kind codec_sniff(int fd);
+
+/*
+ * Archive the file open on src_fd (a JPEG or a video) into out_path,
+ * verifying the result (decode, SSIM, metadata, size) before returning.
+ * When view_path is non-NULL and the input is a photo, the JPEG view is also
+ * rendered there (so its exact size is known and the first read is warm).
+ * Returns 0 with result filled (archived or kept with reason), or -errno on
+ * an operational failure (I/O error, ENOSPC, -ECANCELED): then the job may be
+ * retried later and the original is kept.
+ */
+int codec_archive(int src_fd, const char *out_path, const char *view_path,
+		  const struct codec_opts *opts, struct codec_result *result);
+
+/*
+ * Render the legacy view of an archived photo (a HEIC written by
+ * codec_archive) to out_path: the original's APPn/COM segments byte for byte,
+ * then a baseline scan encoded from the HEIC's decoded planes. Deterministic:
+ * the same input and view_quality give the same bytes. Sets *size.
+ */
+int codec_render_view(int stored_fd, const char *out_path,
+		      const struct codec_opts *opts, uint64_t *size);
+
+#endif

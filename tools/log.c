@@ -1,5 +1,4 @@
 /* log — timestamped lines to stderr and an optional log file. */
-#define _GNU_SOURCE
 #include "log.h"
 
 #include <errno.h>

@@ -1,0 +1,93 @@
+/* codec — sniffing by content and dispatch to the photo and video halves. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Enough bytes for every container signature we look at. */
+#define SNIFF_BYTES 4096
+
+enum codec_kind codec_sniff(int fd)
+{
+	uint8_t head[SNIFF_BYTES];
+	ssize_t n = pread(fd, head, sizeof(head), 0);
+
+	if (n < 4)
+		return CODEC_KIND_OTHER;
+	if (head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF)
+		return CODEC_KIND_JPEG;
+	if (video_sniff(head, (size_t)n))
+		return CODEC_KIND_VIDEO;
+	return CODEC_KIND_OTHER;
+}
+
+void codec_keep(struct codec_result *result, const char *fmt, ...)
+{
+	va_list ap;
+
+	result->archived = 0;
+	result->suffix[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(result->reason, sizeof(result->reason), fmt, ap);
+	va_end(ap);
+}
+
+int codec_read_all(int fd, size_t max, uint8_t **buf, size_t *len)
+{
+	struct stat st;
+	uint8_t *p;
+	size_t off = 0;
+
+	if (fstat(fd, &st) == -1)
+		return -errno;
+	if ((uint64_t)st.st_size > max)
+		return -EFBIG;
+	p = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!p)
+		return -ENOMEM;
+	while (off < (size_t)st.st_size) {
+		ssize_t n = pread(fd, p + off, (size_t)st.st_size - off, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int err = n == 0 ? -EIO : -errno;
+			free(p);
+			return err;
+		}
+		off += (size_t)n;
+	}
+	*buf = p;
+	*len = off;
+	return 0;
+}
+
+int codec_archive(int src_fd, const char *out_path, const char *view_path,
+		  const struct codec_opts *opts, struct codec_result *result)
+{
+	struct stat st;
+
+	memset(result, 0, sizeof(*result));
+	if (fstat(src_fd, &st) == -1)
+		return -errno;
+	result->orig_bytes = (uint64_t)st.st_size;
+	switch (codec_sniff(src_fd)) {
+	case CODEC_KIND_JPEG:
+		return photo_archive(src_fd, out_path, view_path, opts, result);
+	case CODEC_KIND_VIDEO:
+		return video_archive(src_fd, out_path, opts, result);
+	default:
+		codec_keep(result, "not a photo or video");
+		return 0;
+	}
+}
+
+int codec_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
+		      uint64_t *size)
+{
+	return photo_render_view(stored_fd, out_path, opts, size);
+}

@@ -1,0 +1,376 @@
+/*
+ * mount — opening a backing directory (state directory, lock, index),
+ * recovery after a crash, and the FUSE main loop.
+ */
+#define FUSE_USE_VERSION 314
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LOCK_NAME "lock"   /* flock()ed by the mount for its whole life */
+#define DIRTY_NAME "dirty" /* exists while mounted: its presence at mount
+			      means the last mount did not end cleanly */
+#define INDEX_NAME "index"
+
+void fs_config_init(struct fs_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->settle_ms = 1000;
+	cfg->view = FS_VIEW_LEGACY;
+	cfg->cache_bytes = 1024ull << 20;
+}
+
+/* mkdir that accepts an existing directory. */
+static int ensure_dir(int dirfd, const char *name)
+{
+	if (mkdirat(dirfd, name, 0700) == -1 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* Join two path pieces into a new string. */
+static char *join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = malloc(la + lb + 2);
+
+	if (p) {
+		memcpy(p, a, la);
+		p[la] = '/';
+		memcpy(p + la + 1, b, lb + 1);
+	}
+	return p;
+}
+
+/* Close everything fs_open_state opened; fields may be unset (-1/NULL). */
+static void fs_close_state(struct fs *fs)
+{
+	idx_close(fs->idx);
+	fs->idx = NULL;
+	if (fs->cache_fd >= 0)
+		close(fs->cache_fd);
+	if (fs->work_fd >= 0)
+		close(fs->work_fd);
+	if (fs->state_fd >= 0)
+		close(fs->state_fd);
+	if (fs->root_fd >= 0)
+		close(fs->root_fd);
+	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = -1;
+	free(fs->work_dir);
+	free(fs->cache_dir);
+	fs->work_dir = fs->cache_dir = NULL;
+}
+
+/*
+ * Open BACKING and its state directory (creating it), take the mount lock
+ * (lock_fd, kept open by the caller) and open the index. *fresh is set when
+ * the state directory did not exist or the last mount died.
+ */
+static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *fresh)
+{
+	char *state = join(backing, FS_STATE_DIR);
+	char *index = state ? join(state, INDEX_NAME) : NULL;
+	struct stat st;
+	int rc;
+
+	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = -1;
+	*lock_fd = -1;
+	if (!index) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	fs->root_fd = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fs->root_fd == -1) {
+		rc = -errno;
+		log_msg(LOG_ERR, "%s: %s", backing, strerror(errno));
+		goto out;
+	}
+	*fresh = fstatat(fs->root_fd, FS_STATE_DIR, &st, AT_SYMLINK_NOFOLLOW) == -1;
+	if ((rc = ensure_dir(fs->root_fd, FS_STATE_DIR)))
+		goto out;
+	fs->state_fd = openat(fs->root_fd, FS_STATE_DIR, O_PATH | O_DIRECTORY | O_NOFOLLOW |
+							     O_CLOEXEC);
+	if (fs->state_fd == -1) {
+		rc = -errno;
+		goto out;
+	}
+	*lock_fd = openat(fs->state_fd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (*lock_fd == -1) {
+		rc = -errno;
+		goto out;
+	}
+	if (flock(*lock_fd, LOCK_EX | LOCK_NB) == -1) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		goto out;
+	}
+	if ((rc = ensure_dir(fs->state_fd, "work")) || (rc = ensure_dir(fs->state_fd, "cache")))
+		goto out;
+	fs->work_fd = openat(fs->state_fd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fs->cache_fd = openat(fs->state_fd, "cache", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fs->work_dir = join(state, "work");
+	fs->cache_dir = join(state, "cache");
+	if (fs->work_fd == -1 || fs->cache_fd == -1 || !fs->work_dir || !fs->cache_dir) {
+		rc = fs->work_fd == -1 || fs->cache_fd == -1 ? -errno : -ENOMEM;
+		goto out;
+	}
+	if (fstatat(fs->state_fd, DIRTY_NAME, &st, 0) == 0)
+		*fresh = 1;
+	rc = idx_open(index, 0, &fs->idx);
+out:
+	free(index);
+	free(state);
+	return rc;
+}
+
+/* Roll one commit forward (the archived copy is in place) or back. */
+static int recover_intent(void *arg, const struct idx_intent *in)
+{
+	struct fs *fs = arg;
+	const char *name;
+	char target[300];
+	struct stat st;
+	struct idx_txn *txn;
+	int parent = fs_open_parent(fs, in->path, &name);
+
+	if (parent < 0) {
+		log_msg(LOG_WARNING, "recovery: %s: %s", in->path, strerror(-parent));
+		goto out_forget;
+	}
+	snprintf(target, sizeof(target), "%s%s", name, in->entry.suffix);
+	if (fstatat(parent, target, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (uint64_t)st.st_ino == in->archive_ino) {
+		/* forward: the archived copy is in place */
+		if (idx_begin(fs->idx, 1, &txn) == 0) {
+			idx_put(txn, in->archive_ino, &in->entry);
+			idx_del(txn, in->staged_ino);
+			idx_queue_del(txn, in->staged_ino);
+			idx_commit(txn);
+			idx_sync(fs->idx);
+		}
+		if (in->entry.suffix[0] && fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    (uint64_t)st.st_ino == in->staged_ino)
+			unlinkat(parent, name, 0);
+		fs_fsync_dir(parent);
+		log_msg(LOG_INFO, "recovery: finished archiving %s", in->path);
+	} else {
+		log_msg(LOG_INFO, "recovery: rolled back archiving %s (queued again)", in->path);
+	}
+	close(parent);
+out_forget:
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		idx_intent_del(txn, in->staged_ino);
+		idx_commit(txn);
+	}
+	return 0;
+}
+
+/* Remove every file in the work directory: unfinished outputs. */
+static void wipe_dir(int dirfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			unlinkat(dirfd, de->d_name, 0);
+	closedir(d);
+}
+
+/* Give every regular file below dirfd that the index does not know an
+ * entry, staged and queued. path holds the relative path (len bytes). */
+static void walk_tree(struct fs *fs, int dirfd, char *path, size_t len, int depth)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d))) {
+		struct stat st;
+		struct idx_entry e;
+		size_t nlen = strlen(de->d_name);
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)))
+			continue;
+		if (len + nlen + 2 > 4096 ||
+		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+			continue;
+		if (len)
+			path[len] = '/';
+		memcpy(path + len + (len ? 1 : 0), de->d_name, nlen + 1);
+		size_t sub = len + (len ? 1 : 0) + nlen;
+		if (S_ISDIR(st.st_mode)) {
+			int child = openat(dirfd, de->d_name,
+					   O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (child >= 0) {
+				walk_tree(fs, child, path, sub, depth + 1);
+				close(child);
+			}
+		} else if (S_ISREG(st.st_mode) && fs_entry_get(fs, st.st_ino, &e) == -ENOENT) {
+			fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
+		}
+		path[len] = '\0';
+	}
+	closedir(d);
+}
+
+/* Intents are copied out of the read transaction before any is resolved. */
+struct intents {
+	struct idx_intent *v;
+	size_t n;
+};
+
+static int intent_collect(void *arg, const struct idx_intent *in)
+{
+	struct intents *l = arg;
+	struct idx_intent *g = realloc(l->v, (l->n + 1) * sizeof(*g));
+
+	if (!g)
+		return 1;
+	l->v = g;
+	l->v[l->n++] = *in;
+	return 0;
+}
+
+/* Recovery proper, on an opened state: finish or undo half-done commits,
+ * drop unfinished outputs, and after an unclean end (or on a tree new to
+ * hevcfs) give every unknown file an entry so it is archived too. */
+static int recover(struct fs *fs, int fresh)
+{
+	struct intents l = {0};
+	struct idx_txn *txn;
+	int rc = idx_begin(fs->idx, 0, &txn);
+
+	if (rc)
+		return rc;
+	rc = idx_intent_each(txn, intent_collect, &l);
+	idx_abort(txn);
+	for (size_t i = 0; !rc && i < l.n; i++)
+		recover_intent(fs, &l.v[i]);
+	free(l.v);
+	if (rc)
+		return rc;
+	wipe_dir(fs->work_fd);
+	if (fresh) {
+		char *path = calloc(1, 4096);
+		if (!path)
+			return -ENOMEM;
+		walk_tree(fs, fs->root_fd, path, 0, 0);
+		free(path);
+	}
+	return idx_sync(fs->idx);
+}
+
+int fs_recover(const char *backing)
+{
+	struct fs_config cfg;
+	struct fs fs = {.cfg = &cfg};
+	int lock_fd, fresh = 0, rc;
+
+	fs_config_init(&cfg);
+	rc = fs_open_state(&fs, backing, &lock_fd, &fresh);
+	if (!rc)
+		rc = recover(&fs, 1);
+	fs_close_state(&fs);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return rc;
+}
+
+int fs_is_mounted(const char *backing)
+{
+	char *state = join(backing, FS_STATE_DIR), *lock = state ? join(state, LOCK_NAME) : NULL;
+	int fd, busy = 0;
+
+	if (lock && (fd = open(lock, O_RDONLY | O_CLOEXEC)) >= 0) {
+		busy = flock(fd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+		close(fd);
+	}
+	free(lock);
+	free(state);
+	return busy;
+}
+
+int fs_mount(struct fs_config *cfg, int argc, char *argv[])
+{
+	struct fs fs = {.cfg = cfg};
+	char *index = NULL;
+	int lock_fd, fresh = 0, dirty, rc;
+
+	rc = fs_open_state(&fs, cfg->backing, &lock_fd, &fresh);
+	if (fs.state_fd >= 0 && rc != -EBUSY) {
+		char *log = join(cfg->backing, FS_STATE_DIR "/log");
+		if (log && log_open(log))
+			log_msg(LOG_WARNING, "cannot open %s", log);
+		free(log);
+	}
+	if (rc == -EBUSY) {
+		log_msg(LOG_ERR, "%s is already mounted by another hevcfs", cfg->backing);
+		goto out_close;
+	}
+	if (rc)
+		goto out_close;
+	rc = recover(&fs, fresh);
+	if (rc) {
+		log_msg(LOG_ERR, "recovery of %s failed: %s", cfg->backing, strerror(-rc));
+		goto out_close;
+	}
+	/* LMDB handles must not cross fork(): the index is reopened in the
+	 * daemon (op_init runs after fuse_main daemonizes). */
+	idx_close(fs.idx);
+	fs.idx = NULL;
+	dirty = openat(fs.state_fd, DIRTY_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (dirty >= 0)
+		close(dirty);
+	pthread_mutex_init(&fs.ns_lock, NULL);
+	pthread_mutex_init(&fs.nodes_lock, NULL);
+	pthread_mutex_init(&fs.jobs_lock, NULL);
+	pthread_cond_init(&fs.jobs_cond, NULL);
+	pthread_mutex_init(&fs.render_lock, NULL);
+	pthread_cond_init(&fs.render_cond, NULL);
+	fs.nodes_size = 4096;
+	fs.nodes = calloc(fs.nodes_size, sizeof(*fs.nodes));
+	index = malloc(strlen(cfg->backing) + sizeof("/" FS_STATE_DIR "/" INDEX_NAME));
+	if (!fs.nodes || !index) {
+		rc = -ENOMEM;
+		goto out_close;
+	}
+	sprintf(index, "%s/%s/%s", cfg->backing, FS_STATE_DIR, INDEX_NAME);
+	fs.index_path = index;
+
+	rc = fuse_main(argc, argv, &fs_ops, &fs) ? 1 : 0;
+	/* a return at all is a clean end: everything was recorded */
+	unlinkat(fs.state_fd, DIRTY_NAME, 0);
+	goto out_free;
+
+out_close:
+	rc = 1;
+out_free:
+	free(fs.nodes);
+	free(fs.rendering);
+	free(index);
+	fs_close_state(&fs);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return rc;
+}

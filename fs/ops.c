@@ -1,0 +1,1083 @@
+/*
+ * ops — the FUSE operations: a passthrough to the backing tree through
+ * directory fds (no path can leave BACKING), plus the mapping of archived
+ * files to their logical names and views, and the staging hooks that queue
+ * written files for archiving.
+ */
+#define FUSE_USE_VERSION 314
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+/* An open file. */
+struct handle {
+	int fd;
+	struct node *node; /* writers only */
+	int writable;
+	int staged;        /* the index already says "staged" */
+};
+
+/* An open directory, read in a stream. */
+struct dirh {
+	DIR *dir;
+	int root;            /* the mount's root: hide the state directory */
+	off_t pos;           /* telldir() after the last entry returned */
+	struct dirent *held; /* read but not yet passed to the filler */
+};
+
+static struct fs *fs_get(void)
+{
+	return fuse_get_context()->private_data;
+}
+
+static struct handle *fh_of(struct fuse_file_info *fi)
+{
+	return (struct handle *)(uintptr_t)fi->fh;
+}
+
+/* Strip leading slashes: index and queue paths are relative. */
+static const char *rel(const char *path)
+{
+	while (*path == '/')
+		path++;
+	return path;
+}
+
+/* A new object belongs to the caller, as on a local disk (when we can). The
+ * group follows a set-gid parent directory. */
+static void own_new(int parent, const char *name)
+{
+	struct fuse_context *ctx = fuse_get_context();
+	struct stat pst;
+	gid_t gid = ctx->gid;
+
+	if (geteuid() != 0)
+		return;
+	if (fstat(parent, &pst) == 0 && (pst.st_mode & S_ISGID))
+		gid = pst.st_gid;
+	if (fchownat(parent, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) == -1)
+		log_msg(LOG_WARNING, "cannot give %s to uid %u: %s", name, ctx->uid,
+			strerror(errno));
+}
+
+/* The stat the mount shows for a looked-up file. */
+static void logical_stat(const struct fs_lookup *lk, struct stat *st)
+{
+	*st = lk->st;
+	if (lk->archived)
+		st->st_size = (off_t)lk->e.view_bytes;
+}
+
+static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup lk;
+	int rc;
+
+	if (fi && fh_of(fi)) {
+		struct handle *h = fh_of(fi);
+		if (fstat(h->fd, st) == -1)
+			return -errno;
+		if (!h->writable && path) {
+			/* a view: report the logical file's inode and blocks */
+			if (fs_lookup(fs, path, &lk) == 0) {
+				close(lk.parent);
+				off_t size = st->st_size;
+				*st = lk.st;
+				st->st_size = size;
+			}
+		}
+		return 0;
+	}
+	if (!path)
+		return -ESTALE;
+	if (!strcmp(path, "/"))
+		return fstat(fs->root_fd, st) == -1 ? -errno : 0;
+	rc = fs_lookup(fs, path, &lk);
+	if (rc)
+		return rc;
+	close(lk.parent);
+	logical_stat(&lk, st);
+	return 0;
+}
+
+static int op_readlink(const char *path, char *buf, size_t size)
+{
+	struct fs_lookup lk;
+	ssize_t n;
+	int rc = fs_lookup(fs_get(), path, &lk);
+
+	if (rc)
+		return rc;
+	n = readlinkat(lk.parent, lk.name, buf, size - 1);
+	rc = n == -1 ? -errno : 0;
+	close(lk.parent);
+	if (n >= 0)
+		buf[n] = '\0';
+	return rc;
+}
+
+/* Open the parent of a name about to be created, refusing the state
+ * directory and names that would shadow an archived file. */
+static int create_parent(struct fs *fs, const char *path, const char **name)
+{
+	struct fs_lookup lk;
+	int parent;
+
+	if (fs_path_reserved(path))
+		return -EPERM;
+	if (fs_lookup(fs, path, &lk) == 0) {
+		close(lk.parent);
+		return -EEXIST;
+	}
+	parent = fs_open_parent(fs, path, name);
+	if (parent >= 0 && strlen(*name) > NAME_MAX) {
+		close(parent);
+		return -ENAMETOOLONG;
+	}
+	return parent;
+}
+
+static int op_mknod(const char *path, mode_t mode, dev_t rdev)
+{
+	struct fs *fs = fs_get();
+	const char *name;
+	int parent = create_parent(fs, path, &name), rc = 0;
+
+	if (parent < 0)
+		return parent;
+	if (S_ISREG(mode)) {
+		int fd = openat(parent, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode);
+		if (fd == -1) {
+			rc = -errno;
+		} else {
+			struct stat st;
+			own_new(parent, name);
+			if (fstat(fd, &st) == 0)
+				fs_mark_staged(fs, st.st_ino, 0, path);
+			close(fd);
+			/* an empty file settles like any other */
+			struct node *n = fs_node_get(fs, st.st_ino);
+			if (n) {
+				fs_node_writer_open(fs, n, path);
+				fs_node_touch(fs, n);
+				fs_node_writer_close(fs, n, path);
+				fs_node_put(fs, n);
+			}
+		}
+	} else if (S_ISFIFO(mode)) {
+		rc = mkfifoat(parent, name, mode) == -1 ? -errno : 0;
+	} else {
+		rc = mknodat(parent, name, mode, rdev) == -1 ? -errno : 0;
+	}
+	if (!rc && !S_ISREG(mode))
+		own_new(parent, name);
+	close(parent);
+	return rc;
+}
+
+static int op_mkdir(const char *path, mode_t mode)
+{
+	const char *name;
+	int parent = create_parent(fs_get(), path, &name), rc;
+
+	if (parent < 0)
+		return parent;
+	rc = mkdirat(parent, name, mode) == -1 ? -errno : 0;
+	if (!rc)
+		own_new(parent, name);
+	close(parent);
+	return rc;
+}
+
+/* Forget everything hevcfs knows about a backing file that no longer has a
+ * name. */
+static void forget_file(struct fs *fs, uint64_t ino)
+{
+	struct idx_txn *txn;
+
+	fs_node_gone(fs, ino);
+	fs_view_drop(fs, ino);
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		idx_del(txn, ino);
+		idx_queue_del(txn, ino);
+		idx_commit(txn);
+	}
+}
+
+static int op_unlink(const char *path)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup lk;
+	int rc;
+
+	pthread_mutex_lock(&fs->ns_lock);
+	rc = fs_lookup(fs, path, &lk);
+	if (rc)
+		goto out_unlock;
+	if (unlinkat(lk.parent, lk.name, 0) == -1)
+		rc = -errno;
+	else if (S_ISREG(lk.st.st_mode) && lk.st.st_nlink <= 1)
+		forget_file(fs, lk.st.st_ino);
+	close(lk.parent);
+out_unlock:
+	pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static int op_rmdir(const char *path)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup lk;
+	int rc;
+
+	pthread_mutex_lock(&fs->ns_lock);
+	rc = fs_lookup(fs, path, &lk);
+	if (!rc) {
+		rc = unlinkat(lk.parent, lk.name, AT_REMOVEDIR) == -1 ? -errno : 0;
+		close(lk.parent);
+	}
+	pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static int op_symlink(const char *target, const char *path)
+{
+	const char *name;
+	int parent = create_parent(fs_get(), path, &name), rc;
+
+	if (parent < 0)
+		return parent;
+	rc = symlinkat(target, parent, name) == -1 ? -errno : 0;
+	if (!rc)
+		own_new(parent, name);
+	close(parent);
+	return rc;
+}
+
+static int op_rename(const char *from, const char *to, unsigned int flags)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup src, dst;
+	const char *to_name;
+	char target[NAME_MAX + 16];
+	int to_parent = -1, have_dst, rc;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
+	if (fs_path_reserved(to))
+		return -EPERM;
+	pthread_mutex_lock(&fs->ns_lock);
+	rc = fs_lookup(fs, from, &src);
+	if (rc)
+		goto out_unlock;
+	to_parent = fs_open_parent(fs, to, &to_name);
+	if (to_parent < 0) {
+		rc = to_parent;
+		goto out_src;
+	}
+	if (strlen(to_name) > NAME_MAX) {
+		rc = -ENAMETOOLONG;
+		goto out_close;
+	}
+	/* an archived copy keeps its suffix under its new name */
+	size_t slen = strlen(src.name), llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
+	const char *suffix = src.name + (slen > llen ? llen : slen);
+	if (snprintf(target, sizeof(target), "%s%s", to_name, suffix) > NAME_MAX) {
+		rc = -ENAMETOOLONG;
+		goto out_close;
+	}
+	have_dst = fs_lookup(fs, to, &dst) == 0;
+	if (have_dst && strcmp(dst.name, target) != 0) {
+		/* the logical target is stored under another name */
+		if (flags & RENAME_NOREPLACE) {
+			rc = -EEXIST;
+		} else if (flags & RENAME_EXCHANGE) {
+			rc = -EINVAL;
+		} else if (S_ISDIR(src.st.st_mode) && !S_ISDIR(dst.st.st_mode)) {
+			rc = -ENOTDIR;
+		} else if (!S_ISDIR(src.st.st_mode) && S_ISDIR(dst.st.st_mode)) {
+			rc = -EISDIR;
+		} else if (src.st.st_ino == dst.st.st_ino) {
+			rc = 0;
+		} else if (renameat2(src.parent, src.name, to_parent, target, RENAME_NOREPLACE) ==
+			   -1) {
+			rc = -errno;
+		} else {
+			if (unlinkat(dst.parent, dst.name, 0) == -1)
+				log_msg(LOG_ERR, "rename: cannot remove replaced %s: %s", to,
+					strerror(errno));
+			else if (S_ISREG(dst.st.st_mode) && dst.st.st_nlink <= 1)
+				forget_file(fs, dst.st.st_ino);
+		}
+	} else if (src.archived && suffix[0] && (flags & RENAME_EXCHANGE)) {
+		rc = -EINVAL; /* exchanging stored names would swap their suffixes */
+	} else if (renameat2(src.parent, src.name, to_parent, target, flags) == -1) {
+		rc = -errno;
+	} else if (have_dst && !(flags & RENAME_EXCHANGE) && S_ISREG(dst.st.st_mode) &&
+		   dst.st.st_nlink <= 1 && dst.st.st_ino != src.st.st_ino) {
+		forget_file(fs, dst.st.st_ino);
+	}
+	if (have_dst)
+		close(dst.parent);
+	if (!rc) {
+		struct idx_txn *txn;
+		if (idx_begin(fs->idx, 1, &txn) == 0) {
+			if (flags & RENAME_EXCHANGE) {
+				/* through a name no path can have */
+				idx_queue_rename(txn, rel(from), "\x01");
+				idx_queue_rename(txn, rel(to), rel(from));
+				idx_queue_rename(txn, "\x01", rel(to));
+			} else {
+				idx_queue_rename(txn, rel(from), rel(to));
+			}
+			idx_commit(txn);
+		}
+		if (flags & RENAME_EXCHANGE) {
+			fs_nodes_rename(fs, from, "\x01");
+			fs_nodes_rename(fs, to, from);
+			fs_nodes_rename(fs, "\x01", to);
+		} else {
+			fs_nodes_rename(fs, from, to);
+		}
+	}
+out_close:
+	close(to_parent);
+out_src:
+	close(src.parent);
+out_unlock:
+	pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static int op_link(const char *from, const char *to)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup src;
+	const char *name;
+	char target[NAME_MAX + 16];
+	int parent, rc;
+
+	parent = create_parent(fs, to, &name);
+	if (parent < 0)
+		return parent;
+	rc = fs_lookup(fs, from, &src);
+	if (rc)
+		goto out_close;
+	size_t slen = strlen(src.name), llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
+	if (snprintf(target, sizeof(target), "%s%s", name, src.name + (slen > llen ? llen : slen)) >
+	    NAME_MAX)
+		rc = -ENAMETOOLONG;
+	else if (linkat(src.parent, src.name, parent, target, 0) == -1)
+		rc = -errno;
+	close(src.parent);
+out_close:
+	close(parent);
+	return rc;
+}
+
+/* Apply fn to a file by handle when there is one, else by name with no
+ * symlink followed. */
+static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	struct fs_lookup lk;
+	int rc;
+
+	if (fi && fh_of(fi) && fh_of(fi)->writable)
+		return fchmod(fh_of(fi)->fd, mode) == -1 ? -errno : 0;
+	rc = fs_lookup(fs_get(), path, &lk);
+	if (rc)
+		return rc;
+	rc = fchmodat(lk.parent, lk.name, mode, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	close(lk.parent);
+	return rc;
+}
+
+static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+{
+	struct fs_lookup lk;
+	int rc;
+
+	if (fi && fh_of(fi) && fh_of(fi)->writable)
+		return fchown(fh_of(fi)->fd, uid, gid) == -1 ? -errno : 0;
+	rc = fs_lookup(fs_get(), path, &lk);
+	if (rc)
+		return rc;
+	rc = fchownat(lk.parent, lk.name, uid, gid, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	close(lk.parent);
+	return rc;
+}
+
+static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+	struct fs_lookup lk;
+	int rc;
+
+	if (fi && fh_of(fi) && fh_of(fi)->writable)
+		return futimens(fh_of(fi)->fd, tv) == -1 ? -errno : 0;
+	rc = fs_lookup(fs_get(), path, &lk);
+	if (rc)
+		return rc;
+	rc = utimensat(lk.parent, lk.name, tv, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	close(lk.parent);
+	return rc;
+}
+
+/* Copy all of src into dst from offset 0 (at most limit bytes). */
+static int copy_fd(int src, int dst, uint64_t limit)
+{
+	off_t off = 0;
+
+	while ((uint64_t)off < limit) {
+		ssize_t n = copy_file_range(src, &off, dst, NULL, (size_t)(limit - (uint64_t)off), 0);
+		if (n == -1 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS))
+			n = sendfile(dst, src, &off, (size_t)(limit - (uint64_t)off));
+		if (n == -1)
+			return -errno;
+		if (n == 0)
+			break;
+	}
+	return 0;
+}
+
+/*
+ * Turn an archived file back into a plain staged one at its logical name,
+ * so it can be written: a photo's view bytes (or nothing when truncating), a
+ * video's stored bytes. Caller holds ns_lock. keep_bytes = 0 for O_TRUNC.
+ */
+static int materialise(struct fs *fs, struct fs_lookup *lk, const char *path, int keep_bytes)
+{
+	const char *lname = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+	struct idx_txn *txn;
+	struct stat st;
+	char tmp[64];
+	int src = -1, dst = -1, rc;
+
+	if (!lk->e.suffix[0] || strcmp(lk->e.suffix, ".heic") != 0) {
+		/* a video: its view is its stored bytes; give it back its name */
+		if (strcmp(lk->name, lname) != 0 &&
+		    renameat2(lk->parent, lk->name, lk->parent, lname, RENAME_NOREPLACE) == -1)
+			return -errno;
+		snprintf(lk->name, sizeof(lk->name), "%s", lname);
+		rc = fs_mark_staged(fs, lk->st.st_ino, (uint64_t)lk->st.st_size, path);
+		lk->archived = 0;
+		return rc;
+	}
+	snprintf(tmp, sizeof(tmp), "edit.%llu", (unsigned long long)lk->st.st_ino);
+	dst = openat(fs->work_fd, tmp, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
+	if (dst == -1)
+		return -errno;
+	src = openat(lk->parent, lk->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (src == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	if (keep_bytes) {
+		int view = fs_view_open(fs, lk->parent, lk->name, lk->st.st_ino, &lk->e);
+		if (view < 0) {
+			rc = view;
+			goto out_close;
+		}
+		rc = copy_fd(view, dst, lk->e.view_bytes);
+		close(view);
+		if (rc)
+			goto out_close;
+	}
+	if ((rc = fs_copy_attrs(src, dst)) || fstat(dst, &st) == -1)
+		goto out_close;
+	if (renameat2(fs->work_fd, tmp, lk->parent, lname, RENAME_NOREPLACE) == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	fs_fsync_dir(lk->parent);
+	if ((rc = idx_begin(fs->idx, 1, &txn)) == 0) {
+		idx_del(txn, lk->st.st_ino);
+		rc = idx_commit(txn);
+	}
+	fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
+	if (unlinkat(lk->parent, lk->name, 0) == -1)
+		log_msg(LOG_ERR, "edit: cannot remove %s: %s", lk->name, strerror(errno));
+	fs_view_drop(fs, lk->st.st_ino);
+	fs_fsync_dir(lk->parent);
+	snprintf(lk->name, sizeof(lk->name), "%s", lname);
+	lk->st = st;
+	lk->archived = 0;
+	lk->has_entry = 0;
+out_close:
+	if (src >= 0)
+		close(src);
+	close(dst);
+	if (rc)
+		unlinkat(fs->work_fd, tmp, 0);
+	return rc;
+}
+
+/* Set up a handle on fd for the logical path; writers get a node. */
+static int handle_new(struct fs *fs, int fd, const char *path, int writable,
+		      struct fuse_file_info *fi)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+	struct stat st;
+
+	if (!h)
+		return -ENOMEM;
+	h->fd = fd;
+	h->writable = writable;
+	if (writable) {
+		if (fstat(fd, &st) == -1 || !(h->node = fs_node_get(fs, st.st_ino))) {
+			free(h);
+			return -ENOMEM;
+		}
+		fs_node_writer_open(fs, h->node, path);
+	}
+	fi->fh = (uintptr_t)h;
+	return 0;
+}
+
+/* First change through a handle: new generation, "staged" in the index. */
+static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
+{
+	fs_node_touch(fs, h->node);
+	if (!h->staged) {
+		struct stat st;
+		h->staged = 1;
+		if (fstat(h->fd, &st) == 0) {
+			pthread_mutex_lock(&fs->nodes_lock);
+			char *p = path ? strdup(path) : (h->node->path ? strdup(h->node->path) : NULL);
+			pthread_mutex_unlock(&fs->nodes_lock);
+			if (p)
+				fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, p);
+			free(p);
+		}
+	}
+}
+
+static int op_open(const char *path, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup lk;
+	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
+	int fd, rc;
+
+	if (writable || (fi->flags & O_TRUNC))
+		pthread_mutex_lock(&fs->ns_lock);
+	rc = fs_lookup(fs, path, &lk);
+	if (rc)
+		goto out_unlock;
+	if (lk.archived && fs->cfg->view == FS_VIEW_LEGACY) {
+		if (writable || (fi->flags & O_TRUNC)) {
+			rc = materialise(fs, &lk, path, !(fi->flags & O_TRUNC));
+			if (rc)
+				goto out_close;
+		} else if (!strcmp(lk.e.suffix, ".heic")) {
+			fd = fs_view_open(fs, lk.parent, lk.name, lk.st.st_ino, &lk.e);
+			if (fd < 0) {
+				rc = fd;
+				goto out_close;
+			}
+			rc = handle_new(fs, fd, path, 0, fi);
+			if (rc)
+				close(fd);
+			goto out_close;
+		}
+	}
+	fd = openat(lk.parent, lk.name,
+		    (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	rc = handle_new(fs, fd, path, writable, fi);
+	if (rc) {
+		close(fd);
+		goto out_close;
+	}
+	if (fi->flags & O_TRUNC && writable)
+		handle_dirty(fs, fh_of(fi), path);
+out_close:
+	close(lk.parent);
+out_unlock:
+	if (writable || (fi->flags & O_TRUNC))
+		pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	const char *name;
+	int parent, fd, rc;
+
+	parent = create_parent(fs, path, &name);
+	if (parent == -EEXIST && !(fi->flags & O_EXCL))
+		return op_open(path, fi);
+	if (parent < 0)
+		return parent;
+	fd = openat(parent, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (fd == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	own_new(parent, name);
+	rc = handle_new(fs, fd, path, 1, fi);
+	if (rc) {
+		close(fd);
+		goto out_close;
+	}
+	handle_dirty(fs, fh_of(fi), path);
+out_close:
+	close(parent);
+	return rc;
+}
+
+static int op_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct fuse_bufvec *bv = malloc(sizeof(*bv));
+
+	(void)path;
+	if (!bv)
+		return -ENOMEM;
+	*bv = FUSE_BUFVEC_INIT(size);
+	bv->buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv->buf[0].fd = fh_of(fi)->fd;
+	bv->buf[0].pos = off;
+	*bufp = bv;
+	return 0;
+}
+
+static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ssize_t n = pread(fh_of(fi)->fd, buf, size, off);
+
+	(void)path;
+	return n == -1 ? -errno : (int)n;
+}
+
+static int op_write_buf(const char *path, struct fuse_bufvec *in, off_t off,
+			struct fuse_file_info *fi)
+{
+	struct handle *h = fh_of(fi);
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t n;
+
+	if (!h->writable)
+		return -EBADF;
+	dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	dst.buf[0].fd = h->fd;
+	dst.buf[0].pos = off;
+	n = fuse_buf_copy(&dst, in, FUSE_BUF_SPLICE_NONBLOCK);
+	if (n > 0)
+		handle_dirty(fs_get(), h, path);
+	return (int)n;
+}
+
+static int op_write(const char *path, const char *buf, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct handle *h = fh_of(fi);
+	ssize_t n;
+
+	if (!h->writable)
+		return -EBADF;
+	n = pwrite(h->fd, buf, size, off);
+	if (n == -1)
+		return -errno;
+	handle_dirty(fs_get(), h, path);
+	return (int)n;
+}
+
+static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	struct fs_lookup lk;
+	int fd, rc;
+
+	if (fi && fh_of(fi) && fh_of(fi)->writable) {
+		if (ftruncate(fh_of(fi)->fd, size) == -1)
+			return -errno;
+		handle_dirty(fs, fh_of(fi), path);
+		return 0;
+	}
+	pthread_mutex_lock(&fs->ns_lock);
+	rc = fs_lookup(fs, path, &lk);
+	if (rc)
+		goto out_unlock;
+	if (lk.archived && fs->cfg->view == FS_VIEW_LEGACY) {
+		rc = materialise(fs, &lk, path, size > 0);
+		if (rc)
+			goto out_close;
+	}
+	fd = openat(lk.parent, lk.name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	if (ftruncate(fd, size) == -1) {
+		rc = -errno;
+	} else {
+		struct fuse_file_info tfi = {.flags = O_WRONLY};
+		if (handle_new(fs, fd, path, 1, &tfi) == 0) {
+			struct handle *h = fh_of(&tfi);
+			handle_dirty(fs, h, path);
+			fs_node_writer_close(fs, h->node, path);
+			fs_node_put(fs, h->node);
+			free(h);
+		}
+	}
+	close(fd);
+out_close:
+	close(lk.parent);
+out_unlock:
+	pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static int op_statfs(const char *path, struct statvfs *sv)
+{
+	(void)path;
+	return fstatvfs(fs_get()->state_fd, sv) == -1 ? -errno : 0;
+}
+
+static int op_flush(const char *path, struct fuse_file_info *fi)
+{
+	(void)path;
+	(void)fi;
+	return 0;
+}
+
+static int op_release(const char *path, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	struct handle *h = fh_of(fi);
+	struct stat st;
+
+	if (h->node) {
+		if (fstat(h->fd, &st) == 0 && st.st_nlink == 0) {
+			fs_node_writer_close(fs, h->node, NULL);
+			forget_file(fs, st.st_ino);
+		} else {
+			fs_node_writer_close(fs, h->node, path);
+		}
+		fs_node_put(fs, h->node);
+	}
+	close(h->fd);
+	free(h);
+	return 0;
+}
+
+static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	int fd = fh_of(fi)->fd;
+
+	(void)path;
+	return (datasync ? fdatasync(fd) : fsync(fd)) == -1 ? -errno : 0;
+}
+
+/* Open a file or directory for its xattrs, never following a symlink. */
+static int xattr_fd(const char *path, int *fd)
+{
+	struct fs_lookup lk;
+	int rc = fs_lookup(fs_get(), path, &lk);
+
+	if (rc)
+		return rc;
+	if (S_ISLNK(lk.st.st_mode) || !(S_ISREG(lk.st.st_mode) || S_ISDIR(lk.st.st_mode))) {
+		close(lk.parent);
+		return -EPERM;
+	}
+	*fd = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	rc = *fd == -1 ? -errno : 0;
+	close(lk.parent);
+	return rc;
+}
+
+/* Only the user, trusted and security namespaces pass; POSIX ACLs are not
+ * supported (the kernel checks modes). */
+static int xattr_allowed(const char *name)
+{
+	return !strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||
+	       !strncmp(name, "security.", 9);
+}
+
+static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
+		       int flags)
+{
+	int fd, rc;
+
+	if (!xattr_allowed(name))
+		return -EOPNOTSUPP;
+	if ((rc = xattr_fd(path, &fd)))
+		return rc;
+	rc = fsetxattr(fd, name, value, size, flags) == -1 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+static int op_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	ssize_t n;
+	int fd, rc;
+
+	if (!xattr_allowed(name))
+		return -ENODATA;
+	if ((rc = xattr_fd(path, &fd)))
+		return rc == -EPERM ? -ENODATA : rc;
+	n = fgetxattr(fd, name, value, size);
+	close(fd);
+	return n == -1 ? -errno : (int)n;
+}
+
+static int op_listxattr(const char *path, char *list, size_t size)
+{
+	ssize_t n;
+	int fd, rc;
+
+	if ((rc = xattr_fd(path, &fd)))
+		return rc == -EPERM ? 0 : rc;
+	n = flistxattr(fd, list, size);
+	close(fd);
+	return n == -1 ? -errno : (int)n;
+}
+
+static int op_removexattr(const char *path, const char *name)
+{
+	int fd, rc;
+
+	if (!xattr_allowed(name))
+		return -EOPNOTSUPP;
+	if ((rc = xattr_fd(path, &fd)))
+		return rc;
+	rc = fremovexattr(fd, name) == -1 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+static int op_opendir(const char *path, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_get();
+	struct dirh *d;
+	int fd;
+
+	if (fs_path_reserved(path))
+		return -ENOENT;
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	fd = fs_open_path(fs, path, O_RDONLY | O_DIRECTORY, 0);
+	if (fd < 0) {
+		free(d);
+		return fd;
+	}
+	d->root = path[strspn(path, "/")] == '\0';
+	d->dir = fdopendir(fd);
+	if (!d->dir) {
+		int rc = -errno;
+		close(fd);
+		free(d);
+		return rc;
+	}
+	fi->fh = (uintptr_t)d;
+	return 0;
+}
+
+/* Stream a directory: the offset handed to the kernel is telldir()'s, so
+ * a directory of any size is read in pieces without holding it. */
+static int op_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+		      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	struct fs *fs = fs_get();
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+	int root = d->root;
+	struct idx_txn *txn = NULL;
+	char lname[NAME_MAX + 1];
+
+	(void)flags;
+	(void)path;
+	if (off != d->pos) {
+		seekdir(d->dir, off);
+		d->pos = off;
+		d->held = NULL;
+	}
+	if (fs->cfg->view == FS_VIEW_LEGACY && idx_begin(fs->idx, 0, &txn))
+		txn = NULL;
+	for (;;) {
+		struct dirent *de = d->held;
+		if (!de) {
+			errno = 0;
+			de = readdir(d->dir);
+			if (!de)
+				break;
+		}
+		d->held = NULL;
+		off_t next = telldir(d->dir);
+		const char *name = de->d_name;
+		if (root && !strcmp(name, FS_STATE_DIR)) {
+			d->pos = next;
+			continue;
+		}
+		if (txn && de->d_type == DT_REG)
+			name = fs_logical_name(fs, txn, name, de->d_ino, lname, sizeof(lname));
+		if (!name) {
+			d->pos = next;
+			continue;
+		}
+		struct stat st = {.st_ino = de->d_ino, .st_mode = (mode_t)DTTOIF(de->d_type)};
+		if (filler(buf, name, &st, next, 0)) {
+			d->held = de;
+			break;
+		}
+		d->pos = next;
+	}
+	idx_abort(txn);
+	return 0;
+}
+
+static int op_releasedir(const char *path, struct fuse_file_info *fi)
+{
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+
+	(void)path;
+	closedir(d->dir);
+	free(d);
+	return 0;
+}
+
+static int op_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
+
+	(void)path;
+	(void)datasync;
+	return fsync(dirfd(d->dir)) == -1 ? -errno : 0;
+}
+
+static int op_access(const char *path, int mask)
+{
+	struct fs_lookup lk;
+	int rc;
+
+	if (!strcmp(path, "/"))
+		return 0;
+	rc = fs_lookup(fs_get(), path, &lk);
+	if (rc)
+		return rc;
+	rc = faccessat(lk.parent, lk.name, mask, AT_EACCESS | AT_SYMLINK_NOFOLLOW) == -1 ? -errno
+											 : 0;
+	close(lk.parent);
+	return rc;
+}
+
+static int op_fallocate(const char *path, int mode, off_t off, off_t len,
+			struct fuse_file_info *fi)
+{
+	struct handle *h = fh_of(fi);
+
+	if (!h->writable)
+		return -EBADF;
+	if (fallocate(h->fd, mode, off, len) == -1)
+		return -errno;
+	handle_dirty(fs_get(), h, path);
+	return 0;
+}
+
+static off_t op_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi)
+{
+	off_t r = lseek(fh_of(fi)->fd, off, whence);
+
+	(void)path;
+	return r == -1 ? -errno : r;
+}
+
+static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+	struct fs *fs = fs_get();
+
+	cfg->use_ino = 1;
+	cfg->nullpath_ok = 1;
+	cfg->hard_remove = 1;
+	cfg->entry_timeout = 1.0;
+	cfg->attr_timeout = 1.0;
+	cfg->negative_timeout = 0;
+	conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+				       FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS);
+	conn->max_write = 1u << 20;
+	conn->max_readahead = 1u << 20;
+	fs->fuse = fuse_get_context()->fuse;
+	if (idx_open(fs->index_path, 0, &fs->idx)) {
+		log_msg(LOG_ERR, "cannot open the index: unmounting");
+		fuse_exit(fs->fuse);
+		return fs;
+	}
+	if (fs_settle_start(fs) || fs_workers_start(fs))
+		log_msg(LOG_ERR, "cannot start background threads: files stay staged");
+	fs->threads_started = 1;
+	if (fs_queue_load(fs))
+		log_msg(LOG_ERR, "cannot load the queue: pending files wait for the next mount");
+	return fs;
+}
+
+static void op_destroy(void *data)
+{
+	struct fs *fs = data;
+
+	if (fs->threads_started) {
+		fs_settle_stop(fs);
+		fs_workers_stop(fs);
+	}
+	idx_close(fs->idx);
+	fs->idx = NULL;
+	fs->fuse = NULL;
+}
+
+const struct fuse_operations fs_ops = {
+	.getattr = op_getattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.chmod = op_chmod,
+	.chown = op_chown,
+	.truncate = op_truncate,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.statfs = op_statfs,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.init = op_init,
+	.destroy = op_destroy,
+	.access = op_access,
+	.create = op_create,
+	.utimens = op_utimens,
+	.write_buf = op_write_buf,
+	.read_buf = op_read_buf,
+	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+};

@@ -1,0 +1,204 @@
+/* path — logical <-> backing names, and resolution that cannot leave BACKING. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Suffixes an archived copy's backing name may carry, longest first is not
+ * needed: they are mutually exclusive. */
+static const char *const archive_suffixes[] = {".heic", ".mp4", ".mkv"};
+#define NSUFFIXES (sizeof(archive_suffixes) / sizeof(archive_suffixes[0]))
+
+int64_t fs_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int fs_path_reserved(const char *path)
+{
+	size_t n = strlen(FS_STATE_DIR);
+
+	while (*path == '/')
+		path++;
+	return strncmp(path, FS_STATE_DIR, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* openat2 beneath dirfd: no symlinks anywhere, no "..", no magic links. */
+static int open_beneath(int dirfd, const char *rel, int flags, mode_t mode)
+{
+	struct open_how how = {
+		.flags = (uint64_t)flags | O_CLOEXEC,
+		.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	long fd;
+
+	do
+		fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+	while (fd == -1 && errno == EAGAIN);
+	if (fd == -1)
+		return errno == EXDEV ? -ENOENT : -errno;
+	return (int)fd;
+}
+
+int fs_open_parent(struct fs *fs, const char *path, const char **name)
+{
+	char buf[4096];
+	const char *slash;
+	size_t len;
+
+	while (*path == '/')
+		path++;
+	if (*path == '\0')
+		return -EINVAL;
+	slash = strrchr(path, '/');
+	if (!slash) {
+		*name = path;
+		return open_beneath(fs->root_fd, ".", O_PATH | O_DIRECTORY, 0);
+	}
+	*name = slash + 1;
+	len = (size_t)(slash - path);
+	if (len >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, len);
+	buf[len] = '\0';
+	return open_beneath(fs->root_fd, buf, O_PATH | O_DIRECTORY, 0);
+}
+
+int fs_open_path(struct fs *fs, const char *path, int flags, mode_t mode)
+{
+	while (*path == '/')
+		path++;
+	return open_beneath(fs->root_fd, *path ? path : ".", flags | O_NOFOLLOW, mode);
+}
+
+int fs_has_archive_suffix(const char *name)
+{
+	size_t n = strlen(name);
+
+	for (size_t i = 0; i < NSUFFIXES; i++) {
+		size_t s = strlen(archive_suffixes[i]);
+		if (n > s && strcmp(name + n - s, archive_suffixes[i]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+int fs_entry_get(struct fs *fs, uint64_t ino, struct idx_entry *e)
+{
+	struct idx_txn *txn;
+	int rc = idx_begin(fs->idx, 0, &txn);
+
+	if (rc)
+		return rc;
+	rc = idx_get(txn, ino, e);
+	idx_abort(txn);
+	return rc;
+}
+
+/* Is the backing file name (with inode ino) the archived copy of a logical
+ * name, i.e. archived with exactly the suffix it ends in? */
+static int is_archive_of(const struct idx_entry *e, const char *name)
+{
+	size_t n = strlen(name), s = strlen(e->suffix);
+
+	return e->state == IDX_ARCHIVED && s > 0 && n > s && strcmp(name + n - s, e->suffix) == 0;
+}
+
+const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name, uint64_t ino,
+			    char *buf, size_t size)
+{
+	struct idx_entry e;
+	size_t n;
+
+	if (fs->cfg->view == FS_VIEW_NATIVE || !fs_has_archive_suffix(name))
+		return name;
+	if (idx_get(txn, ino, &e) != 0 || !is_archive_of(&e, name))
+		return name;
+	n = strlen(name) - strlen(e.suffix);
+	if (n >= size)
+		return NULL;
+	memcpy(buf, name, n);
+	buf[n] = '\0';
+	return buf;
+}
+
+int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk)
+{
+	const char *name;
+	size_t nlen;
+	int rc;
+
+	memset(lk, 0, sizeof(*lk));
+	if (fs_path_reserved(path))
+		return -ENOENT;
+	if (path[strspn(path, "/")] == '\0') {
+		/* the root: "." of itself */
+		lk->parent = open_beneath(fs->root_fd, ".", O_PATH | O_DIRECTORY, 0);
+		if (lk->parent < 0)
+			return lk->parent;
+		strcpy(lk->name, ".");
+		if (fstat(lk->parent, &lk->st) == -1) {
+			rc = -errno;
+			goto out_close;
+		}
+		return 0;
+	}
+	lk->parent = fs_open_parent(fs, path, &name);
+	if (lk->parent < 0)
+		return lk->parent;
+	nlen = strlen(name);
+	if (nlen > 255) {
+		rc = -ENAMETOOLONG;
+		goto out_close;
+	}
+	memcpy(lk->name, name, nlen + 1);
+	if (fstatat(lk->parent, name, &lk->st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (S_ISREG(lk->st.st_mode) && fs_entry_get(fs, lk->st.st_ino, &lk->e) == 0)
+			lk->has_entry = 1;
+		/* In the legacy view an archived copy answers only to the
+		 * logical name, not to its own. */
+		if (fs->cfg->view == FS_VIEW_LEGACY && lk->has_entry && is_archive_of(&lk->e, name)) {
+			rc = -ENOENT;
+			goto out_close;
+		}
+		lk->archived = lk->has_entry && lk->e.state == IDX_ARCHIVED;
+		return 0;
+	}
+	if (errno != ENOENT) {
+		rc = -errno;
+		goto out_close;
+	}
+	if (fs->cfg->view == FS_VIEW_LEGACY) {
+		for (size_t i = 0; i < NSUFFIXES; i++) {
+			size_t s = strlen(archive_suffixes[i]);
+			if (nlen + s > 255)
+				continue;
+			memcpy(lk->name + nlen, archive_suffixes[i], s + 1);
+			if (fstatat(lk->parent, lk->name, &lk->st, AT_SYMLINK_NOFOLLOW) != 0 ||
+			    !S_ISREG(lk->st.st_mode))
+				continue;
+			if (fs_entry_get(fs, lk->st.st_ino, &lk->e) == 0 &&
+			    is_archive_of(&lk->e, lk->name)) {
+				lk->has_entry = 1;
+				lk->archived = 1;
+				return 0;
+			}
+		}
+		lk->name[nlen] = '\0';
+	}
+	rc = -ENOENT;
+out_close:
+	close(lk->parent);
+	lk->parent = -1;
+	return rc;
+}

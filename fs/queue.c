@@ -1,0 +1,601 @@
+/*
+ * queue — the archive jobs: workers that transcode settled files, and the
+ * commit protocol that replaces an original by its archived copy without
+ * ever having neither on disk.
+ *
+ * Commit, with ns_lock held so no name can move meanwhile:
+ *   1. the output (in BACKING/.hevcfs/work) gets the original's owner, mode,
+ *      times and user xattrs, and is fsynced;
+ *   2. a journal record (intent) names the original, the output's inode and
+ *      the entry it will get;
+ *   3. the output is renamed next to the original (never over another file)
+ *      and the directory fsynced;
+ *   4. one index transaction records the archived entry, drops the original's
+ *      entry and queue record; the index is synced;
+ *   5. the original is unlinked and the directory fsynced;
+ *   6. the intent is dropped.
+ * Recovery rolls an intent forward when the output is in place (3 happened)
+ * and back otherwise; a crash before 3 leaves only a file in the work
+ * directory, which recovery removes.
+ */
+#define FUSE_USE_VERSION 314
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+void fs_crash_point(const char *name)
+{
+	static const char *want;
+	static int checked;
+
+	if (!checked) {
+		want = getenv("HEVCFS_CRASH_AT");
+		checked = 1;
+	}
+	if (want && strcmp(want, name) == 0) {
+		log_msg(LOG_WARNING, "crash point %s reached: killing the process", name);
+		kill(getpid(), SIGKILL);
+	}
+}
+
+int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
+{
+	struct job *j;
+	struct idx_txn *txn;
+	struct idx_entry e;
+	char *path;
+	uint64_t old_gen;
+	int rc;
+
+	path = malloc(4097);
+	j = calloc(1, sizeof(*j));
+	if (!path || !j) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	/* The queue record (written when the file was staged, its path kept
+	 * current by renames) now carries the generation to archive. */
+	rc = idx_begin(fs->idx, 1, &txn);
+	if (rc)
+		goto out_free;
+	rc = idx_queue_get(txn, ino, &old_gen, path, 4097);
+	if (rc == -ENOENT && node && node->path) {
+		snprintf(path, 4097, "%s", node->path);
+		rc = 0;
+	}
+	if (!rc)
+		rc = idx_queue_put(txn, ino, gen, path);
+	if (!rc && idx_get(txn, ino, &e) == 0 && e.state == IDX_STAGED) {
+		e.state = IDX_PENDING;
+		e.gen = gen;
+		rc = idx_put(txn, ino, &e);
+	}
+	if (rc) {
+		idx_abort(txn);
+		goto out_free;
+	}
+	rc = idx_commit(txn);
+	if (rc)
+		goto out_free;
+
+	j->ino = ino;
+	j->gen = gen;
+	j->node = node ? fs_node_find(fs, ino) : fs_node_get(fs, ino);
+	if (!j->node) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	if (!node)
+		atomic_store(&j->node->gen, gen);
+	pthread_mutex_lock(&fs->jobs_lock);
+	if (fs->jobs_tail)
+		fs->jobs_tail->next = j;
+	else
+		fs->jobs_head = j;
+	fs->jobs_tail = j;
+	pthread_cond_signal(&fs->jobs_cond);
+	pthread_mutex_unlock(&fs->jobs_lock);
+	free(path);
+	return 0;
+
+out_free:
+	if (rc)
+		log_msg(LOG_ERR, "queue: cannot queue inode %llu: %s", (unsigned long long)ino,
+			strerror(-rc));
+	free(j);
+	free(path);
+	return rc;
+}
+
+/* Is the job still current: same generation, nobody writing? */
+static int job_current(struct fs *fs, struct job *j)
+{
+	int ok;
+
+	pthread_mutex_lock(&fs->nodes_lock);
+	ok = atomic_load(&j->node->gen) == j->gen && j->node->writers == 0;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return ok;
+}
+
+/* Record the outcome of a job that keeps the file as it is (or failed),
+ * unless the file changed meanwhile (its queue record says so). */
+static void finish_kept(struct fs *fs, struct job *j, int state, const char *reason,
+			const struct stat *st)
+{
+	struct idx_txn *txn;
+	struct idx_entry e = {.state = (uint32_t)state, .gen = j->gen};
+	char path[8];
+	uint64_t qgen;
+	int rc;
+
+	if (idx_begin(fs->idx, 1, &txn))
+		return;
+	rc = idx_queue_get(txn, j->ino, &qgen, path, sizeof(path));
+	if ((rc == 0 || rc == -ENAMETOOLONG) && qgen == j->gen && job_current(fs, j)) {
+		e.orig_bytes = e.stored_bytes = e.view_bytes = (uint64_t)st->st_size;
+		snprintf(e.reason, sizeof(e.reason), "%s", reason);
+		if (idx_put(txn, j->ino, &e) || idx_queue_del(txn, j->ino)) {
+			idx_abort(txn);
+			return;
+		}
+		idx_commit(txn);
+		return;
+	}
+	idx_abort(txn);
+}
+
+/* Forget a job whose file is gone. */
+static void drop_job(struct fs *fs, struct job *j)
+{
+	struct idx_txn *txn;
+	uint64_t qgen;
+	char path[8];
+	int rc;
+
+	if (idx_begin(fs->idx, 1, &txn))
+		return;
+	rc = idx_queue_get(txn, j->ino, &qgen, path, sizeof(path));
+	if ((rc == 0 || rc == -ENAMETOOLONG) && qgen == j->gen) {
+		idx_queue_del(txn, j->ino);
+		idx_del(txn, j->ino);
+	}
+	idx_commit(txn);
+}
+
+int fs_fsync_dir(int dirfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = 0;
+
+	if (fd == -1)
+		return -errno;
+	if (fsync(fd) == -1)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+int fs_copy_attrs(int src, int dst)
+{
+	struct stat st;
+	char *names = NULL;
+	ssize_t len;
+
+	if (fstat(src, &st) == -1)
+		return -errno;
+	if (geteuid() == 0 && fchown(dst, st.st_uid, st.st_gid) == -1)
+		return -errno;
+	if (fchmod(dst, st.st_mode & 07777) == -1)
+		return -errno;
+	len = flistxattr(src, NULL, 0);
+	if (len > 0 && (names = malloc((size_t)len))) {
+		len = flistxattr(src, names, (size_t)len);
+		for (ssize_t off = 0; len > 0 && off < len; off += (ssize_t)strlen(names + off) + 1) {
+			const char *n = names + off;
+			char val[65536];
+			if (strncmp(n, "user.", 5) != 0)
+				continue;
+			ssize_t vl = fgetxattr(src, n, val, sizeof(val));
+			if (vl < 0 || fsetxattr(dst, n, val, (size_t)vl, 0) == -1)
+				log_msg(LOG_WARNING, "commit: xattr %s not copied: %s", n,
+					strerror(errno));
+		}
+	}
+	free(names);
+	struct timespec times[2] = {st.st_atim, st.st_mtim};
+	if (futimens(dst, times) == -1)
+		return -errno;
+	return fsync(dst) == -1 ? -errno : 0;
+}
+
+/* Does a video's name already say MP4/MOV, so an MP4 can keep it? */
+static int name_says_mp4(const char *name)
+{
+	const char *dot = strrchr(name, '.');
+
+	return dot && (!strcasecmp(dot, ".mp4") || !strcasecmp(dot, ".mov") ||
+		       !strcasecmp(dot, ".m4v"));
+}
+
+/*
+ * Replace the original of job j by the archived copy at work/out (steps
+ * 1-6 above). Returns 0 when committed, 1 when the job was abandoned (file
+ * changed or a name is taken: reason set), or -errno.
+ */
+static int commit_archive(struct fs *fs, struct job *j, const char *out, struct idx_entry *e,
+			  char *reason, size_t rsize, char *path, size_t psize)
+{
+	struct idx_intent *in = NULL;
+	struct idx_txn *txn;
+	struct stat st, ost;
+	const char *name;
+	char target[300];
+	uint64_t qgen;
+	int parent = -1, src = -1, dst = -1, rc;
+
+	pthread_mutex_lock(&fs->ns_lock);
+	rc = idx_begin(fs->idx, 0, &txn);
+	if (rc)
+		goto out_unlock;
+	rc = idx_queue_get(txn, j->ino, &qgen, path, psize);
+	idx_abort(txn);
+	if (rc || qgen != j->gen || !job_current(fs, j)) {
+		rc = 1;
+		snprintf(reason, rsize, "changed while archiving");
+		goto out_unlock;
+	}
+	parent = fs_open_parent(fs, path, &name);
+	if (parent < 0) {
+		rc = parent;
+		goto out_unlock;
+	}
+	src = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (src == -1 || fstat(src, &st) == -1 || st.st_ino != j->ino) {
+		rc = 1;
+		snprintf(reason, rsize, "moved while archiving");
+		goto out_close;
+	}
+	if (!strcmp(e->suffix, ".mp4") && name_says_mp4(name))
+		e->suffix[0] = '\0';
+	if (snprintf(target, sizeof(target), "%s%s", name, e->suffix) > 255) {
+		rc = 1;
+		snprintf(reason, rsize, "name too long to append %s", e->suffix);
+		goto out_close;
+	}
+	/* 1. attributes onto the output */
+	dst = openat(fs->work_fd, out, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (dst == -1) {
+		rc = -errno;
+		goto out_close;
+	}
+	rc = fs_copy_attrs(src, dst);
+	if (rc || fstat(dst, &ost) == -1)
+		goto out_close;
+
+	/* 2. intent */
+	in = calloc(1, sizeof(*in));
+	if (!in) {
+		rc = -ENOMEM;
+		goto out_close;
+	}
+	in->staged_ino = j->ino;
+	in->archive_ino = (uint64_t)ost.st_ino;
+	in->entry = *e;
+	snprintf(in->path, sizeof(in->path), "%s", path);
+	if ((rc = idx_begin(fs->idx, 1, &txn)))
+		goto out_close;
+	if ((rc = idx_intent_put(txn, in))) {
+		idx_abort(txn);
+		goto out_close;
+	}
+	if ((rc = idx_commit(txn)))
+		goto out_close;
+	fs_crash_point("commit-intent");
+
+	/* 3. into place, never over another file (except the original when
+	 * the name is kept) */
+	if (renameat2(fs->work_fd, out, parent, target, e->suffix[0] ? RENAME_NOREPLACE : 0) ==
+	    -1) {
+		rc = errno == EEXIST ? 1 : -errno;
+		if (rc == 1)
+			snprintf(reason, rsize, "name %s is taken", target);
+		if (idx_begin(fs->idx, 1, &txn) == 0) {
+			idx_intent_del(txn, j->ino);
+			idx_commit(txn);
+		}
+		goto out_close;
+	}
+	fs_crash_point("commit-renamed");
+	rc = fs_fsync_dir(parent);
+	if (rc)
+		log_msg(LOG_WARNING, "commit: fsync of the directory of %s: %s", path, strerror(-rc));
+
+	/* 4. index */
+	if ((rc = idx_begin(fs->idx, 1, &txn)))
+		goto out_close;
+	if ((rc = idx_put(txn, in->archive_ino, e)) || (rc = idx_del(txn, j->ino)) ||
+	    (rc = idx_queue_del(txn, j->ino))) {
+		idx_abort(txn);
+		goto out_close;
+	}
+	if ((rc = idx_commit(txn)) || (rc = idx_sync(fs->idx)))
+		goto out_close;
+	fs_crash_point("commit-indexed");
+
+	/* 5. the original goes */
+	if (e->suffix[0]) {
+		if (unlinkat(parent, name, 0) == -1)
+			log_msg(LOG_ERR, "commit: cannot remove %s: %s", path, strerror(errno));
+		fs_fsync_dir(parent);
+	}
+	fs_crash_point("commit-unlinked");
+
+	/* 6. done */
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		idx_intent_del(txn, j->ino);
+		idx_commit(txn);
+	}
+	e->gen = in->archive_ino; /* tell the caller the new inode */
+	rc = 0;
+out_close:
+	free(in);
+	if (dst >= 0)
+		close(dst);
+	if (src >= 0)
+		close(src);
+	if (parent >= 0)
+		close(parent);
+out_unlock:
+	pthread_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+/* Run one job: open the settled file, archive it, keep or commit. */
+static void run_job(struct fs *fs, struct job *j)
+{
+	struct codec_result res;
+	struct codec_opts opts = fs->cfg->codec;
+	struct idx_txn *txn;
+	struct stat st;
+	char out[64], view[64], outpath[4200], viewpath[4200];
+	char *path = malloc(4097);
+	char reason[600];
+	uint64_t qgen;
+	int fd = -1, rc;
+
+	if (!path)
+		return;
+	if (!job_current(fs, j))
+		goto out;
+	if ((rc = idx_begin(fs->idx, 0, &txn)))
+		goto out;
+	rc = idx_queue_get(txn, j->ino, &qgen, path, 4097);
+	idx_abort(txn);
+	if (rc || qgen != j->gen)
+		goto out;
+	fd = fs_open_path(fs, path, O_RDONLY, 0);
+	if (fd < 0 || fstat(fd, &st) == -1 || (uint64_t)st.st_ino != j->ino) {
+		log_msg(LOG_INFO, "queue: %s is gone, job dropped", path);
+		drop_job(fs, j);
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		drop_job(fs, j);
+		goto out;
+	}
+	if (st.st_nlink > 1) {
+		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st);
+		goto out;
+	}
+
+	snprintf(out, sizeof(out), "%llu.%llu.out", (unsigned long long)j->ino,
+		 (unsigned long long)j->gen);
+	snprintf(view, sizeof(view), "%llu.%llu.view", (unsigned long long)j->ino,
+		 (unsigned long long)j->gen);
+	snprintf(outpath, sizeof(outpath), "%s/%s", fs->work_dir, out);
+	snprintf(viewpath, sizeof(viewpath), "%s/%s", fs->work_dir, view);
+	atomic_store(&j->node->cancel, 0);
+	if (!job_current(fs, j))
+		goto out;
+	opts.cancel = &j->node->cancel;
+	rc = codec_archive(fd, outpath, viewpath, &opts, &res);
+	if (rc == -ECANCELED || !job_current(fs, j)) {
+		log_msg(LOG_DEBUG, "queue: %s changed, archive abandoned", path);
+	} else if (rc < 0) {
+		snprintf(reason, sizeof(reason), "archiving failed: %s", strerror(-rc));
+		log_msg(LOG_ERR, "queue: %s: %s", path, reason);
+		finish_kept(fs, j, IDX_FAILED, reason, &st);
+	} else if (!res.archived) {
+		log_msg(LOG_INFO, "queue: %s kept: %s", path, res.reason);
+		finish_kept(fs, j, IDX_KEPT, res.reason, &st);
+	} else {
+		struct idx_entry e = {
+			.state = IDX_ARCHIVED,
+			.quality = (uint32_t)res.quality,
+			.orig_bytes = (uint64_t)st.st_size,
+			.stored_bytes = res.stored_bytes,
+			.view_bytes = res.view_bytes,
+			.ssim = res.ssim,
+			.view_ssim = res.view_ssim,
+		};
+		snprintf(e.suffix, sizeof(e.suffix), "%s", res.suffix);
+		rc = commit_archive(fs, j, out, &e, reason, sizeof(reason), path, 4097);
+		if (rc == 1) {
+			log_msg(LOG_INFO, "queue: %s kept: %s", path, reason);
+			if (job_current(fs, j))
+				finish_kept(fs, j, IDX_KEPT, reason, &st);
+		} else if (rc < 0) {
+			snprintf(reason, sizeof(reason), "commit failed: %s", strerror(-rc));
+			log_msg(LOG_ERR, "queue: %s: %s", path, reason);
+			finish_kept(fs, j, IDX_FAILED, reason, &st);
+		} else {
+			char cname[32];
+			snprintf(cname, sizeof(cname), "%llu", (unsigned long long)e.gen);
+			if (renameat(fs->work_fd, view, fs->cache_fd, cname) == -1 && errno != ENOENT)
+				log_msg(LOG_WARNING, "queue: view of %s not cached: %s", path,
+					strerror(errno));
+			log_msg(LOG_INFO, "queue: %s archived: %llu -> %llu bytes", path,
+				(unsigned long long)st.st_size,
+				(unsigned long long)e.stored_bytes);
+			if (fs->fuse) {
+				char abs[4200];
+				snprintf(abs, sizeof(abs), "/%s", path);
+				fuse_invalidate_path(fs->fuse, abs);
+			}
+		}
+	}
+	unlinkat(fs->work_fd, out, 0);
+	unlinkat(fs->work_fd, view, 0);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(path);
+}
+
+/* Take the next job, or NULL when stopping. One video at a time: a worker
+ * that finds only videos while one runs waits. */
+static struct job *job_pop(struct fs *fs)
+{
+	struct job *j;
+
+	pthread_mutex_lock(&fs->jobs_lock);
+	while (!fs->stopping && !fs->jobs_head)
+		pthread_cond_wait(&fs->jobs_cond, &fs->jobs_lock);
+	j = fs->stopping ? NULL : fs->jobs_head;
+	if (j) {
+		fs->jobs_head = j->next;
+		if (!fs->jobs_head)
+			fs->jobs_tail = NULL;
+		atomic_fetch_add(&fs->active, 1);
+	}
+	pthread_mutex_unlock(&fs->jobs_lock);
+	return j;
+}
+
+static void *worker_main(void *arg)
+{
+	struct fs *fs = arg;
+	struct job *j;
+
+	while ((j = job_pop(fs))) {
+		run_job(fs, j);
+		fs_node_put(fs, j->node);
+		free(j);
+		atomic_fetch_sub(&fs->active, 1);
+	}
+	return NULL;
+}
+
+int fs_workers_start(struct fs *fs)
+{
+	int n = fs->cfg->workers > 0 ? fs->cfg->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		n = 1;
+	fs->workers = calloc((size_t)n, sizeof(*fs->workers));
+	if (!fs->workers)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		int rc = pthread_create(&fs->workers[i], NULL, worker_main, fs);
+		if (rc) {
+			log_msg(LOG_ERR, "queue: cannot start worker: %s", strerror(rc));
+			break;
+		}
+		fs->nworkers++;
+	}
+	return fs->nworkers ? 0 : -EAGAIN;
+}
+
+/* Stop the workers: running jobs are cancelled (their files stay queued in
+ * the index and are archived by the next mount). */
+void fs_workers_stop(struct fs *fs)
+{
+	pthread_mutex_lock(&fs->jobs_lock);
+	fs->stopping = 1;
+	pthread_cond_broadcast(&fs->jobs_cond);
+	pthread_mutex_unlock(&fs->jobs_lock);
+	pthread_mutex_lock(&fs->nodes_lock);
+	for (size_t i = 0; i < fs->nodes_size; i++)
+		for (struct node *n = fs->nodes[i]; n; n = n->next)
+			atomic_store(&n->cancel, 1);
+	pthread_mutex_unlock(&fs->nodes_lock);
+	for (int i = 0; i < fs->nworkers; i++)
+		pthread_join(fs->workers[i], NULL);
+	free(fs->workers);
+	fs->workers = NULL;
+	fs->nworkers = 0;
+	while (fs->jobs_head) {
+		struct job *j = fs->jobs_head;
+		fs->jobs_head = j->next;
+		fs_node_put(fs, j->node);
+		free(j);
+	}
+	fs->jobs_tail = NULL;
+}
+
+/* Collect queue records, then push them outside the read transaction. */
+struct qload {
+	uint64_t *inos, *gens;
+	size_t n, cap;
+};
+
+static int qload_add(void *arg, uint64_t ino, uint64_t gen, const char *path)
+{
+	struct qload *q = arg;
+
+	(void)path;
+	if (q->n == q->cap) {
+		size_t cap = q->cap ? q->cap * 2 : 64;
+		uint64_t *a = realloc(q->inos, cap * sizeof(*a));
+		if (!a)
+			return 1;
+		q->inos = a;
+		uint64_t *b = realloc(q->gens, cap * sizeof(*b));
+		if (!b)
+			return 1;
+		q->gens = b;
+		q->cap = cap;
+	}
+	q->inos[q->n] = ino;
+	q->gens[q->n++] = gen;
+	return 0;
+}
+
+int fs_queue_load(struct fs *fs)
+{
+	struct qload q = {0};
+	struct idx_txn *txn;
+	int rc = idx_begin(fs->idx, 0, &txn);
+
+	if (rc)
+		return rc;
+	rc = idx_queue_each(txn, qload_add, &q);
+	idx_abort(txn);
+	for (size_t i = 0; !rc && i < q.n; i++) {
+		/* a fresh generation: the old one belonged to another mount */
+		struct node *n = fs_node_get(fs, q.inos[i]);
+		if (!n) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = fs_job_push(fs, q.inos[i], atomic_load(&n->gen), n);
+		fs_node_put(fs, n);
+	}
+	if (q.n)
+		log_msg(LOG_INFO, "queue: %zu file(s) queued from the index", q.n);
+	free(q.inos);
+	free(q.gens);
+	return rc;
+}

@@ -1,0 +1,289 @@
+/* stage — what is being written: per-inode nodes, generations, settling. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Global source of generation numbers: unique across the mount's life and
+ * larger than any from an earlier mount (seeded from the clock). */
+static atomic_uint_fast64_t gen_counter;
+
+/* Slot of ino in the hash table. */
+static size_t node_slot(struct fs *fs, uint64_t ino)
+{
+	return (size_t)((ino * 0x9E3779B97F4A7C15ull) >> 20) % fs->nodes_size;
+}
+
+/* Look ino up; caller holds nodes_lock. */
+static struct node *node_lookup(struct fs *fs, uint64_t ino)
+{
+	for (struct node *n = fs->nodes[node_slot(fs, ino)]; n; n = n->next)
+		if (n->ino == ino)
+			return n;
+	return NULL;
+}
+
+struct node *fs_node_find(struct fs *fs, uint64_t ino)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&fs->nodes_lock);
+	n = node_lookup(fs, ino);
+	if (n)
+		n->refs++;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return n;
+}
+
+struct node *fs_node_get(struct fs *fs, uint64_t ino)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&fs->nodes_lock);
+	n = node_lookup(fs, ino);
+	if (n) {
+		n->refs++;
+	} else if ((n = calloc(1, sizeof(*n)))) {
+		size_t slot = node_slot(fs, ino);
+		uint64_t zero = 0;
+		n->ino = ino;
+		n->refs = 1;
+		atomic_compare_exchange_strong(&gen_counter, &zero, (uint64_t)time(NULL) << 20);
+		atomic_store(&n->gen, atomic_fetch_add(&gen_counter, 1) + 1);
+		n->next = fs->nodes[slot];
+		fs->nodes[slot] = n;
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return n;
+}
+
+void fs_node_put(struct fs *fs, struct node *n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&fs->nodes_lock);
+	if (--n->refs > 0) {
+		pthread_mutex_unlock(&fs->nodes_lock);
+		return;
+	}
+	for (struct node **pp = &fs->nodes[node_slot(fs, n->ino)]; *pp; pp = &(*pp)->next) {
+		if (*pp == n) {
+			*pp = n->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+	free(n->path);
+	free(n);
+}
+
+void fs_node_touch(struct fs *fs, struct node *n)
+{
+	(void)fs;
+	atomic_store(&n->gen, atomic_fetch_add(&gen_counter, 1) + 1);
+	atomic_store(&n->cancel, 1);
+	n->dirty = 1; /* a plain int store: read under nodes_lock at close */
+}
+
+/* Remember path as the node's latest name; caller holds nodes_lock. */
+static void node_set_path(struct node *n, const char *path)
+{
+	char *p;
+
+	if (!path)
+		return;
+	while (*path == '/')
+		path++;
+	if (n->path && strcmp(n->path, path) == 0)
+		return;
+	p = strdup(path);
+	if (!p)
+		return; /* keep the older name: the rename hook keeps it current */
+	free(n->path);
+	n->path = p;
+}
+
+void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	n->writers++;
+	node_set_path(n, path);
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+void fs_node_writer_close(struct fs *fs, struct node *n, const char *path)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	n->writers--;
+	node_set_path(n, path);
+	n->settle_at = fs_now_ms() + fs->cfg->settle_ms;
+	if (n->writers == 0 && n->dirty && !n->settling && !fs->stopping) {
+		n->settling = 1;
+		n->refs++;
+		n->settle_next = fs->settle;
+		fs->settle = n;
+		pthread_cond_signal(&fs->settle_cond);
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+void fs_nodes_rename(struct fs *fs, const char *from, const char *to)
+{
+	size_t flen, tlen;
+
+	while (*from == '/')
+		from++;
+	while (*to == '/')
+		to++;
+	flen = strlen(from);
+	tlen = strlen(to);
+	pthread_mutex_lock(&fs->nodes_lock);
+	for (size_t i = 0; i < fs->nodes_size; i++) {
+		for (struct node *n = fs->nodes[i]; n; n = n->next) {
+			size_t plen = n->path ? strlen(n->path) : 0;
+			if (!n->path || plen < flen || memcmp(n->path, from, flen) != 0 ||
+			    (plen > flen && n->path[flen] != '/'))
+				continue;
+			char *p = malloc(tlen + plen - flen + 1);
+			if (!p)
+				continue;
+			memcpy(p, to, tlen);
+			memcpy(p + tlen, n->path + flen, plen - flen + 1);
+			free(n->path);
+			n->path = p;
+		}
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+void fs_node_gone(struct fs *fs, uint64_t ino)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *n = node_lookup(fs, ino);
+	if (n) {
+		atomic_store(&n->cancel, 1);
+		atomic_fetch_add(&n->gen, 1);
+		n->dirty = 0;
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
+{
+	struct idx_entry e = {.state = IDX_STAGED, .orig_bytes = size, .stored_bytes = size,
+			      .view_bytes = size};
+	struct idx_txn *txn;
+	int rc = idx_begin(fs->idx, 1, &txn);
+
+	if (rc)
+		return rc;
+	while (*path == '/')
+		path++;
+	rc = idx_put(txn, ino, &e);
+	if (!rc)
+		rc = idx_queue_put(txn, ino, 0, path);
+	if (rc) {
+		idx_abort(txn);
+		return rc;
+	}
+	return idx_commit(txn);
+}
+
+/* Queue every settled node: one index transaction for the batch. Called
+ * with nodes_lock held; releases and retakes it around the index write. */
+static void settle_due(struct fs *fs, int64_t now, int64_t *next)
+{
+	struct node *due = NULL, **pp = &fs->settle;
+
+	while (*pp) {
+		struct node *n = *pp;
+		if (n->writers == 0 && n->settle_at <= now) {
+			*pp = n->settle_next;
+			n->settling = 0;
+			n->settle_next = due;
+			due = n;
+		} else {
+			if (n->writers == 0 && n->settle_at < *next)
+				*next = n->settle_at;
+			pp = &n->settle_next;
+		}
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+	while (due) {
+		struct node *n = due;
+		due = n->settle_next;
+		pthread_mutex_lock(&fs->nodes_lock);
+		int dirty = n->dirty;
+		n->dirty = 0;
+		pthread_mutex_unlock(&fs->nodes_lock);
+		if (dirty)
+			fs_job_push(fs, n->ino, atomic_load(&n->gen), n);
+		fs_node_put(fs, n); /* the settle list's reference */
+	}
+	pthread_mutex_lock(&fs->nodes_lock);
+}
+
+/* The settle thread: wakes when a node starts settling or one is due. */
+static void *settle_main(void *arg)
+{
+	struct fs *fs = arg;
+
+	pthread_mutex_lock(&fs->nodes_lock);
+	while (!fs->stopping) {
+		int64_t now = fs_now_ms(), next = now + 1000;
+		settle_due(fs, now, &next);
+		if (fs->stopping)
+			break;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		int64_t wait = next - fs_now_ms();
+		if (wait < 1)
+			wait = 1;
+		ts.tv_sec += wait / 1000;
+		ts.tv_nsec += (wait % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&fs->settle_cond, &fs->nodes_lock, &ts);
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return NULL;
+}
+
+int fs_settle_start(struct fs *fs)
+{
+	pthread_condattr_t ca;
+	int rc;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&fs->settle_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	rc = pthread_create(&fs->settle_thread, NULL, settle_main, fs);
+	return -rc;
+}
+
+/* Stop settling. Files still settling stay "staged" in the index and are
+ * queued again by the next mount's recovery. */
+void fs_settle_stop(struct fs *fs)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	fs->stopping = 1;
+	pthread_cond_signal(&fs->settle_cond);
+	pthread_mutex_unlock(&fs->nodes_lock);
+	pthread_join(fs->settle_thread, NULL);
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *list = fs->settle;
+	fs->settle = NULL;
+	for (struct node *n = list; n; n = n->settle_next)
+		n->settling = 0;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	while (list) {
+		struct node *n = list;
+		list = n->settle_next;
+		fs_node_put(fs, n);
+	}
+}

@@ -1,0 +1,245 @@
+"""What a file manager, cp -a, rsync -a and tar do, through the mount, and
+nothing lost across unmount and remount."""
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import Mount
+
+
+def make_mixed_tree(root, seed=1):
+    """A tree with unicode and 255-byte names, deep paths, symlinks, empty
+    files, odd modes and old mtimes."""
+    rnd = random.Random(seed)
+    j = lambda *p: os.path.join(root, *p)
+    os.makedirs(j("photos", "2003 trip ✈", "día 1"))
+    os.makedirs(j("empty dir"))
+    names = ["plain.txt", "ünïcødé 文件.bin", "x" * 255, "spaces  and\ttab", "-dash",
+             "a.JPG.heic", "UPPER.MP4", ".hidden", "emoji 😀.dat"]
+    for i, n in enumerate(names):
+        with open(j("photos", "2003 trip ✈", n), "wb") as f:
+            f.write(rnd.randbytes(rnd.randrange(0, 70000)))
+    open(j("photos", "empty"), "wb").close()
+    with open(j("photos", "odd-mode"), "wb") as f:
+        f.write(b"odd")
+    os.chmod(j("photos", "odd-mode"), 0o4711)
+    os.chmod(j("empty dir"), 0o700)
+    os.symlink("2003 trip ✈/plain.txt", j("photos", "link"))
+    os.symlink("/nonexistent/dangling", j("photos", "dangling"))
+    # deep: a path of ~4000 bytes
+    deep = j("deep")
+    comp = "d" * 200
+    rel = 0
+    while rel + len(comp) + 1 < 3800:
+        deep = os.path.join(deep, comp)
+        rel += len(comp) + 1
+    os.makedirs(deep)
+    with open(os.path.join(deep, "leaf"), "wb") as f:
+        f.write(b"deep leaf")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + dirnames:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                os.utime(p, ns=(946684800_123456789, 1000000000_987654321 + len(n)))
+    os.utime(j("photos", "link"), ns=(5, 6), follow_symlinks=False)
+
+
+def listing(root):
+    out = subprocess.run(["find", ".", "-printf", r"%p %y %m %s %T@ %l\n"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    # a directory's size is the file system's business, not ours
+    lines = []
+    for line in out.splitlines():
+        parts = line.split(" ")
+        lines.append(line)
+    return sorted(lines)
+
+
+def listing_nodirsize(root):
+    out = subprocess.run(["find", ".", "-printf", r"%p %y %m %T@ %l\n"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(out.splitlines())
+
+
+def test_cp_a_round_trip(mount, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    make_mixed_tree(str(src))
+    dst = os.path.join(mount.mnt, "in")
+    subprocess.run(["cp", "-a", str(src), dst], check=True)
+    mount.wait_idle()
+    back = tmp_path / "back"
+    subprocess.run(["cp", "-a", dst, str(back)], check=True)
+    subprocess.run(["diff", "-r", "--no-dereference", str(src), str(back)], check=True)
+    assert listing_nodirsize(str(src)) == listing_nodirsize(str(back))
+    assert listing_nodirsize(str(src)) == listing_nodirsize(dst)
+    # and the backing tree holds the same plain files
+    subprocess.run(["diff", "-r", "--no-dereference", str(src),
+                    os.path.join(mount.backing, "in")], check=True)
+
+
+def test_rsync_and_tar(mount, tmp_path):
+    if not shutil.which("rsync"):
+        pytest.skip("rsync is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    make_mixed_tree(str(src), seed=2)
+    subprocess.run(["rsync", "-a", str(src) + "/", os.path.join(mount.mnt, "r") + "/"],
+                   check=True)
+    subprocess.run(["diff", "-r", "--no-dereference", str(src), os.path.join(mount.mnt, "r")],
+                   check=True)
+    assert listing_nodirsize(str(src)) == listing_nodirsize(os.path.join(mount.mnt, "r"))
+    tarball = tmp_path / "t.tar"
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tarball), "."], check=True)
+    os.mkdir(os.path.join(mount.mnt, "t"))
+    subprocess.run(["tar", "-C", os.path.join(mount.mnt, "t"), "-xpf", str(tarball)],
+                   check=True)
+    assert listing_nodirsize(str(src)) == listing_nodirsize(os.path.join(mount.mnt, "t"))
+
+
+def test_remount_keeps_everything(dirs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    make_mixed_tree(str(src), seed=3)
+    m = Mount(*dirs).start()
+    subprocess.run(["cp", "-a", str(src), os.path.join(m.mnt, "in")], check=True)
+    m.stop()
+    m = Mount(*dirs).start()
+    try:
+        subprocess.run(["diff", "-r", "--no-dereference", str(src), os.path.join(m.mnt, "in")],
+                       check=True)
+        assert listing_nodirsize(str(src)) == listing_nodirsize(os.path.join(m.mnt, "in"))
+        m.wait_idle()
+        st = m.status()
+        assert st["staged"] == 0 and st["pending"] == 0 and st["failed"] == 0
+        nfiles = sum(len(f) for _, _, f in os.walk(str(src)))
+        nlinks = 2
+        assert st["files"] == nfiles - nlinks
+    finally:
+        m.stop()
+
+
+def test_big_directory_streams(mount):
+    """readdir hands out a large directory in pieces, every name once."""
+    d = os.path.join(mount.backing, "big")
+    os.mkdir(d)
+    n = int(os.environ.get("HEVCFS_TEST_BIGDIR", "20000"))
+    for i in range(n):
+        open(os.path.join(d, f"file-{i:06d}"), "wb").close()
+    names = os.listdir(os.path.join(mount.mnt, "big"))
+    assert len(names) == n and len(set(names)) == n
+
+
+def test_large_file_over_4gib(mount):
+    f = os.path.join(mount.mnt, "large.bin")
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+    block = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB
+    os.pwrite(fd, block, 0)
+    os.pwrite(fd, block, (4 << 30) + 1)
+    os.close(fd)
+    assert os.path.getsize(f) == (4 << 30) + 1 + len(block)
+    with open(f, "rb") as fh:
+        fh.seek((4 << 30) + 1)
+        assert fh.read(len(block)) == block
+        fh.seek(len(block))
+        assert fh.read(4096) == b"\0" * 4096
+
+
+def test_write_while_reading_and_overwrite(mount):
+    f = os.path.join(mount.mnt, "f")
+    with open(f, "wb") as fh:
+        fh.write(b"a" * 100000)
+    with open(f, "rb") as r, open(f, "r+b") as w:
+        w.seek(50000)
+        w.write(b"b" * 10)
+        w.flush()
+        r.seek(50000)
+        assert r.read(10) == b"b" * 10
+    mount.wait_idle()
+    with open(f, "ab") as fh:
+        fh.write(b"tail")
+    mount.wait_idle()
+    data = open(f, "rb").read()
+    assert data == b"a" * 50000 + b"b" * 10 + b"a" * 49990 + b"tail"
+    assert open(os.path.join(mount.backing, "f"), "rb").read() == data
+
+
+def test_unlink_while_open(mount):
+    f = os.path.join(mount.mnt, "gone")
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"still here")
+    os.unlink(f)
+    assert not os.path.exists(f)
+    assert os.pread(fd, 10, 0) == b"still here"
+    os.close(fd)
+    mount.wait_idle()
+    st = mount.status()
+    assert st["files"] == 0
+
+
+def test_editor_save_pattern(mount):
+    """Write a temporary name, fsync, rename over the original."""
+    f = os.path.join(mount.mnt, "doc.txt")
+    with open(f, "w") as fh:
+        fh.write("v1")
+    for v in range(2, 6):
+        tmp = f + ".swp"
+        with open(tmp, "w") as fh:
+            fh.write(f"v{v}")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, f)
+    mount.wait_idle()
+    assert open(f).read() == "v5"
+    st = mount.status()
+    assert st["files"] == 1 and st["kept"] == 1
+
+
+def test_cli_contract(dirs):
+    from conftest import hevcfs, BIN
+    assert hevcfs("--version").stdout.startswith("hevcfs ")
+    assert "usage" in hevcfs("--help").stdout
+    p = hevcfs(check=False)
+    assert p.returncode == 64 and "usage" in p.stderr
+    p = hevcfs(dirs[0], check=False)
+    assert p.returncode == 64 and "missing MOUNTPOINT" in p.stderr
+    p = hevcfs(dirs[0], dirs[1], "-o", "bogus_option=1", check=False)
+    assert p.returncode != 0 and "bogus_option" in p.stderr
+    p = hevcfs(dirs[0], dirs[1], "-o", "view=weird", check=False)
+    assert p.returncode == 64 and "view=weird" in p.stderr
+    p = hevcfs("status", check=False)
+    assert p.returncode == 64
+    import json
+    st = json.loads(hevcfs("status", dirs[0], "--json").stdout)
+    for k in ("files", "staged", "pending", "archived", "kept", "failed", "bytes_original",
+              "bytes_stored"):
+        assert k in st
+    assert hevcfs("wait", dirs[0], "--timeout", "1").returncode == 0
+
+
+def test_mount_subcommand_and_second_mount_refused(dirs, tmp_path):
+    from conftest import BIN
+    m = Mount(*dirs).start()
+    try:
+        other = tmp_path / "mnt2"
+        other.mkdir()
+        p = subprocess.run([BIN, "mount", dirs[0], str(other), "-f"], capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode != 0 and "already mounted" in p.stderr
+    finally:
+        m.stop()
+
+
+def test_wait_times_out_while_writer_open(mount):
+    from conftest import hevcfs
+    fd = os.open(os.path.join(mount.mnt, "open"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"x")
+    p = hevcfs("wait", mount.backing, "--timeout", "0.5", check=False)
+    assert p.returncode == 1
+    assert mount.status()["staged"] == 1
+    os.close(fd)
+    mount.wait_idle()

@@ -1,0 +1,999 @@
+/* test_photo — JPEG -> HEIC archiving and the JPEG view, on fixtures built
+ * here with TurboJPEG and hand-made APPn/COM segments (and on the shared
+ * corpus of camera JPEGs when it is present). */
+#include "../../codec/internal.h"
+#include "check.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libheif/heif.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <turbojpeg.h>
+#include <unistd.h>
+
+#define CORPUS "../shared/corpus/exif-samples/jpg"
+#define TEST_PRESET "fast" /* tests trade a little size for time */
+
+static char tmpdir[64];
+static struct codec_opts opts;
+
+/* ---- small buffers ---- */
+
+struct buf {
+	uint8_t *p;
+	size_t len;
+};
+
+static void buf_add(struct buf *b, const void *data, size_t n)
+{
+	b->p = realloc(b->p, b->len + n + 1);
+	if (!b->p)
+		abort();
+	memcpy(b->p + b->len, data, n);
+	b->len += n;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = 0;
+}
+
+static struct buf read_path(const char *path)
+{
+	struct buf b = {0};
+	int fd = open(path, O_RDONLY);
+
+	if (fd >= 0) {
+		if (codec_read_all(fd, 1u << 30, &b.p, &b.len))
+			b.p = NULL, b.len = 0;
+		close(fd);
+	}
+	return b;
+}
+
+static void write_path(const char *path, const struct buf *b)
+{
+	FILE *f = fopen(path, "wb");
+
+	if (!f || fwrite(b->p, 1, b->len, f) != b->len || fclose(f) != 0)
+		abort();
+}
+
+static const char *tpath(const char *name)
+{
+	static char p[8][256];
+	static int i;
+
+	i = (i + 1) % 8;
+	snprintf(p[i], sizeof(p[i]), "%s/%s", tmpdir, name);
+	return p[i];
+}
+
+/* ---- fixtures ---- */
+
+/* A textured picture (gradients, a few sinusoids, mild noise): realistic
+ * enough for SSIM to mean something, smooth enough that HEVC beats JPEG. */
+static uint8_t *make_rgb(int w, int h, unsigned seed)
+{
+	uint8_t *p = malloc((size_t)w * h * 3);
+	unsigned s = seed * 2654435761u + 1;
+
+	if (!p)
+		abort();
+	for (int y = 0; y < h; y++)
+		for (int x = 0; x < w; x++) {
+			int c[3];
+			s = s * 1103515245u + 12345u;
+			int n = (int)((s >> 16) % 9) - 4;
+			c[0] = 40 + 160 * x / (w > 1 ? w : 1) + ((x / 8 + y / 8) % 2) * 30 + n;
+			c[1] = 60 + 140 * y / (h > 1 ? h : 1) + ((x * x + y * 3) % 37) + n;
+			c[2] = 128 + ((x + 2 * y) % 64) - 32 + n;
+			for (int k = 0; k < 3; k++)
+				p[((size_t)y * w + x) * 3 + k] =
+					(uint8_t)(c[k] < 0 ? 0 : c[k] > 255 ? 255 : c[k]);
+		}
+	return p;
+}
+
+/* A JPEG from TurboJPEG (its own JFIF APP0 dropped). */
+static struct buf make_jpeg_pf(int w, int h, int subsamp, int flags, int quality, int pf,
+			       unsigned seed)
+{
+	uint8_t *rgb = make_rgb(w, h, seed), *src = rgb;
+	unsigned char *j = NULL;
+	unsigned long jl = 0;
+	struct buf b = {0};
+	tjhandle tj = tjInitCompress();
+	size_t p = 2;
+
+	if (pf == TJPF_CMYK) {
+		src = malloc((size_t)w * h * 4);
+		for (size_t i = 0; i < (size_t)w * h; i++) {
+			src[i * 4] = rgb[i * 3], src[i * 4 + 1] = rgb[i * 3 + 1];
+			src[i * 4 + 2] = rgb[i * 3 + 2], src[i * 4 + 3] = 30;
+		}
+	}
+	if (tjCompress2(tj, src, w, 0, h, pf, &j, &jl, subsamp, quality, flags) == -1) {
+		fprintf(stderr, "tjCompress2: %s\n", tjGetErrorStr2(tj));
+		abort();
+	}
+	buf_add(&b, j, 2);
+	while (j[p] == 0xFF && j[p + 1] == 0xE0)
+		p += 2 + ((size_t)j[p + 2] << 8 | j[p + 3]);
+	buf_add(&b, j + p, jl - p);
+	tjFree(j);
+	tjDestroy(tj);
+	if (src != rgb)
+		free(src);
+	free(rgb);
+	return b;
+}
+
+static struct buf make_jpeg(int w, int h, int subsamp, int flags, unsigned seed)
+{
+	return make_jpeg_pf(w, h, subsamp, flags, 95, TJPF_RGB, seed);
+}
+
+/* Append one APPn/COM segment (marker, big-endian length, payload). */
+static void add_seg(struct buf *segs, int marker, const void *payload, size_t n)
+{
+	uint8_t h[4] = {0xFF, (uint8_t)marker, (uint8_t)((n + 2) >> 8), (uint8_t)(n + 2)};
+
+	if (n + 2 > 65535)
+		abort();
+	buf_add(segs, h, 4);
+	buf_add(segs, payload, n);
+}
+
+/* SOI + segs + the rest of jpeg after its SOI. */
+static struct buf splice(const struct buf *jpeg, const struct buf *segs)
+{
+	struct buf b = {0};
+
+	buf_add(&b, jpeg->p, 2);
+	if (segs->len)
+		buf_add(&b, segs->p, segs->len);
+	buf_add(&b, jpeg->p + 2, jpeg->len - 2);
+	return b;
+}
+
+static void le16(uint8_t *p, unsigned v)
+{
+	p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8);
+}
+
+static void le32(uint8_t *p, uint32_t v)
+{
+	le16(p, v & 0xFFFF), le16(p + 2, v >> 16);
+}
+
+static void ifd_entry(uint8_t *e, unsigned tag, unsigned type, uint32_t count, uint32_t value)
+{
+	le16(e, tag), le16(e + 2, type), le32(e + 4, count), le32(e + 8, value);
+}
+
+/* APP1 Exif: IFD0 (Make, Orientation, ExifIFD, GPS IFD), an Exif IFD with
+ * DateTimeOriginal and a MakerNote, a GPS IFD with a latitude. */
+static void add_exif(struct buf *segs, int orientation)
+{
+	uint8_t t[6 + 188] = "Exif";
+	uint8_t *x = t + 6;
+
+	memcpy(x, "II*\0", 4), le32(x + 4, 8);
+	le16(x + 8, 4);
+	ifd_entry(x + 10, 0x010F, 2, 6, 62);
+	ifd_entry(x + 22, 0x0112, 3, 1, (uint32_t)orientation);
+	ifd_entry(x + 34, 0x8769, 4, 1, 68);
+	ifd_entry(x + 46, 0x8825, 4, 1, 134);
+	le32(x + 58, 0);
+	memcpy(x + 62, "hevcf", 6);
+	le16(x + 68, 2);
+	ifd_entry(x + 70, 0x9003, 2, 20, 98);
+	ifd_entry(x + 82, 0x927C, 7, 16, 118);
+	le32(x + 94, 0);
+	memcpy(x + 98, "2026:01:02 03:04:05", 20);
+	memcpy(x + 118, "MAKERNOTE\x01\x02\x03\x04\x05\x06\x07", 16);
+	le16(x + 134, 2);
+	ifd_entry(x + 136, 0x0001, 2, 2, 'N');
+	ifd_entry(x + 148, 0x0002, 5, 3, 164);
+	le32(x + 160, 0);
+	for (int i = 0; i < 3; i++)
+		le32(x + 164 + 8 * i, (uint32_t)(48 + i)), le32(x + 168 + 8 * i, 1);
+	add_seg(segs, 0xE1, t, sizeof(t));
+}
+
+#define GUID "0123456789ABCDEF0123456789ABCDEF"
+
+static void add_xmp(struct buf *segs, int with_ext, struct buf *ext_out)
+{
+	static const char ns[] = "http://ns.adobe.com/xap/1.0/";
+	static const char ens[] = "http://ns.adobe.com/xmp/extension/";
+	char pkt[1024];
+	struct buf b = {0}, ext = {0};
+	int n = snprintf(pkt, sizeof(pkt),
+			 "<?xpacket begin=\"\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>"
+			 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://"
+			 "www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+			 "xmlns:xmp=\"http://ns.adobe.com/xap/1.0/\" xmlns:xmpNote=\"http://"
+			 "ns.adobe.com/xmp/note/\" xmp:Rating=\"4\" xmp:CreatorTool=\"hevcfs "
+			 "test\"%s/></rdf:RDF></x:xmpmeta><?xpacket end=\"w\"?>",
+			 with_ext ? " xmpNote:HasExtendedXMP=\"" GUID "\"" : "");
+
+	buf_add(&b, ns, sizeof(ns));
+	buf_add(&b, pkt, (size_t)n);
+	add_seg(segs, 0xE1, b.p, b.len);
+	buf_free(&b);
+	if (!with_ext)
+		return;
+	{
+		static const char head[] =
+			"<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://"
+			"www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+			"xmlns:GImage=\"http://ns.google.com/photos/1.0/image/\" "
+			"GImage:Mime=\"image/jpeg\" GImage:Data=\"";
+		static const char tail[] = "\"/></rdf:RDF></x:xmpmeta>";
+		buf_add(&ext, head, sizeof(head) - 1);
+		for (int i = 0; i < 100000; i++)
+			buf_add(&ext, &"ABCDEFGHabcdefgh0123456789+/"[i % 28], 1);
+		buf_add(&ext, tail, sizeof(tail) - 1);
+	}
+	for (size_t off = 0; off < ext.len; off += 60000) {
+		size_t n2 = ext.len - off < 60000 ? ext.len - off : 60000;
+		uint8_t h[8];
+		h[0] = (uint8_t)(ext.len >> 24), h[1] = (uint8_t)(ext.len >> 16);
+		h[2] = (uint8_t)(ext.len >> 8), h[3] = (uint8_t)ext.len;
+		h[4] = (uint8_t)(off >> 24), h[5] = (uint8_t)(off >> 16);
+		h[6] = (uint8_t)(off >> 8), h[7] = (uint8_t)off;
+		buf_add(&b, ens, sizeof(ens));
+		buf_add(&b, GUID, 32);
+		buf_add(&b, h, 8);
+		buf_add(&b, ext.p + off, n2);
+		add_seg(segs, 0xE1, b.p, b.len);
+		buf_free(&b);
+	}
+	*ext_out = ext;
+}
+
+/* A plausible ICC profile of n bytes (header, no tags) in APP2 chunks. */
+static struct buf add_icc(struct buf *segs, size_t n, size_t chunk)
+{
+	struct buf icc = {0}, b = {0};
+	uint8_t *p = calloc(1, n);
+	int count = (int)((n + chunk - 1) / chunk);
+
+	p[0] = (uint8_t)(n >> 24), p[1] = (uint8_t)(n >> 16), p[2] = (uint8_t)(n >> 8);
+	p[3] = (uint8_t)n;
+	memcpy(p + 4, "lcms", 4);
+	p[8] = 2, p[9] = 0x10;
+	memcpy(p + 12, "mntr", 4), memcpy(p + 16, "RGB ", 4), memcpy(p + 20, "XYZ ", 4);
+	memcpy(p + 36, "acsp", 4);
+	for (size_t i = 132; i < n; i++)
+		p[i] = (uint8_t)(i * 7);
+	buf_add(&icc, p, n);
+	free(p);
+	for (int s = 0; s < count; s++) {
+		size_t off = (size_t)s * chunk, m = n - off < chunk ? n - off : chunk;
+		uint8_t h[2] = {(uint8_t)(s + 1), (uint8_t)count};
+		buf_add(&b, "ICC_PROFILE", 12);
+		buf_add(&b, h, 2);
+		buf_add(&b, icc.p + off, m);
+		add_seg(segs, 0xE2, b.p, b.len);
+		buf_free(&b);
+	}
+	return icc;
+}
+
+static void add_iptc(struct buf *segs)
+{
+	static const char cap[] = "A caption from IPTC";
+	uint8_t iim[64] = {0x1C, 2, 0, 0, 2, 0, 4, 0x1C, 2, 0x78, 0, sizeof(cap) - 1};
+	size_t il = 12 + sizeof(cap) - 1;
+	struct buf b = {0};
+	uint8_t rsrc[12] = {'8', 'B', 'I', 'M', 4, 4, 0, 0, 0, 0, 0, (uint8_t)il};
+
+	memcpy(iim + 12, cap, sizeof(cap) - 1);
+	buf_add(&b, "Photoshop 3.0", 14);
+	buf_add(&b, rsrc, 12);
+	buf_add(&b, iim, il);
+	if (il & 1)
+		buf_add(&b, "", 1);
+	add_seg(segs, 0xED, b.p, b.len);
+	buf_free(&b);
+}
+
+/* Everything a rich camera/phone JPEG carries. */
+struct rich {
+	struct buf segs, icc, xmp_ext;
+};
+
+static void make_rich(struct rich *r, int orientation)
+{
+	static const char com[] = "hevcfs test comment";
+	static const uint8_t vendor[] = "VENDOR\0opaque\x01\x02\x03";
+
+	memset(r, 0, sizeof(*r));
+	add_exif(&r->segs, orientation);
+	add_xmp(&r->segs, 1, &r->xmp_ext);
+	r->icc = add_icc(&r->segs, 100000, 60000);
+	add_iptc(&r->segs);
+	add_seg(&r->segs, 0xE9, vendor, sizeof(vendor));
+	add_seg(&r->segs, 0xFE, com, sizeof(com) - 1);
+}
+
+static void rich_free(struct rich *r)
+{
+	buf_free(&r->segs);
+	buf_free(&r->icc);
+	buf_free(&r->xmp_ext);
+}
+
+/* ---- running and checking ---- */
+
+static int archive(const struct buf *jpeg, const char *name, struct codec_result *res)
+{
+	const char *in = tpath(name);
+	char out[256], view[256];
+	int fd, ret;
+
+	snprintf(out, sizeof(out), "%s.heic", in);
+	snprintf(view, sizeof(view), "%s.view.jpg", in);
+	write_path(in, jpeg);
+	fd = open(in, O_RDONLY);
+	if (fd < 0)
+		abort();
+	ret = codec_archive(fd, out, view, &opts, res);
+	close(fd);
+	return ret;
+}
+
+/* The original's Y plane through TurboJPEG. */
+static int y_plane(const struct buf *jpeg, struct photo_planes *pl)
+{
+	char why[128];
+
+	return jpeg_decode_planes(jpeg->p, jpeg->len, pl, why, sizeof(why));
+}
+
+/* Size of the APPn/COM run right after SOI. */
+static size_t header_run(const struct buf *j)
+{
+	size_t p = 2;
+
+	while (p + 4 <= j->len && j->p[p] == 0xFF &&
+	       ((j->p[p + 1] >= 0xE0 && j->p[p + 1] <= 0xEF) || j->p[p + 1] == 0xFE))
+		p += 2 + ((size_t)j->p[p + 2] << 8 | j->p[p + 3]);
+	return p - 2;
+}
+
+static int render(const char *heic, const char *out, uint64_t *size)
+{
+	int fd = open(heic, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = codec_render_view(fd, out, &opts, size);
+	close(fd);
+	return ret;
+}
+
+/* What an archived photo must satisfy; name is the fixture's name. */
+static void check_archived(const struct buf *jpeg, const char *name,
+			   const struct codec_result *res, const struct buf *icc,
+			   int expect_exif, int expect_xmp)
+{
+	char out[256], view[256], r1[256], r2[256];
+	struct buf heic, v, a, b;
+	struct photo_planes orig, dec, vp;
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	uint64_t s1 = 0, s2 = 0;
+	size_t hl = header_run(jpeg);
+
+	snprintf(out, sizeof(out), "%s.heic", tpath(name));
+	snprintf(view, sizeof(view), "%s.view.jpg", tpath(name));
+	snprintf(r1, sizeof(r1), "%s.r1.jpg", tpath(name));
+	snprintf(r2, sizeof(r2), "%s.r2.jpg", tpath(name));
+	CHECK(res->archived == 1);
+	CHECK(strcmp(res->suffix, ".heic") == 0);
+	CHECK(res->ssim >= 0.99);
+	CHECK(res->view_ssim >= 0.985);
+	CHECK(res->quality > 0 && res->quality <= 100);
+	heic = read_path(out);
+	CHECK(heic.p && heic.len == res->stored_bytes);
+	CHECK(res->stored_bytes <= 0.9 * (double)jpeg->len);
+
+	/* the HEIC: pixels, metadata, colour */
+	CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
+	CHECK_EQ(y_plane(jpeg, &orig), 0);
+	CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, &dec), 0);
+	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], dec.plane[0], dec.stride[0],
+			       orig.width, orig.height) >= 0.99);
+	photo_planes_release(&dec);
+	CHECK_EQ(heif_image_handle_get_number_of_metadata_blocks(h, "Exif"), expect_exif);
+	if (expect_xmp) {
+		uint8_t *x;
+		size_t xl;
+		CHECK_EQ(heic_get_item(h, "mime", "application/rdf+xml", &x, &xl), 0);
+		CHECK(memmem(x, xl, "hevcfs test", 11) != NULL);
+		free(x);
+	}
+	{
+		uint8_t *item;
+		size_t il;
+		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-header", &item, &il),
+			 0);
+		CHECK(il == 40 + hl && memcmp(item + 40, jpeg->p + 2, hl) == 0);
+		free(item);
+	}
+	if (icc) {
+		size_t n = heif_image_handle_get_raw_color_profile_size(h);
+		uint8_t *p = malloc(n ? n : 1);
+		CHECK_EQ(n, icc->len);
+		CHECK(heif_image_handle_get_raw_color_profile(h, p).code == heif_error_Ok);
+		CHECK(memcmp(p, icc->p, n) == 0);
+		free(p);
+	}
+	{
+		struct heif_color_profile_nclx *nclx = NULL;
+		CHECK(heif_image_handle_get_nclx_color_profile(h, &nclx).code == heif_error_Ok);
+		CHECK_EQ(nclx->matrix_coefficients, 6);
+		CHECK_EQ(nclx->full_range_flag, 1);
+		heif_nclx_color_profile_free(nclx);
+	}
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+
+	/* the view: original header verbatim, close to the original, exact size */
+	v = read_path(view);
+	CHECK(v.p && v.len == res->view_bytes);
+	CHECK(memcmp(v.p, jpeg->p, 2 + hl) == 0);
+	CHECK(v.p[2 + hl] == 0xFF && !(v.p[3 + hl] >= 0xE0 && v.p[3 + hl] <= 0xEF) &&
+	      v.p[3 + hl] != 0xFE);
+	CHECK_EQ(y_plane(&v, &vp), 0);
+	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], vp.plane[0], vp.stride[0],
+			       orig.width, orig.height) >= 0.985);
+	photo_planes_release(&vp);
+	photo_planes_release(&orig);
+
+	/* rendering again, twice, gives the same bytes */
+	CHECK_EQ(render(out, r1, &s1), 0);
+	CHECK_EQ(render(out, r2, &s2), 0);
+	a = read_path(r1);
+	b = read_path(r2);
+	CHECK(s1 == res->view_bytes && s2 == s1 && a.len == s1 && b.len == s1);
+	CHECK(memcmp(a.p, v.p, v.len) == 0 && memcmp(b.p, v.p, v.len) == 0);
+	buf_free(&a);
+	buf_free(&b);
+	buf_free(&v);
+	buf_free(&heic);
+}
+
+/* ---- tests ---- */
+
+static void test_rich_420(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg(192, 128, TJSAMP_420, 0, 1), f;
+	struct codec_result res;
+
+	make_rich(&r, 1);
+	f = splice(&j, &r.segs);
+	CHECK_EQ(archive(&f, "rich420.jpg", &res), 0);
+	if (!res.archived)
+		fprintf(stderr, "  kept: %s\n", res.reason);
+	check_archived(&f, "rich420.jpg", &res, &r.icc, 1, 1);
+	/* Extended XMP is its own XMP item, byte for byte */
+	{
+		struct buf heic = read_path(tpath("rich420.jpg.heic"));
+		struct heif_context *ctx;
+		struct heif_image_handle *h;
+		heif_item_id ids[8];
+		int n, found = 0;
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
+		n = heif_image_handle_get_list_of_metadata_block_IDs(h, "mime", ids, 8);
+		for (int i = 0; i < n; i++) {
+			size_t sz = heif_image_handle_get_metadata_size(h, ids[i]);
+			uint8_t *p = malloc(sz);
+			heif_image_handle_get_metadata(h, ids[i], p);
+			if (sz == r.xmp_ext.len && memcmp(p, r.xmp_ext.p, sz) == 0)
+				found = 1;
+			free(p);
+		}
+		CHECK(heif_image_handle_get_number_of_thumbnails(h) == 0); /* 192 < 320 */
+		heif_image_handle_release(h);
+		heif_context_free(ctx);
+		buf_free(&heic);
+		CHECK(found);
+	}
+	rich_free(&r);
+	buf_free(&j);
+	buf_free(&f);
+}
+
+/* Each subsampling, plain (TurboJPEG's JFIF only) and with a comment. */
+static void test_subsamplings(void)
+{
+	static const int ss[] = {TJSAMP_420, TJSAMP_422, TJSAMP_444, TJSAMP_GRAY};
+
+	for (int i = 0; i < 4; i++) {
+		struct buf j = make_jpeg(160, 96, ss[i], 0, 10 + (unsigned)i), segs = {0}, f;
+		struct codec_result res;
+		char name[32];
+
+		add_seg(&segs, 0xFE, "subsampling test", 16);
+		f = splice(&j, &segs);
+		snprintf(name, sizeof(name), "ss%d.jpg", ss[i]);
+		CHECK_EQ(archive(&f, name, &res), 0);
+		if (!res.archived)
+			fprintf(stderr, "  kept %s: %s\n", name, res.reason);
+		check_archived(&f, name, &res, NULL, 0, 0);
+		buf_free(&j);
+		buf_free(&segs);
+		buf_free(&f);
+	}
+}
+
+/* Where display pixel (x, y) comes from in the stored picture, per EXIF
+ * orientation (stored size w x h). */
+static void src_of(int o, int w, int h, int x, int y, int *sx, int *sy)
+{
+	switch (o) {
+	case 2: *sx = w - 1 - x, *sy = y; break;
+	case 3: *sx = w - 1 - x, *sy = h - 1 - y; break;
+	case 4: *sx = x, *sy = h - 1 - y; break;
+	case 5: *sx = y, *sy = x; break;
+	case 6: *sx = y, *sy = h - 1 - x; break;
+	case 7: *sx = w - 1 - y, *sy = h - 1 - x; break;
+	case 8: *sx = w - 1 - y, *sy = x; break;
+	default: *sx = x, *sy = y; break;
+	}
+}
+
+/* EXIF orientation 1..8 becomes irot/imir over unrotated pixels, and the
+ * Exif item keeps the original value (never rotated twice). */
+static void test_orientations(void)
+{
+	const int w = 96, hgt = 64;
+
+	for (int o = 1; o <= 8; o++) {
+		struct buf j = make_jpeg(w, hgt, TJSAMP_420, 0, 20 + (unsigned)o), segs = {0}, f, heic;
+		struct codec_result res;
+		struct heif_context *ctx;
+		struct heif_image_handle *h;
+		struct heif_decoding_options *d;
+		struct heif_image *raw, *shown;
+		const uint8_t *rp, *sp;
+		int rs, ss, dw, dh, bad = 0;
+		char name[32];
+
+		add_exif(&segs, o);
+		f = splice(&j, &segs);
+		snprintf(name, sizeof(name), "orient%d.jpg", o);
+		CHECK_EQ(archive(&f, name, &res), 0);
+		check_archived(&f, name, &res, NULL, 1, 0);
+
+		snprintf(name, sizeof(name), "orient%d.jpg.heic", o);
+		heic = read_path(tpath(name));
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
+		dw = heif_image_handle_get_width(h);
+		dh = heif_image_handle_get_height(h);
+		CHECK_EQ(dw, o >= 5 ? hgt : w);
+		CHECK_EQ(dh, o >= 5 ? w : hgt);
+		d = heif_decoding_options_alloc();
+		d->ignore_transformations = 1;
+		CHECK(heif_decode_image(h, &raw, heif_colorspace_YCbCr, heif_chroma_420, d).code ==
+		      heif_error_Ok);
+		d->ignore_transformations = 0;
+		CHECK(heif_decode_image(h, &shown, heif_colorspace_YCbCr, heif_chroma_420, d).code ==
+		      heif_error_Ok);
+		CHECK_EQ(heif_image_get_width(raw, heif_channel_Y), w);
+		CHECK_EQ(heif_image_get_width(shown, heif_channel_Y), dw);
+		rp = heif_image_get_plane_readonly(raw, heif_channel_Y, &rs);
+		sp = heif_image_get_plane_readonly(shown, heif_channel_Y, &ss);
+		for (int y = 0; y < dh; y++)
+			for (int x = 0; x < dw; x++) {
+				int sx, sy;
+				src_of(o, w, hgt, x, y, &sx, &sy);
+				bad += sp[y * ss + x] != rp[sy * rs + sx];
+			}
+		CHECK_EQ(bad, 0);
+		{
+			/* the Exif item: 4-byte offset, then our bytes; orientation intact */
+			uint8_t *e;
+			size_t el;
+			CHECK_EQ(heic_get_item(h, "Exif", NULL, &e, &el), 0);
+			CHECK(el >= 4 + 6 + 188);
+			CHECK(memcmp(e + 4, segs.p + 4, 6 + 188) == 0);
+			CHECK_EQ(e[4 + 6 + 22 + 8], o);
+			free(e);
+		}
+		heif_image_release(raw);
+		heif_image_release(shown);
+		heif_decoding_options_free(d);
+		heif_image_handle_release(h);
+		heif_context_free(ctx);
+		buf_free(&heic);
+		buf_free(&j);
+		buf_free(&segs);
+		buf_free(&f);
+	}
+}
+
+/* Progressive, restart markers, and a ~1 MP photo with odd sides and a
+ * thumbnail. */
+static void test_progressive_restart_large(void)
+{
+	struct buf p = make_jpeg(200, 150, TJSAMP_420, TJFLAG_PROGRESSIVE, 31), r, l;
+	struct codec_result res;
+	int scans = 0, rst = 0;
+
+	for (size_t i = 0; i + 1 < p.len; i++)
+		scans += p.p[i] == 0xFF && p.p[i + 1] == 0xDA;
+	CHECK(scans > 1);
+	CHECK_EQ(archive(&p, "progressive.jpg", &res), 0);
+	check_archived(&p, "progressive.jpg", &res, NULL, 0, 0);
+
+	/* TurboJPEG 2 takes restart intervals from the environment only */
+	setenv("TJ_RESTART", "1", 1);
+	r = make_jpeg(200, 150, TJSAMP_422, 0, 32);
+	unsetenv("TJ_RESTART");
+	for (size_t i = 0; i + 1 < r.len; i++)
+		rst += r.p[i] == 0xFF && r.p[i + 1] >= 0xD0 && r.p[i + 1] <= 0xD7;
+	CHECK(rst > 0);
+	CHECK_EQ(archive(&r, "restart.jpg", &res), 0);
+	check_archived(&r, "restart.jpg", &res, NULL, 0, 0);
+
+	l = make_jpeg(1201, 801, TJSAMP_420, 0, 33);
+	CHECK_EQ(archive(&l, "large.jpg", &res), 0);
+	check_archived(&l, "large.jpg", &res, NULL, 0, 0);
+	{
+		struct buf heic = read_path(tpath("large.jpg.heic"));
+		struct heif_context *ctx;
+		struct heif_image_handle *h;
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
+		CHECK_EQ(heif_image_handle_get_number_of_thumbnails(h), 1);
+		heif_image_handle_release(h);
+		heif_context_free(ctx);
+		buf_free(&heic);
+	}
+	buf_free(&p);
+	buf_free(&r);
+	buf_free(&l);
+}
+
+/* Odd sizes: archived and correct, or kept as not smaller (tiny files);
+ * the codec path itself must round-trip them either way. */
+static void test_odd_sizes(void)
+{
+	static const int sz[][3] = {{1, 1, TJSAMP_420},   {161, 1, TJSAMP_420},
+				    {33, 17, TJSAMP_420}, {33, 17, TJSAMP_422},
+				    {1, 161, TJSAMP_444}, {17, 33, TJSAMP_GRAY}};
+
+	for (size_t i = 0; i < sizeof(sz) / sizeof(sz[0]); i++) {
+		struct buf j = make_jpeg_pf(sz[i][0], sz[i][1], sz[i][2], 0, 100, TJPF_RGB,
+					    40 + (unsigned)i);
+		struct codec_result res;
+		struct photo_planes orig, dec;
+		struct jpeg_info ji;
+		struct heic_params hp = {.quality = 90, .preset = TEST_PRESET};
+		struct heif_context *ctx, *rctx;
+		struct heif_image_handle *h;
+		uint8_t *mem, *view;
+		size_t ml, vl;
+		char name[32];
+
+		snprintf(name, sizeof(name), "odd%zu.jpg", i);
+		CHECK_EQ(archive(&j, name, &res), 0);
+		if (res.archived)
+			check_archived(&j, name, &res, NULL, 0, 0);
+		else
+			CHECK(strstr(res.reason, "not smaller") != NULL);
+
+		CHECK_EQ(jpeg_parse(j.p, j.len, &ji), 0);
+		CHECK_EQ(y_plane(&j, &orig), 0);
+		CHECK_EQ(heic_encode(&orig, &ji, &hp, &ctx), 0);
+		CHECK_EQ(heic_write_mem(ctx, &mem, &ml), 0);
+		CHECK_EQ(heic_open(mem, ml, 0, &rctx, &h), 0);
+		CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, &dec), 0);
+		CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], dec.plane[0], dec.stride[0],
+				       orig.width, orig.height) >= 0.97);
+		CHECK_EQ(jpeg_encode_view(&dec, 92, ji.segs, ji.segs_len, &view, &vl), 0);
+		free(view);
+		photo_planes_release(&dec);
+		photo_planes_release(&orig);
+		heif_image_handle_release(h);
+		heif_context_free(rctx);
+		heif_context_free(ctx);
+		free(mem);
+		jpeg_info_release(&ji);
+		buf_free(&j);
+	}
+}
+
+/* Patch the first SOF of a JPEG. */
+static uint8_t *find_sof(struct buf *j)
+{
+	for (size_t i = 2; i + 9 < j->len; i++)
+		if (j->p[i] == 0xFF && j->p[i + 1] >= 0xC0 && j->p[i + 1] <= 0xC2)
+			return j->p + i;
+	abort();
+}
+
+static void expect_kept(const struct buf *j, const char *name, const char *why)
+{
+	struct codec_result res;
+
+	CHECK_EQ(archive(j, name, &res), 0);
+	if (res.archived || !strstr(res.reason, why))
+		fprintf(stderr, "  %s: archived %d, reason \"%s\", expected \"%s\"\n", name,
+			res.archived, res.reason, why);
+	CHECK(res.archived == 0);
+	CHECK(strstr(res.reason, why) != NULL);
+	CHECK(res.suffix[0] == '\0');
+}
+
+/* What must be kept as is, each with its reason, without a crash. */
+static void test_kept(void)
+{
+	struct buf base = make_jpeg(64, 48, TJSAMP_420, 0, 50), j = {0};
+	uint8_t *sof;
+
+	/* truncated */
+	buf_add(&j, base.p, base.len * 6 / 10);
+	expect_kept(&j, "trunc.jpg", "truncated");
+	buf_free(&j);
+	/* no EOI at all, only SOI */
+	buf_add(&j, base.p, 2);
+	expect_kept(&j, "soi.jpg", "truncated");
+	buf_free(&j);
+	/* garbage where a marker should be */
+	buf_add(&j, base.p, base.len);
+	j.p[2] = 0x00;
+	expect_kept(&j, "garbage.jpg", "corrupt");
+	buf_free(&j);
+	/* corrupt entropy data: a bogus marker inside the scan */
+	buf_add(&j, base.p, base.len);
+	j.p[j.len - 40] = 0xFF, j.p[j.len - 39] = 0xC4;
+	{
+		struct codec_result res;
+		CHECK_EQ(archive(&j, "entropy.jpg", &res), 0);
+		CHECK(res.archived == 0 && res.reason[0]);
+	}
+	buf_free(&j);
+	/* data after EOI: a motion photo's video, an MPF image */
+	buf_add(&j, base.p, base.len);
+	buf_add(&j, "\0\0\0\x18" "ftypmp42....", 16);
+	expect_kept(&j, "motion.jpg", "after EOI");
+	buf_free(&j);
+	/* bomb: a frame header claiming 65535x65535 over a tiny scan */
+	buf_add(&j, base.p, base.len);
+	sof = find_sof(&j);
+	sof[5] = sof[6] = sof[7] = sof[8] = 0xFF;
+	expect_kept(&j, "bomb.jpg", "pixel limit");
+	buf_free(&j);
+	/* panorama wider than one HEVC picture */
+	buf_add(&j, base.p, base.len);
+	sof = find_sof(&j);
+	sof[5] = 0x03, sof[6] = 0xE8, sof[7] = 0x75, sof[8] = 0x30; /* 30000x1000 */
+	expect_kept(&j, "pano.jpg", "too large for one HEVC picture");
+	buf_free(&j);
+	/* 12-bit, lossless */
+	buf_add(&j, base.p, base.len);
+	find_sof(&j)[4] = 12;
+	expect_kept(&j, "12bit.jpg", "12-bit");
+	buf_free(&j);
+	buf_add(&j, base.p, base.len);
+	find_sof(&j)[1] = 0xC3;
+	expect_kept(&j, "lossless.jpg", "lossless");
+	buf_free(&j);
+	/* arithmetic coding, from TurboJPEG's environment switch */
+	setenv("TJ_ARITHMETIC", "1", 1);
+	j = make_jpeg(64, 48, TJSAMP_420, 0, 51);
+	unsetenv("TJ_ARITHMETIC");
+	expect_kept(&j, "arith.jpg", "arithmetic");
+	buf_free(&j);
+	/* CMYK (Adobe APP14, four components) */
+	j = make_jpeg_pf(64, 48, TJSAMP_444, 0, 95, TJPF_CMYK, 52);
+	expect_kept(&j, "cmyk.jpg", "4 components");
+	buf_free(&j);
+	/* 4:4:0 has no HEVC chroma format */
+	j = make_jpeg(64, 48, TJSAMP_440, 0, 53);
+	expect_kept(&j, "440.jpg", "4:4:0");
+	buf_free(&j);
+	/* not a JPEG at all, and an empty file */
+	buf_add(&j, "\xFF\xD8\xFFhello", 8);
+	{
+		struct codec_result res;
+		CHECK_EQ(archive(&j, "hello.jpg", &res), 0);
+		CHECK(res.archived == 0 && res.reason[0]);
+	}
+	buf_free(&j);
+	buf_free(&base);
+}
+
+/* Over the size limit, fixed quality, cancellation, max_pixels. */
+static void test_options(void)
+{
+	struct buf j = make_jpeg(128, 96, TJSAMP_420, 0, 60);
+	struct codec_result res;
+	atomic_int stop = 1;
+	struct codec_opts saved = opts;
+
+	opts.photo_quality = 90;
+	CHECK_EQ(archive(&j, "fixed.jpg", &res), 0);
+	CHECK(res.archived == 0 || res.quality == 90);
+	opts.photo_quality = 0;
+	opts.max_pixels = 100;
+	expect_kept(&j, "maxpx.jpg", "pixel limit");
+	opts.max_pixels = 0;
+	opts.cancel = &stop;
+	CHECK_EQ(archive(&j, "cancel.jpg", &res), -ECANCELED);
+	opts = saved;
+	buf_free(&j);
+}
+
+/* A view render of something that is not an archived photo fails cleanly. */
+static void test_render_errors(void)
+{
+	struct buf j = make_jpeg(64, 64, TJSAMP_420, 0, 70), hf = {0};
+	struct photo_planes pl;
+	struct jpeg_info ji;
+	struct heic_params hp = {.quality = 50, .preset = TEST_PRESET};
+	struct heif_context *ctx;
+	uint64_t size = 0;
+
+	write_path(tpath("plain.jpg"), &j);
+	CHECK_EQ(render(tpath("plain.jpg"), tpath("plain.view"), &size), -EINVAL);
+	CHECK_EQ(jpeg_parse(j.p, j.len, &ji), 0);
+	CHECK_EQ(y_plane(&j, &pl), 0);
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
+	write_path(tpath("foreign.heic"), &hf);
+	CHECK_EQ(render(tpath("foreign.heic"), tpath("foreign.view"), &size), -EINVAL);
+	heif_context_free(ctx);
+	photo_planes_release(&pl);
+	jpeg_info_release(&ji);
+	buf_free(&hf);
+	buf_free(&j);
+}
+
+/* exiftool sees the same tags in the original and in its view. */
+static void test_exiftool_tags(void)
+{
+	char cmd[1024];
+	struct rich r;
+	struct buf j, f, a, b;
+	struct codec_result res;
+	int rc;
+
+	if (system("exiftool -ver >/dev/null 2>&1") != 0)
+		SKIP("exiftool not installed (libimage-exiftool-perl)");
+	make_rich(&r, 6);
+	j = make_jpeg(160, 120, TJSAMP_420, 0, 80);
+	f = splice(&j, &r.segs);
+	CHECK_EQ(archive(&f, "tags.jpg", &res), 0);
+	CHECK(res.archived);
+	for (int i = 0; i < 2; i++) {
+		snprintf(cmd, sizeof(cmd),
+			 "exiftool -a -G1 -s -n %s | grep -v -E '^\\[(File|Composite|ExifTool)\\]' "
+			 "> %s",
+			 tpath(i ? "tags.jpg.view.jpg" : "tags.jpg"),
+			 tpath(i ? "tags.view.txt" : "tags.orig.txt"));
+		rc = system(cmd);
+		CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+	}
+	a = read_path(tpath("tags.orig.txt"));
+	b = read_path(tpath("tags.view.txt"));
+	if (a.len != b.len || memcmp(a.p, b.p, a.len) != 0) {
+		snprintf(cmd, sizeof(cmd), "diff %s %s >&2", tpath("tags.orig.txt"),
+			 tpath("tags.view.txt"));
+		rc = system(cmd);
+		(void)rc;
+	}
+	CHECK(a.len > 200 && a.len == b.len && memcmp(a.p, b.p, a.len) == 0);
+	CHECK(memmem(a.p, a.len, "MakerNote", 9) && memmem(a.p, a.len, "GPSLatitude", 11) &&
+	      memmem(a.p, a.len, "Caption-Abstract", 16) && memmem(a.p, a.len, "Rating", 6));
+	buf_free(&a);
+	buf_free(&b);
+	buf_free(&j);
+	buf_free(&f);
+	rich_free(&r);
+}
+
+static int corpus_n, corpus_archived, corpus_kept;
+
+static int corpus_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	struct buf j;
+	struct codec_result res;
+	size_t n = strlen(path);
+
+	(void)st, (void)ftw;
+	if (type != FTW_F || n < 4 || strcasecmp(path + n - 4, ".jpg") != 0)
+		return 0;
+	j = read_path(path);
+	if (!j.p)
+		return 0;
+	corpus_n++;
+	if (archive(&j, "corpus.jpg", &res) != 0) {
+		fprintf(stderr, "  corpus %s: error\n", path);
+		buf_free(&j);
+		return 1;
+	}
+	if (res.archived) {
+		corpus_archived++;
+		if (res.ssim < 0.99 || res.view_ssim < 0.985 ||
+		    res.stored_bytes > 0.9 * (double)j.len) {
+			fprintf(stderr, "  corpus %s: SSIM %.4f view %.4f\n", path, res.ssim,
+				res.view_ssim);
+			buf_free(&j);
+			return 1;
+		}
+	} else {
+		corpus_kept++;
+		if (!res.reason[0]) {
+			buf_free(&j);
+			return 1;
+		}
+		fprintf(stderr, "  corpus kept %s: %s\n", path + strlen(CORPUS) + 1, res.reason);
+	}
+	buf_free(&j);
+	return 0;
+}
+
+/* Every camera JPEG of the shared corpus: no crash, floors kept. */
+static void test_corpus(void)
+{
+	struct stat st;
+
+	if (stat(CORPUS, &st) != 0)
+		SKIP("corpus " CORPUS " absent: corpus part NOT run");
+	if (getenv("HEVCFS_SKIP_CORPUS"))
+		SKIP("HEVCFS_SKIP_CORPUS set: corpus part NOT run");
+	CHECK_EQ(nftw(CORPUS, corpus_one, 8, FTW_PHYS), 0);
+	fprintf(stderr, "  corpus: %d JPEGs, %d archived, %d kept\n", corpus_n, corpus_archived,
+		corpus_kept);
+	CHECK(corpus_n > 0 && corpus_archived > 0);
+}
+
+static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st, (void)type, (void)ftw;
+	return remove(path);
+}
+
+int main(void)
+{
+	int rc;
+
+	strcpy(tmpdir, "/tmp/test_photo.XXXXXX");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	log_set_level(LOG_WARNING);
+	opts.preset = TEST_PRESET;
+	opts.threads = 2;
+	RUN(test_rich_420);
+	RUN(test_subsamplings);
+	RUN(test_orientations);
+	RUN(test_progressive_restart_large);
+	RUN(test_odd_sizes);
+	RUN(test_kept);
+	RUN(test_options);
+	RUN(test_render_errors);
+	RUN(test_exiftool_tags);
+	RUN(test_corpus);
+	rc = check_done("test_photo");
+	nftw(tmpdir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	return rc;
+}

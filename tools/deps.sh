@@ -1,0 +1,26 @@
+#!/bin/sh
+# Install the Debian/Ubuntu packages hevcfs needs to build, test and bench.
+# Idempotent and quiet when everything is there; uses sudo when not root.
+set -eu
+
+PKGS="build-essential pkg-config
+libfuse3-dev fuse3
+libheif-dev libheif-examples
+libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
+libturbojpeg0-dev libjpeg-turbo-progs
+liblmdb-dev lmdb-utils
+python3 python3-pytest libimage-exiftool-perl attr rsync"
+
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "hevcfs: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

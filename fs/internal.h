@@ -110,8 +110,9 @@ struct fs_lookup {
 	int parent;          /* parent directory fd (caller closes) */
 	char name[256 + 8];  /* backing name */
 	struct stat st;      /* of the backing file */
-	int archived;        /* backing name carries an archive suffix */
-	struct idx_entry e;  /* valid when has_entry */
+	int archived;        /* stored as an archived copy under a suffix */
+	struct idx_entry e;  /* valid when has_entry: looked up only for names
+				that carry an archive suffix */
 	int has_entry;
 };
 /* Resolve a logical path to its backing file (following the mapping of

@@ -22,9 +22,16 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+/* What fi->fh points at: the kernel hands directory handles to setattr and
+ * getattr too (fchmod, futimens, fstat on a directory fd), so both kinds
+ * start with their kind. */
+enum { HANDLE_FILE = 0x46494c45, HANDLE_DIR = 0x44495220 };
+
 /* An open file. */
 struct handle {
-	int fd;
+	int kind; /* HANDLE_FILE */
+	int fd;   /* where the bytes are read and written */
+	int bfd;  /* the backing file (differs from fd for a rendered view) */
 	struct node *node; /* writers only */
 	int writable;
 	int staged;        /* the index already says "staged" */
@@ -32,6 +39,7 @@ struct handle {
 
 /* An open directory, read in a stream. */
 struct dirh {
+	int kind;            /* HANDLE_DIR */
 	DIR *dir;
 	int root;            /* the mount's root: hide the state directory */
 	off_t pos;           /* telldir() after the last entry returned */
@@ -43,9 +51,25 @@ static struct fs *fs_get(void)
 	return fuse_get_context()->private_data;
 }
 
+/* The file handle of fi, or NULL when there is none or it is a directory's. */
 static struct handle *fh_of(struct fuse_file_info *fi)
 {
-	return (struct handle *)(uintptr_t)fi->fh;
+	struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+
+	return h && h->kind == HANDLE_FILE ? h : NULL;
+}
+
+/* The backing fd an attribute change through fi applies to (a file's or a
+ * directory's), or -1 when fi carries none. */
+static int attr_fd(struct fuse_file_info *fi)
+{
+	int *kind = fi ? (int *)(uintptr_t)fi->fh : NULL;
+
+	if (!kind)
+		return -1;
+	if (*kind == HANDLE_FILE)
+		return ((struct handle *)kind)->bfd;
+	return dirfd(((struct dirh *)kind)->dir);
 }
 
 /* Strip leading slashes: index and queue paths are relative. */
@@ -87,18 +111,16 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 	struct fs_lookup lk;
 	int rc;
 
-	if (fi && fh_of(fi)) {
+	if (attr_fd(fi) >= 0) {
 		struct handle *h = fh_of(fi);
-		if (fstat(h->fd, st) == -1)
+		if (fstat(attr_fd(fi), st) == -1)
 			return -errno;
-		if (!h->writable && path) {
-			/* a view: report the logical file's inode and blocks */
-			if (fs_lookup(fs, path, &lk) == 0) {
-				close(lk.parent);
-				off_t size = st->st_size;
-				*st = lk.st;
-				st->st_size = size;
-			}
+		if (h && h->fd != h->bfd) {
+			/* a view: the backing file's inode and blocks, the view's size */
+			struct stat vst;
+			if (fstat(h->fd, &vst) == -1)
+				return -errno;
+			st->st_size = vst.st_size;
 		}
 		return 0;
 	}
@@ -396,8 +418,8 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	struct fs_lookup lk;
 	int rc;
 
-	if (fi && fh_of(fi) && fh_of(fi)->writable)
-		return fchmod(fh_of(fi)->fd, mode) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0)
+		return fchmod(attr_fd(fi), mode) == -1 ? -errno : 0;
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
@@ -411,8 +433,8 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
 	struct fs_lookup lk;
 	int rc;
 
-	if (fi && fh_of(fi) && fh_of(fi)->writable)
-		return fchown(fh_of(fi)->fd, uid, gid) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0)
+		return fchown(attr_fd(fi), uid, gid) == -1 ? -errno : 0;
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
@@ -426,8 +448,8 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 	struct fs_lookup lk;
 	int rc;
 
-	if (fi && fh_of(fi) && fh_of(fi)->writable)
-		return futimens(fh_of(fi)->fd, tv) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0)
+		return futimens(attr_fd(fi), tv) == -1 ? -errno : 0;
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
@@ -534,7 +556,8 @@ static int handle_new(struct fs *fs, int fd, const char *path, int writable,
 
 	if (!h)
 		return -ENOMEM;
-	h->fd = fd;
+	h->kind = HANDLE_FILE;
+	h->fd = h->bfd = fd;
 	h->writable = writable;
 	if (writable) {
 		if (fstat(fd, &st) == -1 || !(h->node = fs_node_get(fs, st.st_ino))) {
@@ -589,8 +612,14 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 				goto out_close;
 			}
 			rc = handle_new(fs, fd, path, 0, fi);
-			if (rc)
+			if (rc) {
 				close(fd);
+				goto out_close;
+			}
+			/* attribute changes through this handle go to the stored file */
+			int bfd = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (bfd >= 0)
+				fh_of(fi)->bfd = bfd;
 			goto out_close;
 		}
 	}
@@ -706,7 +735,7 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	struct fs_lookup lk;
 	int fd, rc;
 
-	if (fi && fh_of(fi) && fh_of(fi)->writable) {
+	if (fh_of(fi) && fh_of(fi)->writable) {
 		if (ftruncate(fh_of(fi)->fd, size) == -1)
 			return -errno;
 		handle_dirty(fs, fh_of(fi), path);
@@ -774,6 +803,8 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 		}
 		fs_node_put(fs, h->node);
 	}
+	if (h->bfd != h->fd)
+		close(h->bfd);
 	close(h->fd);
 	free(h);
 	return 0;
@@ -882,6 +913,7 @@ static int op_opendir(const char *path, struct fuse_file_info *fi)
 		free(d);
 		return fd;
 	}
+	d->kind = HANDLE_DIR;
 	d->root = path[strspn(path, "/")] == '\0';
 	d->dir = fdopendir(fd);
 	if (!d->dir) {
@@ -1009,8 +1041,11 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 1;
 	cfg->nullpath_ok = 1;
 	cfg->hard_remove = 1;
-	cfg->entry_timeout = 1.0;
-	cfg->attr_timeout = 1.0;
+	/* Names may be cached. Attributes are not: the library
+	 * gives each name of a hard-linked file its own kernel inode, so a
+	 * cached link count or size could go stale through another name. */
+	cfg->entry_timeout = 30.0;
+	cfg->attr_timeout = 0;
 	cfg->negative_timeout = 0;
 	conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				       FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS);

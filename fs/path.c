@@ -163,7 +163,12 @@ int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk)
 	}
 	memcpy(lk->name, name, nlen + 1);
 	if (fstatat(lk->parent, name, &lk->st, AT_SYMLINK_NOFOLLOW) == 0) {
-		if (S_ISREG(lk->st.st_mode) && fs_entry_get(fs, lk->st.st_ino, &lk->e) == 0)
+		/* Only a name with an archive suffix can differ from what is
+		 * stored (hidden, or shown with its view's size); any other
+		 * regular file reads its own bytes, so getattr, the hot path,
+		 * needs no index lookup for it. */
+		if (S_ISREG(lk->st.st_mode) && fs_has_archive_suffix(name) &&
+		    fs_entry_get(fs, lk->st.st_ino, &lk->e) == 0)
 			lk->has_entry = 1;
 		/* In the legacy view an archived copy answers only to the
 		 * logical name, not to its own. */

@@ -138,3 +138,36 @@ def mount_factory(dirs):
     for m in made:
         if m.proc is not None:
             m.stop(check=False)
+
+
+def make_jpeg(path, width=96, height=64, seed=0, quality=92, extra=()):
+    """A textured JPEG made with libjpeg-turbo's cjpeg from a generated PPM."""
+    import random
+    rnd = random.Random(seed)
+    px = bytearray()
+    for y in range(height):
+        for x in range(width):
+            n = rnd.randrange(24)
+            px += bytes(((x * 255 // max(1, width - 1) + n) % 256,
+                         (y * 255 // max(1, height - 1) + n) % 256,
+                         ((x + y) * 3 + seed * 40 + n) % 256))
+    ppm = f"P6\n{width} {height}\n255\n".encode() + bytes(px)
+    p = subprocess.run(["cjpeg", "-quality", str(quality), *extra], input=ppm,
+                       capture_output=True, check=True)
+    with open(path, "wb") as f:
+        f.write(p.stdout)
+    return p.stdout
+
+
+def backing_files(backing):
+    """Every regular file of the backing tree outside the state directory,
+    relative path -> bytes."""
+    out = {}
+    for d, dn, fn in os.walk(backing):
+        if d == backing and ".hevcfs" in dn:
+            dn.remove(".hevcfs")
+        for n in fn:
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and not os.path.islink(p):
+                out[os.path.relpath(p, backing)] = open(p, "rb").read()
+    return out

@@ -92,7 +92,13 @@ def test_rsync_and_tar(mount, tmp_path):
                    check=True)
     subprocess.run(["diff", "-r", "--no-dereference", str(src), os.path.join(mount.mnt, "r")],
                    check=True)
-    assert listing_nodirsize(str(src)) == listing_nodirsize(os.path.join(mount.mnt, "r"))
+    # rsync sets neither the top directory's nor a symlink's time here, on a
+    # local disk either: compare with what it does on one
+    local = tmp_path / "local"
+    subprocess.run(["rsync", "-a", str(src) + "/", str(local) + "/"], check=True)
+    strip = lambda ls: [l for l in ls if not l.startswith(". ") and " l " not in l]
+    assert strip(listing_nodirsize(str(local))) == strip(
+        listing_nodirsize(os.path.join(mount.mnt, "r")))
     tarball = tmp_path / "t.tar"
     subprocess.run(["tar", "-C", str(src), "-cf", str(tarball), "."], check=True)
     os.mkdir(os.path.join(mount.mnt, "t"))

@@ -100,11 +100,15 @@ def test_rsync_and_tar(mount, tmp_path):
     assert strip(listing_nodirsize(str(local))) == strip(
         listing_nodirsize(os.path.join(mount.mnt, "r")))
     tarball = tmp_path / "t.tar"
-    subprocess.run(["tar", "-C", str(src), "-cf", str(tarball), "."], check=True)
-    os.mkdir(os.path.join(mount.mnt, "t"))
-    subprocess.run(["tar", "-C", os.path.join(mount.mnt, "t"), "-xpf", str(tarball)],
+    subprocess.run(["tar", "--format=posix", "-C", str(src), "-cf", str(tarball), "."],
                    check=True)
-    assert listing_nodirsize(str(src)) == listing_nodirsize(os.path.join(mount.mnt, "t"))
+    for root in (os.path.join(mount.mnt, "t"), str(tmp_path / "t")):
+        os.mkdir(root)
+        subprocess.run(["tar", "-C", root, "-xpf", str(tarball)], check=True)
+    assert listing_nodirsize(str(tmp_path / "t")) == listing_nodirsize(
+        os.path.join(mount.mnt, "t"))
+    assert strip(listing_nodirsize(str(src))) == strip(
+        listing_nodirsize(os.path.join(mount.mnt, "t")))
 
 
 def test_remount_keeps_everything(dirs, tmp_path):

@@ -93,7 +93,7 @@ static uint8_t *make_rgb(int w, int h, unsigned seed)
 		for (int x = 0; x < w; x++) {
 			int c[3];
 			s = s * 1103515245u + 12345u;
-			int n = (int)((s >> 16) % 5) - 2;
+			int n = (int)((s >> 16) % 3) - 1;
 			int blob = ((x / 24 + y / 16) % 3) * 25;
 			c[0] = 40 + 160 * x / (w > 1 ? w : 1) + blob + n;
 			c[1] = 60 + 140 * y / (h > 1 ? h : 1) + ((x + y) / 6 % 8) * 6 + n;

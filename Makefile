@@ -63,8 +63,8 @@ bench: hevcfs
 deps:
 	@tools/deps.sh
 
-demo: hevcfs
-	@tools/demo.sh
+demo:
+	@sh tools/demo.sh
 
 format:
 	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c)

@@ -44,6 +44,7 @@ struct node {
 struct job {
 	uint64_t ino;
 	uint64_t gen;
+	int video;         /* known to be a video (one runs at a time) */
 	struct node *node; /* holds a reference */
 	struct job *next;
 };

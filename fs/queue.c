@@ -362,8 +362,69 @@ out_unlock:
 	return rc;
 }
 
-/* Run one job: open the settled file, archive it, keep or commit. */
-static void run_job(struct fs *fs, struct job *j)
+/* Progress of a long job, written to its index entry about once a second
+ * (for `hevcfs status`). */
+struct progress {
+	struct fs *fs;
+	struct job *job;
+	int64_t last_ms;
+};
+
+static void on_progress(void *arg, uint64_t done, uint64_t total, double fps)
+{
+	struct progress *p = arg;
+	struct idx_txn *txn;
+	struct idx_entry e;
+	int64_t now = fs_now_ms();
+
+	if (now - p->last_ms < 1000 && done < total)
+		return;
+	p->last_ms = now;
+	if (idx_begin(p->fs->idx, 1, &txn))
+		return;
+	if (idx_get(txn, p->job->ino, &e) == 0 && e.state == IDX_PENDING) {
+		e.done = done;
+		e.total = total;
+		e.fps = fps;
+		if (idx_put(txn, p->job->ino, &e) == 0) {
+			idx_commit(txn);
+			return;
+		}
+	}
+	idx_abort(txn);
+}
+
+/* A video found while another runs goes back to wait for its turn. */
+static int video_turn(struct fs *fs, struct job *j)
+{
+	int mine;
+
+	pthread_mutex_lock(&fs->jobs_lock);
+	mine = !fs->video_running;
+	if (mine) {
+		fs->video_running = 1;
+	} else {
+		j->video = 1;
+		j->next = fs->jobs_head;
+		fs->jobs_head = j;
+		if (!fs->jobs_tail)
+			fs->jobs_tail = j;
+	}
+	pthread_mutex_unlock(&fs->jobs_lock);
+	return mine;
+}
+
+static void video_done(struct fs *fs)
+{
+	pthread_mutex_lock(&fs->jobs_lock);
+	fs->video_running = 0;
+	pthread_cond_broadcast(&fs->jobs_cond);
+	pthread_mutex_unlock(&fs->jobs_lock);
+}
+
+/* Run one job: open the settled file, archive it, keep or commit. Returns 1
+ * when the job was handed back to the queue (a video waiting its turn). */
+static int run_job(struct fs *fs, struct job *j)
 {
 	struct codec_result res;
 	struct codec_opts opts = fs->cfg->codec;
@@ -373,10 +434,11 @@ static void run_job(struct fs *fs, struct job *j)
 	char *path = malloc(4097);
 	char reason[600];
 	uint64_t qgen;
-	int fd = -1, rc;
+	int fd = -1, rc, video = 0, requeued = 0;
+	struct progress prog = {fs, j, 0};
 
 	if (!path)
-		return;
+		return 0;
 	if (!job_current(fs, j))
 		goto out;
 	if ((rc = idx_begin(fs->idx, 0, &txn)))
@@ -399,6 +461,15 @@ static void run_job(struct fs *fs, struct job *j)
 		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st);
 		goto out;
 	}
+	if (codec_sniff(fd) == CODEC_KIND_VIDEO) {
+		if (!video_turn(fs, j)) {
+			requeued = 1;
+			goto out;
+		}
+		video = 1;
+	}
+	opts.progress = on_progress;
+	opts.progress_arg = &prog;
 
 	snprintf(out, sizeof(out), "%llu.%llu.out", (unsigned long long)j->ino,
 		 (unsigned long long)j->gen);
@@ -459,25 +530,39 @@ static void run_job(struct fs *fs, struct job *j)
 	unlinkat(fs->work_fd, out, 0);
 	unlinkat(fs->work_fd, view, 0);
 out:
+	if (video)
+		video_done(fs);
 	if (fd >= 0)
 		close(fd);
 	free(path);
+	return requeued;
 }
 
-/* Take the next job, or NULL when stopping. One video at a time: a worker
- * that finds only videos while one runs waits. */
+/* Take the next job, or NULL when stopping. One video at a time: while one
+ * runs, videos wait and the photos behind them go first. */
 static struct job *job_pop(struct fs *fs)
 {
-	struct job *j;
+	struct job *j = NULL, *prev = NULL;
 
 	pthread_mutex_lock(&fs->jobs_lock);
-	while (!fs->stopping && !fs->jobs_head)
+	while (!fs->stopping) {
+		prev = NULL;
+		for (j = fs->jobs_head; j && j->video && fs->video_running; j = j->next)
+			prev = j;
+		if (j)
+			break;
 		pthread_cond_wait(&fs->jobs_cond, &fs->jobs_lock);
-	j = fs->stopping ? NULL : fs->jobs_head;
-	if (j) {
-		fs->jobs_head = j->next;
-		if (!fs->jobs_head)
-			fs->jobs_tail = NULL;
+	}
+	if (fs->stopping) {
+		j = NULL;
+	} else {
+		if (prev)
+			prev->next = j->next;
+		else
+			fs->jobs_head = j->next;
+		if (fs->jobs_tail == j)
+			fs->jobs_tail = prev;
+		j->next = NULL;
 		atomic_fetch_add(&fs->active, 1);
 	}
 	pthread_mutex_unlock(&fs->jobs_lock);
@@ -490,9 +575,10 @@ static void *worker_main(void *arg)
 	struct job *j;
 
 	while ((j = job_pop(fs))) {
-		run_job(fs, j);
-		fs_node_put(fs, j->node);
-		free(j);
+		if (!run_job(fs, j)) {
+			fs_node_put(fs, j->node);
+			free(j);
+		}
 		atomic_fetch_sub(&fs->active, 1);
 	}
 	return NULL;

@@ -51,6 +51,16 @@ int fs_mount(struct fs_config *cfg, int argc, char *argv[]);
 /* Is a hevcfs mount serving this backing directory now? */
 int fs_is_mounted(const char *backing);
 
+/* Walk every regular file of BACKING (not mounted or mounted), calling fn
+ * with its logical path (relative), its stored path and its index entry
+ * (NULL when the index has none). fn returning nonzero stops the walk.
+ * Returns 0 or -errno. */
+struct idx_entry;
+int fs_list(const char *backing,
+	    int (*fn)(void *arg, const char *logical, const char *stored,
+		      const struct idx_entry *e),
+	    void *arg);
+
 /* Name of the state directory inside BACKING, hidden from the mount. */
 #define FS_STATE_DIR ".hevcfs"
 

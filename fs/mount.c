@@ -374,3 +374,92 @@ out_free:
 		close(lock_fd);
 	return rc;
 }
+
+/* State of an fs_list walk. */
+struct lister {
+	struct idx_txn *txn;
+	int (*fn)(void *arg, const char *logical, const char *stored, const struct idx_entry *e);
+	void *arg;
+	char stored[4352], logical[4352];
+	int stop;
+};
+
+/* Walk one directory for fs_list; len is the length of the path so far. */
+static void list_dir(struct lister *l, int dirfd, size_t len, int depth)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while (!l->stop && (de = readdir(d))) {
+		size_t nlen = strlen(de->d_name);
+		struct idx_entry e;
+		struct stat st;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)) || len + nlen + 2 > 4096 ||
+		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+			continue;
+		size_t sub = len + (len ? 1 : 0);
+		if (len)
+			l->stored[len] = l->logical[len] = '/';
+		memcpy(l->stored + sub, de->d_name, nlen + 1);
+		memcpy(l->logical + sub, de->d_name, nlen + 1);
+		if (S_ISDIR(st.st_mode)) {
+			int child = openat(dirfd, de->d_name,
+					   O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (child >= 0) {
+				list_dir(l, child, sub + nlen, depth + 1);
+				close(child);
+			}
+		} else if (S_ISREG(st.st_mode)) {
+			int has = l->txn && idx_get(l->txn, st.st_ino, &e) == 0;
+			size_t slen = has ? strlen(e.suffix) : 0;
+			if (has && e.state == IDX_ARCHIVED && slen && nlen > slen &&
+			    !strcmp(de->d_name + nlen - slen, e.suffix))
+				l->logical[sub + nlen - slen] = '\0';
+			l->stop = l->fn(l->arg, l->logical, l->stored, has ? &e : NULL);
+		}
+		l->stored[len] = l->logical[len] = '\0';
+	}
+	closedir(d);
+}
+
+int fs_list(const char *backing,
+	    int (*fn)(void *arg, const char *logical, const char *stored,
+		      const struct idx_entry *e),
+	    void *arg)
+{
+	struct lister *l = calloc(1, sizeof(*l));
+	char *state = join(backing, FS_STATE_DIR), *index = state ? join(state, INDEX_NAME) : NULL;
+	struct idx *idx = NULL;
+	int root, rc = 0;
+
+	if (!l || !index) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	root = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (root < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (idx_open(index, 1, &idx) == 0 && idx_begin(idx, 0, &l->txn) != 0)
+		l->txn = NULL;
+	l->fn = fn;
+	l->arg = arg;
+	list_dir(l, root, 0, 0);
+	idx_abort(l->txn);
+	idx_close(idx);
+	close(root);
+out:
+	free(index);
+	free(state);
+	free(l);
+	return rc;
+}

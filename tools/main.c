@@ -21,7 +21,7 @@
 static const char usage_text[] =
 	"usage: hevcfs BACKING MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]\n"
 	"       hevcfs mount BACKING MOUNTPOINT [...]\n"
-	"       hevcfs status BACKING [--json]\n"
+	"       hevcfs status BACKING [--json] [--files]\n"
 	"       hevcfs wait BACKING [--timeout SECONDS]\n"
 	"       hevcfs fsck BACKING\n"
 	"       hevcfs --help | --version\n";
@@ -34,7 +34,9 @@ static const char help_text[] =
 	"\n"
 	"Commands:\n"
 	"  (mount)   mount BACKING on MOUNTPOINT (daemonizes unless -f)\n"
-	"  status    counts by state, bytes written and stored, queue (--json: one object)\n"
+	"  status    counts by state, bytes written and stored, queue, running jobs;\n"
+	"            --files: each file's state, sizes, quality, SSIM, reason;\n"
+	"            --json: one JSON object\n"
 	"  wait      return 0 once nothing is staged or pending, 1 on timeout\n"
 	"  fsck      finish or roll back interrupted work, index files it does not know\n"
 	"\n"
@@ -199,15 +201,117 @@ static int read_stats(const char *backing, struct idx_stats *st)
 	return rc;
 }
 
+/* Print s as a JSON string. */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+/* One file of `status --files`. */
+static int print_file(void *arg, const char *logical, const char *stored,
+		      const struct idx_entry *e)
+{
+	int *json = arg;
+	static int first = 1;
+	struct idx_entry none = {0};
+
+	if (!e)
+		e = &none;
+	if (*json) {
+		printf("%s{\"path\":", first ? "" : ",");
+		json_str(logical);
+		printf(",\"stored\":");
+		json_str(stored);
+		printf(",\"state\":\"%s\",\"bytes_original\":%llu,\"bytes_stored\":%llu,"
+		       "\"view_bytes\":%llu,\"quality\":%u,\"ssim\":%.5f,\"view_ssim\":%.5f,"
+		       "\"reason\":",
+		       e->state ? idx_state_name(e->state) : "unindexed",
+		       (unsigned long long)e->orig_bytes, (unsigned long long)e->stored_bytes,
+		       (unsigned long long)e->view_bytes, e->quality, e->ssim, e->view_ssim);
+		json_str(e->reason);
+		putchar('}');
+	} else {
+		printf("%-9s %12llu %12llu", e->state ? idx_state_name(e->state) : "unindexed",
+		       (unsigned long long)e->orig_bytes, (unsigned long long)e->stored_bytes);
+		if (e->state == IDX_ARCHIVED)
+			printf("  q%-3u ssim %.4f", e->quality, e->ssim);
+		else
+			printf("  %-15s", "");
+		printf("  %s", logical);
+		if (e->reason[0])
+			printf("  (%s)", e->reason);
+		putchar('\n');
+	}
+	first = 0;
+	return 0;
+}
+
+/* Running jobs (queued files with progress), for status. */
+struct running {
+	struct idx_txn *txn;
+	int json, n;
+};
+
+static int print_running(void *arg, uint64_t ino, uint64_t gen, const char *path)
+{
+	struct running *r = arg;
+	struct idx_entry e;
+
+	(void)gen;
+	if (idx_get(r->txn, ino, &e) || e.total == 0)
+		return 0;
+	if (r->json) {
+		printf("%s{\"path\":", r->n ? "," : "");
+		json_str(path);
+		printf(",\"done\":%llu,\"total\":%llu,\"fps\":%.1f}", (unsigned long long)e.done,
+		       (unsigned long long)e.total, e.fps);
+	} else {
+		double eta = e.fps > 0 ? (double)(e.total - (e.done < e.total ? e.done : e.total)) / e.fps : 0;
+		printf("  running   %s: %llu/%llu frames, %.1f fps, about %.0f s left\n", path,
+		       (unsigned long long)e.done, (unsigned long long)e.total, e.fps, eta);
+	}
+	r->n++;
+	return 0;
+}
+
+/* The running list, read in its own transaction. */
+static void show_running(const char *backing, int json)
+{
+	char path[PATH_MAX];
+	struct running r = {.json = json};
+	struct idx *idx;
+
+	snprintf(path, sizeof(path), "%s/%s/index", backing, FS_STATE_DIR);
+	if (idx_open(path, 1, &idx))
+		return;
+	if (idx_begin(idx, 0, &r.txn) == 0) {
+		idx_queue_each(r.txn, print_running, &r);
+		idx_abort(r.txn);
+	}
+	idx_close(idx);
+}
+
 static int cmd_status(int argc, char *argv[])
 {
 	struct idx_stats st;
 	const char *backing = NULL;
-	int json = 0, rc;
+	int json = 0, files = 0, rc;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = 1;
+		else if (!strcmp(argv[i], "--files"))
+			files = 1;
 		else if (!backing && argv[i][0] != '-')
 			backing = argv[i];
 		else {
@@ -230,7 +334,7 @@ static int cmd_status(int argc, char *argv[])
 	if (json) {
 		printf("{\"files\":%llu,\"staged\":%llu,\"pending\":%llu,\"archived\":%llu,"
 		       "\"kept\":%llu,\"failed\":%llu,\"bytes_original\":%llu,"
-		       "\"bytes_stored\":%llu,\"queue\":%llu,\"mounted\":%s}\n",
+		       "\"bytes_stored\":%llu,\"queue\":%llu,\"mounted\":%s,\"running\":[",
 		       (unsigned long long)st.files, (unsigned long long)st.by_state[IDX_STAGED],
 		       (unsigned long long)st.by_state[IDX_PENDING],
 		       (unsigned long long)st.by_state[IDX_ARCHIVED],
@@ -238,6 +342,14 @@ static int cmd_status(int argc, char *argv[])
 		       (unsigned long long)st.by_state[IDX_FAILED],
 		       (unsigned long long)st.bytes_original, (unsigned long long)st.bytes_stored,
 		       (unsigned long long)st.queued, mounted ? "true" : "false");
+		show_running(backing, 1);
+		printf("]");
+		if (files) {
+			printf(",\"entries\":[");
+			fs_list(backing, print_file, &json);
+			printf("]");
+		}
+		printf("}\n");
 		return EX_OK;
 	}
 	printf("%s (%s)\n", backing, mounted ? "mounted" : "not mounted");
@@ -249,6 +361,11 @@ static int cmd_status(int argc, char *argv[])
 	if (st.bytes_original)
 		printf(" (%.1f%%)", 100.0 * (double)st.bytes_stored / (double)st.bytes_original);
 	printf("\n  queue     %llu\n", (unsigned long long)st.queued);
+	show_running(backing, 0);
+	if (files) {
+		printf("\n%-9s %12s %12s\n", "state", "written", "stored");
+		fs_list(backing, print_file, &json);
+	}
 	return EX_OK;
 }
 

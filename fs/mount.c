@@ -191,6 +191,33 @@ static void wipe_dir(int dirfd)
 	closedir(d);
 }
 
+/*
+ * An archived copy whose logical name is also a plain file: that can only be
+ * left by a crash between the two steps of replacing an archived file (an
+ * edit that turned it back into a plain file, or a rename over it; a commit's
+ * own window is closed by its journal first). The plain file is the newer
+ * one and complete (fsynced before it got its name): the archived copy goes.
+ */
+static void drop_shadowed(struct fs *fs, int dirfd, const char *name, size_t llen, uint64_t ino)
+{
+	char logical[256];
+	struct stat st;
+	struct idx_txn *txn;
+
+	memcpy(logical, name, llen);
+	logical[llen] = '\0';
+	if (fstatat(dirfd, logical, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(st.st_mode))
+		return;
+	if (unlinkat(dirfd, name, 0) == -1)
+		return;
+	log_msg(LOG_INFO, "recovery: %s replaced %s, which is removed", logical, name);
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		idx_del(txn, ino);
+		idx_commit(txn);
+	}
+	fs_fsync_dir(dirfd);
+}
+
 /* Give every regular file below dirfd that the index does not know an
  * entry, staged and queued. path holds the relative path (len bytes). */
 static void walk_tree(struct fs *fs, int dirfd, char *path, size_t len, int depth)
@@ -228,6 +255,9 @@ static void walk_tree(struct fs *fs, int dirfd, char *path, size_t len, int dept
 			}
 		} else if (S_ISREG(st.st_mode) && fs_entry_get(fs, st.st_ino, &e) == -ENOENT) {
 			fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
+		} else if (S_ISREG(st.st_mode) && e.state == IDX_ARCHIVED && e.suffix[0] &&
+			   nlen > strlen(e.suffix) && fs_has_archive_suffix(de->d_name)) {
+			drop_shadowed(fs, dirfd, de->d_name, nlen - strlen(e.suffix), st.st_ino);
 		}
 		path[len] = '\0';
 	}

@@ -55,8 +55,12 @@ struct codec_opts {
 struct codec_result {
 	int archived;         /* 1: out_path holds the archived file */
 	char reason[160];     /* why kept, when archived == 0 */
-	char suffix[8];       /* appended to the backing name: ".heic", ".mp4",
-				 ".mkv", or "" (a .mp4/.mov video keeps its name) */
+	char suffix[8];       /* what the archived file is: ".heic", ".mp4" or
+				 ".mkv" (always set when archived; the codec
+				 never sees names). The caller appends it to the
+				 backing name, except that a video whose name
+				 already says .mp4/.mov and whose suffix is
+				 ".mp4" keeps its name (the caller's rule) */
 	uint64_t orig_bytes;  /* size of the input */
 	uint64_t stored_bytes;/* size of out_path */
 	uint64_t view_bytes;  /* exact size of the view (photo: JPEG rendered by

@@ -47,4 +47,231 @@ int codec_read_all(int fd, size_t max, uint8_t **buf, size_t *len);
 double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_stride,
 			int width, int height);
 
+/* ---- photo half (photo.c, jpeg.c, heic.c) ---- */
+
+struct heif_context;
+struct heif_image_handle;
+
+/* Largest JPEG we read whole into memory; bigger files are kept. */
+#define PHOTO_MAX_JPEG_BYTES (512ull << 20)
+
+/*
+ * Y'CbCr planes of a photo at the JPEG's own sampling, in TurboJPEG's layout:
+ * plane i is pw[i] x ph[i] bytes (tjPlaneWidth/Height, so padded to whole
+ * chroma samples), rows stride[i] = pw[i] apart, all in one allocation.
+ * Padding columns and rows repeat the last real sample. Grayscale has one
+ * plane.
+ */
+struct photo_planes {
+	int width, height; /* image size in luma samples */
+	int subsamp;       /* TJSAMP_444, TJSAMP_422, TJSAMP_420 or TJSAMP_GRAY */
+	int nplanes;       /* 1 or 3 */
+	uint8_t *plane[3];
+	int stride[3];
+	int pw[3], ph[3];
+	uint8_t *buf; /* the one allocation, owned */
+};
+
+/* Allocate planes for a w x h image at subsamp. 0 or -ENOMEM/-EINVAL. */
+int photo_planes_alloc(struct photo_planes *pl, int width, int height, int subsamp);
+
+/* Free the planes (NULL and zeroed structs are fine). */
+void photo_planes_release(struct photo_planes *pl);
+
+/* Sources a header segment can be rebuilt from (the HEIC holds them as
+ * items already, so the hevcfs header need not store them twice). */
+enum jpeg_src {
+	JPEG_SRC_NONE = 0, /* stored verbatim */
+	JPEG_SRC_EXIF,     /* the Exif payload ("Exif\0\0" + TIFF) */
+	JPEG_SRC_XMP,      /* the main XMP packet */
+	JPEG_SRC_XMP_EXT,  /* the reassembled Extended XMP */
+	JPEG_SRC_ICC,      /* the reassembled ICC profile */
+	JPEG_SRC_COUNT
+};
+
+/* A segment of jpeg_info.segs whose payload is prefix bytes then len bytes
+ * of a source at src_off. */
+struct jpeg_ref {
+	size_t seg_off; /* of the segment's 0xFF in segs */
+	int src;        /* enum jpeg_src */
+	size_t prefix;  /* payload bytes before the source's bytes */
+	size_t src_off, len;
+};
+
+/*
+ * What the marker walk of a JPEG found (jpeg.c). Pointers exif and xmp point
+ * into segs; segs, xmp_ext, icc and refs are owned (jpeg_info_release).
+ */
+struct jpeg_info {
+	int width, height;   /* from the frame header */
+	int ncomp, precision;
+	int sof;             /* SOFn marker byte (0xC0..0xCF) */
+	int scans;           /* SOS count: 1 baseline, more when progressive */
+	int adobe_transform; /* APP14 "Adobe" transform, -1 when absent */
+	int mpf, motion;     /* MPF APP2 seen; XMP names a motion photo */
+	size_t eoi_end;      /* offset just past the real EOI */
+	uint8_t *segs;       /* every APPn and COM segment, verbatim, in order */
+	size_t segs_len;
+	const uint8_t *exif; /* "Exif\0\0" + TIFF, the first Exif APP1 */
+	size_t exif_len;
+	const uint8_t *xmp;  /* main XMP packet */
+	size_t xmp_len;
+	uint8_t *xmp_ext;    /* Extended XMP reassembled, or NULL */
+	size_t xmp_ext_len;
+	uint8_t *icc;        /* ICC profile reassembled, or NULL */
+	size_t icc_len;
+	int orientation;     /* EXIF orientation 1..8 (1 when absent or bad) */
+	struct jpeg_ref *refs; /* segments rebuilt from a source (owned) */
+	size_t nrefs;
+	char why[128];       /* why this JPEG cannot be archived */
+};
+
+/*
+ * Walk the markers of the JPEG in buf and collect what photo archiving needs.
+ * Returns 0 when the file is a JPEG we can archive, -ENOTSUP (unsupported
+ * coding, trailer after EOI) or -EINVAL (malformed, truncated) with ji->why
+ * set, -ENOMEM.
+ */
+int jpeg_parse(const uint8_t *buf, size_t len, struct jpeg_info *ji);
+
+/* Free what jpeg_parse allocated (NULL is fine). */
+void jpeg_info_release(struct jpeg_info *ji);
+
+/*
+ * Decode a JPEG straight to its Y'CbCr planes (no colour conversion, no
+ * chroma upsampling). Returns 0, -ENOTSUP/-EINVAL with why set when the data
+ * cannot be decoded cleanly (so the photo is kept), or -ENOMEM.
+ */
+int jpeg_decode_planes(const uint8_t *buf, size_t len, struct photo_planes *pl, char *why,
+		       size_t why_len);
+
+/*
+ * Encode planes as a baseline JPEG at quality and splice in segs: SOI, segs
+ * verbatim, then TurboJPEG's output after its own APPn segments. Same input,
+ * same bytes. *out is malloc'd. 0 or -errno.
+ */
+int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *segs,
+		     size_t segs_len, uint8_t **out, size_t *out_len);
+
+/* How heic_encode codes the picture. */
+struct heic_params {
+	int quality;        /* libheif lossy quality 0..100 */
+	const char *preset; /* x265 preset */
+	const char *tune;   /* x265 tune, or NULL */
+	int threads;        /* x265 worker threads, 0 = x265 decides */
+};
+
+/*
+ * Encode planes as the primary image of a new HEIF context with ji's
+ * metadata (Exif, XMP, Extended XMP, ICC + nclx, orientation as irot/imir)
+ * and a thumbnail. 0 or -errno; *ctx is freed with heif_context_free.
+ */
+int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
+		const struct heic_params *hp, struct heif_context **ctx);
+
+/* Attach a generic metadata item to the primary image. 0 or -errno. */
+int heic_add_item(struct heif_context *ctx, const char *item_type, const char *content_type,
+		  const uint8_t *data, size_t len);
+
+/* Serialise ctx into a malloc'd buffer. 0 or -errno. */
+int heic_write_mem(struct heif_context *ctx, uint8_t **buf, size_t *len);
+
+/* Open a HEIF file held in buf (borrowed until *ctx is freed) and get its
+ * primary image; threads > 0 caps libheif's decoding threads. 0, -ENOMEM or
+ * -EINVAL. */
+int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context **ctx,
+	      struct heif_image_handle **handle);
+
+/* Copy out the first metadata item of item_type (and content_type, when not
+ * NULL). 0, -ENOENT, -ENOMEM or -EINVAL. *data is malloc'd. */
+int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
+		  const char *content_type, uint8_t **data, size_t *len);
+
+/* Decode the primary image without applying irot/imir into planes at
+ * subsamp, which must match how it was encoded; the size must be
+ * width x height. 0 or -errno. */
+int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
+		       int height, struct photo_planes *pl);
+
+/* ---- video half (video.c, video_xcode.c, video_verify.c) ---- */
+
+struct AVFormatContext;
+struct AVFrame;
+struct SwsContext;
+
+/* Returned (instead of 0) by the video steps when the source or the result
+ * is unfit to archive: result says why (codec_keep). Not an error. */
+#define VIDEO_KEPT 1
+
+/* Open the file on fd (borrowed, read with pread at our own offset) with
+ * libavformat and read its stream info. 0, VIDEO_KEPT when libavformat
+ * cannot make sense of it, or -errno. */
+int video_open_input(int fd, struct AVFormatContext **fmt, struct codec_result *result);
+
+/* Close what video_open_input opened and NULL *fmt (NULL is fine). */
+void video_close_input(struct AVFormatContext **fmt);
+
+/* errno of the last failed read of fmt's input (0: none), to tell an I/O
+ * error from a damaged file when libavformat fails. */
+int video_input_errno(const struct AVFormatContext *fmt);
+
+/* Translate a libav AVERROR to -errno, logging what failed and why. */
+int video_averr(int averr, const char *what);
+
+/*
+ * How decoded source frames become the frames given to x265: converted only
+ * when x265 cannot take the source's pixel format, and padded by edge copies
+ * to even sizes (x265 drops an odd last row or column).
+ */
+struct video_conv {
+	int src_fmt, dst_fmt;      /* enum AVPixelFormat */
+	int width, height;         /* source size */
+	int enc_width, enc_height; /* size given to x265 */
+	struct SwsContext *sws;    /* NULL when the pixels are copied as they are */
+};
+
+/* Fill dst (format, size and buffers set here) from src. 0 or -errno. */
+int video_conv_frame(struct video_conv *conv, const struct AVFrame *src, struct AVFrame *dst);
+
+/* Free conv's scaler (zeroed structs are fine). */
+void video_conv_release(struct video_conv *conv);
+
+/* One output stream as the transcode wrote it (index = output index). */
+struct video_out {
+	int src_index;   /* input stream it came from */
+	int type;        /* enum AVMediaType */
+	int reencoded;   /* audio re-encoded to AAC */
+	double src_span; /* source timestamps: last end - first start, seconds */
+	double content;  /* seconds of content: decoded samples or packet durations */
+	double tol;      /* allowed difference of the result's span, seconds */
+};
+
+/* What video_transcode did, for video_verify. Owned: video_log_release. */
+struct video_log {
+	int vi, out_vi;     /* the re-encoded video: source and output index */
+	int tb_num, tb_den; /* its source time base */
+	int64_t *pts;       /* source pts of every frame, display order */
+	size_t nb_pts, cap_pts;
+	double frame_sec;   /* nominal frame duration, seconds */
+	struct video_conv conv;
+	struct video_out *out;
+	int nb_out;
+	int mkv;            /* output is Matroska */
+};
+
+/* Free what the log owns (zeroed logs are fine). */
+void video_log_release(struct video_log *log);
+
+/* Transcode in (opened by video_open_input) to out_path, filling log.
+ * 0, VIDEO_KEPT (reason in result), or -errno (-ECANCELED). */
+int video_transcode(struct AVFormatContext *in, const char *out_path,
+		    const struct codec_opts *opts, struct video_log *log,
+		    struct codec_result *result);
+
+/* Decode out_path whole and check it against the source on src_fd and log:
+ * frames, pts, spans, SSIM. Sets result->ssim. 0 when the result is good,
+ * VIDEO_KEPT with the reason, or -errno. */
+int video_verify(int src_fd, const char *out_path, const struct codec_opts *opts,
+		 struct video_log *log, struct codec_result *result);
+
 #endif

@@ -483,7 +483,7 @@ static void check_archived(const struct buf *jpeg, const char *name,
 static void test_rich_420(void)
 {
 	struct rich r;
-	struct buf j = make_jpeg(800, 600, TJSAMP_420, 0, 1), f;
+	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 1), f;
 	struct codec_result res;
 
 	make_rich(&r, 1);
@@ -884,13 +884,13 @@ static void test_exiftool_tags(void)
 	if (system("exiftool -ver >/dev/null 2>&1") != 0)
 		SKIP("exiftool not installed (libimage-exiftool-perl)");
 	make_rich(&r, 6);
-	j = make_jpeg(800, 600, TJSAMP_420, 0, 80);
+	j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 80);
 	f = splice_segs(&j, &r.segs);
 	CHECK_EQ(archive(&f, "tags.jpg", &res), 0);
 	CHECK(res.archived);
 	for (int i = 0; i < 2; i++) {
 		snprintf(cmd, sizeof(cmd),
-			 "exiftool -a -G1 -s -n %s | grep -v -E '^\\[(File|Composite|ExifTool)\\]' "
+			 "exiftool -a -G1 -s -n %s | grep -v -E '^\\[(File|System|Composite|ExifTool)\\]' "
 			 "> %s",
 			 tpath(i ? "tags.jpg.view.jpg" : "tags.jpg"),
 			 tpath(i ? "tags.view.txt" : "tags.orig.txt"));
@@ -906,7 +906,9 @@ static void test_exiftool_tags(void)
 		(void)rc;
 	}
 	CHECK(a.len > 200 && a.len == b.len && memcmp(a.p, b.p, a.len) == 0);
-	CHECK(memmem(a.p, a.len, "MakerNote", 9) && memmem(a.p, a.len, "GPSLatitude", 11) &&
+	/* (exiftool only warns about our unknown maker note; the header check
+	 * in check_archived covers it byte for byte) */
+	CHECK(memmem(a.p, a.len, "DateTimeOriginal", 16) && memmem(a.p, a.len, "GPSLatitude", 11) &&
 	      memmem(a.p, a.len, "Caption-Abstract", 16) && memmem(a.p, a.len, "Rating", 6));
 	buf_free(&a);
 	buf_free(&b);
@@ -923,9 +925,15 @@ static int corpus_one(const char *path, const struct stat *st, int type, struct 
 	struct codec_result res;
 	size_t n = strlen(path);
 
-	(void)st, (void)ftw;
+	(void)ftw;
 	if (type != FTW_F || n < 4 || strcasecmp(path + n - 4, ".jpg") != 0)
 		return 0;
+	/* the multi-megapixel phone photos take seconds each under ASan */
+	if (st->st_size > (1 << 20) && !getenv("HEVCFS_FULL_CORPUS")) {
+		fprintf(stderr, "  corpus skips %s (over 1 MiB; HEVCFS_FULL_CORPUS=1 runs it)\n",
+			path);
+		return 0;
+	}
 	j = read_path(path);
 	if (!j.p)
 		return 0;
@@ -960,12 +968,18 @@ static int corpus_one(const char *path, const struct stat *st, int type, struct 
 static void test_corpus(void)
 {
 	struct stat st;
+	int rc;
 
 	if (stat(CORPUS, &st) != 0)
 		SKIP("corpus " CORPUS " absent: corpus part NOT run");
 	if (getenv("HEVCFS_SKIP_CORPUS"))
 		SKIP("HEVCFS_SKIP_CORPUS set: corpus part NOT run");
-	CHECK_EQ(nftw(CORPUS, corpus_one, 8, FTW_PHYS), 0);
+	/* one encode per photo keeps this part short; auto quality is
+	 * covered above and measured on the phone photos by the bench */
+	opts.photo_quality = 64;
+	rc = nftw(CORPUS, corpus_one, 8, FTW_PHYS);
+	opts.photo_quality = 0;
+	CHECK_EQ(rc, 0);
 	fprintf(stderr, "  corpus: %d JPEGs, %d archived, %d kept\n", corpus_n, corpus_archived,
 		corpus_kept);
 	CHECK(corpus_n > 0 && corpus_archived > 0);
@@ -1009,6 +1023,9 @@ int main(void)
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");
-	nftw(tmpdir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	if (!getenv("HEVCFS_KEEP_TMP"))
+		nftw(tmpdir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+	else
+		fprintf(stderr, "fixtures kept in %s\n", tmpdir);
 	return rc;
 }

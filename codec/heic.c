@@ -1,0 +1,424 @@
+/* heic — HEIC encoding of Y'CbCr planes with their metadata, and decoding the
+ * primary image back to planes (libheif 1.15 with x265 and libde265). */
+#include "internal.h"
+
+#include <errno.h>
+#include <libheif/heif.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <turbojpeg.h>
+
+/* Thumbnail bounding box: what file managers ask for. */
+#define THUMB_BOX 320
+/* JPEG's neutral chroma, for grayscale stored as 4:2:0. */
+#define NEUTRAL_CHROMA 128
+
+/* nclx code points (ITU-T H.273). */
+#define NCLX_PRIMARIES_BT709 1   /* sRGB primaries */
+#define NCLX_UNSPECIFIED 2       /* the ICC profile says it */
+#define NCLX_TRANSFER_SRGB 13    /* IEC 61966-2-1 */
+#define NCLX_MATRIX_BT601 6      /* JFIF's Y'CbCr matrix */
+
+/* Translate a libheif error at the module edge: log it, return -errno. */
+static int heif_errno(struct heif_error e, const char *what)
+{
+	if (e.code == heif_error_Ok)
+		return 0;
+	log_msg(LOG_ERR, "heic: %s: %s", what, e.message);
+	switch (e.code) {
+	case heif_error_Memory_allocation_error:
+		return -ENOMEM;
+	case heif_error_Unsupported_feature:
+	case heif_error_Unsupported_filetype:
+		return -ENOTSUP;
+	case heif_error_Invalid_input:
+		return -EINVAL;
+	default:
+		return -EIO;
+	}
+}
+
+/* Copy our padded planes into a new heif_image (grayscale becomes 4:2:0
+ * with neutral chroma: see photo.c for why not monochrome). */
+static int planes_to_image(const struct photo_planes *pl, struct heif_image **out)
+{
+	enum heif_chroma ch = pl->subsamp == TJSAMP_444   ? heif_chroma_444
+			      : pl->subsamp == TJSAMP_422 ? heif_chroma_422
+							  : heif_chroma_420;
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
+						  heif_channel_Cr};
+	int cw = pl->subsamp == TJSAMP_444 ? pl->width : (pl->width + 1) / 2;
+	int chh = ch == heif_chroma_420 ? (pl->height + 1) / 2 : pl->height;
+	struct heif_image *img;
+	int ret;
+
+	ret = heif_errno(heif_image_create(pl->width, pl->height, heif_colorspace_YCbCr, ch, &img),
+			 "heif_image_create");
+	if (ret)
+		return ret;
+	for (int i = 0; i < 3; i++) {
+		int w = i ? cw : pl->width, h = i ? chh : pl->height, stride;
+		uint8_t *dst;
+
+		ret = heif_errno(heif_image_add_plane(img, chan[i], w, h, 8), "heif_image_add_plane");
+		if (ret)
+			goto out_release;
+		dst = heif_image_get_plane(img, chan[i], &stride);
+		for (int y = 0; y < h; y++) {
+			if (i < pl->nplanes)
+				memcpy(dst + (size_t)y * stride,
+				       pl->plane[i] + (size_t)y * pl->stride[i], (size_t)w);
+			else
+				memset(dst + (size_t)y * stride, NEUTRAL_CHROMA, (size_t)w);
+		}
+	}
+	*out = img;
+	return 0;
+
+out_release:
+	heif_image_release(img);
+	return ret;
+}
+
+/* Colour: nclx says JPEG's full-range BT.601 Y'CbCr (sRGB primaries and
+ * transfer unless an ICC profile describes the RGB, then those are left
+ * unspecified). libheif 1.15 writes both colr boxes when asked
+ * (save_two_colr_boxes_when_ICC_and_nclx_available), so both are kept. */
+static int set_colour(struct heif_image *img, const struct jpeg_info *ji)
+{
+	struct heif_color_profile_nclx *nclx = heif_nclx_color_profile_alloc();
+	int ret;
+
+	if (!nclx)
+		return -ENOMEM;
+	nclx->color_primaries = ji->icc ? NCLX_UNSPECIFIED : NCLX_PRIMARIES_BT709;
+	nclx->transfer_characteristics = ji->icc ? NCLX_UNSPECIFIED : NCLX_TRANSFER_SRGB;
+	nclx->matrix_coefficients = NCLX_MATRIX_BT601;
+	nclx->full_range_flag = 1;
+	ret = heif_errno(heif_image_set_nclx_color_profile(img, nclx), "setting nclx");
+	heif_nclx_color_profile_free(nclx);
+	if (ret || !ji->icc)
+		return ret;
+	return heif_errno(heif_image_set_raw_color_profile(img, "prof", ji->icc, ji->icc_len),
+			  "setting the ICC profile");
+}
+
+/* An x265 encoder configured from hp. */
+static int get_encoder(struct heif_context *ctx, const struct heic_params *hp, int subsamp,
+		       struct heif_encoder **out)
+{
+	struct heif_encoder *enc;
+	char threads[16];
+	int ret;
+
+	ret = heif_errno(heif_context_get_encoder_for_format(ctx, heif_compression_HEVC, &enc),
+			 "no HEVC encoder");
+	if (ret)
+		return ret;
+	/* level 0: x265 prints nothing on stderr */
+	heif_encoder_set_logging_level(enc, 0);
+	ret = heif_errno(heif_encoder_set_lossy_quality(enc, hp->quality), "quality");
+	if (!ret)
+		ret = heif_errno(heif_encoder_set_parameter(enc, "preset", hp->preset), "preset");
+	if (!ret && hp->tune)
+		ret = heif_errno(heif_encoder_set_parameter(enc, "tune", hp->tune), "tune");
+	/* the x265 plugin converts to its "chroma" setting: ask for the JPEG's */
+	if (!ret)
+		ret = heif_errno(heif_encoder_set_parameter(enc, "chroma",
+							    subsamp == TJSAMP_444   ? "444"
+							    : subsamp == TJSAMP_422 ? "422"
+										    : "420"),
+				 "chroma");
+	if (!ret && hp->threads > 0) {
+		snprintf(threads, sizeof(threads), "%d", hp->threads);
+		ret = heif_errno(heif_encoder_set_parameter(enc, "x265:pools", threads),
+				 "x265 pools");
+	}
+	/* one picture: more frame encoders only cost memory */
+	if (!ret)
+		ret = heif_errno(heif_encoder_set_parameter(enc, "x265:frame-threads", "1"),
+				 "x265 frame-threads");
+	if (ret) {
+		heif_encoder_release(enc);
+		return ret;
+	}
+	*out = enc;
+	return 0;
+}
+
+int heic_add_item(struct heif_context *ctx, const char *item_type, const char *content_type,
+		  const uint8_t *data, size_t len)
+{
+	struct heif_image_handle *h;
+	int ret;
+
+	if (len > INT32_MAX)
+		return -EFBIG;
+	ret = heif_errno(heif_context_get_primary_image_handle(ctx, &h), "primary image");
+	if (ret)
+		return ret;
+	ret = heif_errno(heif_context_add_generic_metadata(ctx, h, data, (int)len, item_type,
+							   content_type),
+			 "adding a metadata item");
+	heif_image_handle_release(h);
+	return ret;
+}
+
+int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
+		const struct heic_params *hp, struct heif_context **out)
+{
+	struct heif_context *ctx;
+	struct heif_image *img = NULL;
+	struct heif_encoder *enc = NULL;
+	struct heif_encoding_options *eo;
+	struct heif_image_handle *h = NULL, *th = NULL;
+	int ret;
+
+	ctx = heif_context_alloc();
+	if (!ctx)
+		return -ENOMEM;
+	eo = heif_encoding_options_alloc();
+	if (!eo) {
+		ret = -ENOMEM;
+		goto out_free_ctx;
+	}
+	/* pixels stay unrotated; irot/imir carry the EXIF orientation */
+	eo->image_orientation = (enum heif_orientation)ji->orientation;
+	eo->save_two_colr_boxes_when_ICC_and_nclx_available = 1;
+	/* that workaround drops the nclx box, and with it "full range" */
+	eo->macOS_compatibility_workaround_no_nclx_profile = 0;
+	ret = planes_to_image(pl, &img);
+	if (ret)
+		goto out_free_options;
+	ret = set_colour(img, ji);
+	if (ret)
+		goto out_release_image;
+	ret = get_encoder(ctx, hp, pl->subsamp, &enc);
+	if (ret)
+		goto out_release_image;
+	ret = heif_errno(heif_context_encode_image(ctx, img, enc, eo, &h), "encoding");
+	if (ret)
+		goto out_release_encoder;
+	/* libheif 1.15 refuses a thumbnail that would not be smaller */
+	if (pl->width > THUMB_BOX || pl->height > THUMB_BOX) {
+		ret = heif_errno(heif_context_encode_thumbnail(ctx, img, h, enc, eo, THUMB_BOX,
+							       &th),
+				 "encoding the thumbnail");
+		if (ret)
+			goto out_release_handle;
+	}
+	if (ji->exif)
+		ret = heif_errno(heif_context_add_exif_metadata(ctx, h, ji->exif, (int)ji->exif_len),
+				 "adding Exif");
+	if (!ret && ji->xmp)
+		ret = heif_errno(heif_context_add_XMP_metadata(ctx, h, ji->xmp, (int)ji->xmp_len),
+				 "adding XMP");
+	/* Extended XMP is a second XMP document: a second XMP item */
+	if (!ret && ji->xmp_ext && ji->xmp_ext_len <= INT32_MAX)
+		ret = heif_errno(heif_context_add_XMP_metadata(ctx, h, ji->xmp_ext,
+							       (int)ji->xmp_ext_len),
+				 "adding Extended XMP");
+	if (ret)
+		goto out_release_handle;
+	*out = ctx;
+	ctx = NULL;
+out_release_handle:
+	heif_image_handle_release(th);
+	heif_image_handle_release(h);
+out_release_encoder:
+	heif_encoder_release(enc);
+out_release_image:
+	heif_image_release(img);
+out_free_options:
+	heif_encoding_options_free(eo);
+out_free_ctx:
+	heif_context_free(ctx);
+	return ret;
+}
+
+/* A growing buffer heif_context_write appends to. */
+struct membuf {
+	uint8_t *p;
+	size_t len, cap;
+	int err;
+};
+
+static struct heif_error mem_write(struct heif_context *ctx, const void *data, size_t size,
+				   void *arg)
+{
+	struct membuf *m = arg;
+	struct heif_error ok = {heif_error_Ok, heif_suberror_Unspecified, "ok"};
+	struct heif_error nomem = {heif_error_Memory_allocation_error,
+				   heif_suberror_Unspecified, "out of memory"};
+
+	(void)ctx;
+	if (m->len + size > m->cap) {
+		size_t cap = m->cap ? m->cap : 1 << 20;
+		uint8_t *p;
+		while (cap < m->len + size)
+			cap *= 2;
+		p = realloc(m->p, cap);
+		if (!p) {
+			m->err = -ENOMEM;
+			return nomem;
+		}
+		m->p = p;
+		m->cap = cap;
+	}
+	memcpy(m->p + m->len, data, size);
+	m->len += size;
+	return ok;
+}
+
+int heic_write_mem(struct heif_context *ctx, uint8_t **buf, size_t *len)
+{
+	struct membuf m = {0};
+	struct heif_writer w = {.writer_api_version = 1, .write = mem_write};
+	int ret;
+
+	ret = heif_errno(heif_context_write(ctx, &w, &m), "writing");
+	if (ret) {
+		free(m.p);
+		return m.err ? m.err : ret;
+	}
+	*buf = m.p;
+	*len = m.len;
+	return 0;
+}
+
+int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context **out,
+	      struct heif_image_handle **handle)
+{
+	struct heif_context *ctx = heif_context_alloc();
+	int ret;
+
+	if (!ctx)
+		return -ENOMEM;
+	if (threads > 0)
+		heif_context_set_max_decoding_threads(ctx, threads);
+	ret = heif_errno(heif_context_read_from_memory_without_copy(ctx, buf, len, NULL),
+			 "reading HEIF");
+	if (!ret)
+		ret = heif_errno(heif_context_get_primary_image_handle(ctx, handle),
+				 "primary image");
+	if (ret) {
+		heif_context_free(ctx);
+		return ret == -ENOMEM ? ret : -EINVAL;
+	}
+	*out = ctx;
+	return 0;
+}
+
+int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
+		  const char *content_type, uint8_t **data, size_t *len)
+{
+	int n = heif_image_handle_get_number_of_metadata_blocks(handle, item_type);
+	heif_item_id *ids;
+	int ret = -ENOENT;
+
+	if (n <= 0)
+		return -ENOENT;
+	ids = calloc((size_t)n, sizeof(*ids));
+	if (!ids)
+		return -ENOMEM;
+	n = heif_image_handle_get_list_of_metadata_block_IDs(handle, item_type, ids, n);
+	for (int i = 0; i < n; i++) {
+		const char *ct = heif_image_handle_get_metadata_content_type(handle, ids[i]);
+		size_t sz;
+		uint8_t *p;
+
+		if (content_type && (!ct || strcmp(ct, content_type) != 0))
+			continue;
+		sz = heif_image_handle_get_metadata_size(handle, ids[i]);
+		p = malloc(sz ? sz : 1);
+		if (!p) {
+			ret = -ENOMEM;
+			break;
+		}
+		ret = heif_errno(heif_image_handle_get_metadata(handle, ids[i], p),
+				 "reading a metadata item");
+		if (ret) {
+			free(p);
+			ret = -EINVAL;
+			break;
+		}
+		*data = p;
+		*len = sz;
+		break;
+	}
+	free(ids);
+	return ret;
+}
+
+int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
+		       int height, struct photo_planes *pl)
+{
+	enum heif_chroma ch = subsamp == TJSAMP_444   ? heif_chroma_444
+			      : subsamp == TJSAMP_422 ? heif_chroma_422
+						      : heif_chroma_420;
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
+						  heif_channel_Cr};
+	struct heif_decoding_options *dopt;
+	struct heif_image *img = NULL;
+	int ret, rw[3], rh[3];
+
+	memset(pl, 0, sizeof(*pl));
+	dopt = heif_decoding_options_alloc();
+	if (!dopt)
+		return -ENOMEM;
+	/* the stored pixels, unrotated: the EXIF orientation still applies */
+	dopt->ignore_transformations = 1;
+	ret = heif_errno(heif_decode_image(handle, &img, heif_colorspace_YCbCr, ch, dopt),
+			 "decoding");
+	if (ret)
+		goto out_free_options;
+	if (heif_image_get_width(img, heif_channel_Y) != width ||
+	    heif_image_get_height(img, heif_channel_Y) != height ||
+	    heif_image_get_chroma_format(img) != ch ||
+	    heif_image_get_bits_per_pixel(img, heif_channel_Y) != 8) {
+		log_msg(LOG_ERR, "heic: decoded %dx%d chroma %d, expected %dx%d chroma %d",
+			heif_image_get_width(img, heif_channel_Y),
+			heif_image_get_height(img, heif_channel_Y), heif_image_get_chroma_format(img),
+			width, height, ch);
+		ret = -EINVAL;
+		goto out_release_image;
+	}
+	ret = photo_planes_alloc(pl, width, height, subsamp);
+	if (ret)
+		goto out_release_image;
+	rw[0] = width, rh[0] = height;
+	for (int i = 0; i < pl->nplanes; i++) {
+		int stride;
+		const uint8_t *src = heif_image_get_plane_readonly(img, chan[i], &stride);
+		rw[i] = heif_image_get_width(img, chan[i]);
+		rh[i] = heif_image_get_height(img, chan[i]);
+		if (!src || rw[i] > pl->pw[i] || rh[i] > pl->ph[i] || rw[i] < 1 || rh[i] < 1) {
+			log_msg(LOG_ERR, "heic: unexpected plane %d size %dx%d", i, rw[i], rh[i]);
+			ret = -EINVAL;
+			goto out_free_planes;
+		}
+		for (int y = 0; y < rh[i]; y++)
+			memcpy(pl->plane[i] + (size_t)y * pl->stride[i], src + (size_t)y * stride,
+			       (size_t)rw[i]);
+		/* repeat the edge into the padding, as jpeg_decode_planes does */
+		for (int y = 0; y < rh[i]; y++)
+			for (int x = rw[i]; x < pl->pw[i]; x++)
+				pl->plane[i][(size_t)y * pl->stride[i] + x] =
+					pl->plane[i][(size_t)y * pl->stride[i] + rw[i] - 1];
+		for (int y = rh[i]; y < pl->ph[i]; y++)
+			memcpy(pl->plane[i] + (size_t)y * pl->stride[i],
+			       pl->plane[i] + (size_t)(rh[i] - 1) * pl->stride[i], (size_t)pl->pw[i]);
+	}
+	heif_image_release(img);
+	heif_decoding_options_free(dopt);
+	return 0;
+
+out_free_planes:
+	photo_planes_release(pl);
+out_release_image:
+	heif_image_release(img);
+out_free_options:
+	heif_decoding_options_free(dopt);
+	return ret;
+}

@@ -48,6 +48,10 @@ int fs_recover(const char *backing);
  */
 int fs_mount(struct fs_config *cfg, int argc, char *argv[]);
 
+/* The archive-job child (the hidden command "__archive"): runs
+ * codec_archive on fd 3 and reports on stdout. Returns the exit status. */
+int fs_archive_child(int argc, char *argv[]);
+
 /* Is a hevcfs mount serving this backing directory now? */
 int fs_is_mounted(const char *backing);
 

@@ -167,6 +167,13 @@ int fs_fsync_dir(int dirfd);
  * Failures to copy an xattr are logged, not fatal. */
 int fs_copy_attrs(int src, int dst);
 
+/* --- spawn.c: archive jobs in a child process -------------------------- */
+
+/* codec_archive() in a child process: same contract, plus a crash of the
+ * child keeps the file with the reason, and opts->cancel kills it. */
+int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
+			const struct codec_opts *opts, struct codec_result *result);
+
 /* --- cache.c: rendered views -------------------------------------------- */
 
 /* Open (rendering if needed) the view of an archived photo stored at

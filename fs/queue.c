@@ -481,7 +481,7 @@ static int run_job(struct fs *fs, struct job *j)
 	if (!job_current(fs, j))
 		goto out;
 	opts.cancel = &j->node->cancel;
-	rc = codec_archive(fd, outpath, viewpath, &opts, &res);
+	rc = fs_archive_isolated(fd, outpath, viewpath, &opts, &res);
 	if (rc == -ECANCELED || !job_current(fs, j)) {
 		log_msg(LOG_DEBUG, "queue: %s changed, archive abandoned", path);
 	} else if (rc < 0) {

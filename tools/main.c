@@ -438,8 +438,30 @@ static int cmd_fsck(int argc, char *argv[])
 	return EX_OK;
 }
 
+/* TurboJPEG reads TJ_* variables (progressive, restart, optimise) from the
+ * environment: they would change the bytes of rendered views after their
+ * sizes were recorded. */
+static void clean_environment(void)
+{
+	extern char **environ;
+
+	for (int i = 0; environ[i];) {
+		if (!strncmp(environ[i], "TJ_", 3)) {
+			char name[64];
+			size_t n = strcspn(environ[i], "=");
+			snprintf(name, sizeof(name), "%.*s", (int)(n < 63 ? n : 63), environ[i]);
+			unsetenv(name);
+		} else {
+			i++;
+		}
+	}
+}
+
 int main(int argc, char *argv[])
 {
+	clean_environment();
+	if (argc >= 2 && !strcmp(argv[1], "__archive"))
+		return fs_archive_child(argc, argv);
 	if (argc < 2) {
 		fprintf(stderr, "%s", usage_text);
 		return EX_USAGE;

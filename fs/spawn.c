@@ -6,7 +6,7 @@
  * by killing it.
  *
  * The child reads the source on fd 3, writes outputs to the paths it is
- * given, and reports on stdout, one line each:
+ * given, dies with its parent, and reports on stdout, one line each:
  *   progress DONE TOTAL FPS
  *   result RC ARCHIVED SUFFIX ORIG STORED VIEW QUALITY SSIM VIEW_SSIM
  *   reason TEXT
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,8 +119,11 @@ int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 	memset(res, 0, sizeof(*res));
 	if (pipe2(pipefd, O_CLOEXEC) == -1)
 		return -errno;
+	char ppid[32];
+	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
 	argv[argc++] = "hevcfs";
 	argv[argc++] = "__archive";
+	argv[argc++] = ppid;
 	argv[argc++] = (char *)out_path;
 	argv[argc++] = (char *)(view_path ? view_path : "-");
 	argv[argc++] = (char *)(opts->preset ? opts->preset : "-");
@@ -175,8 +179,15 @@ int fs_archive_child(int argc, char *argv[])
 	struct codec_result r;
 	int rc;
 
-	if (argc < 6)
+	if (argc < 7)
 		return 2;
+	/* die with the mount: a killed daemon must leave no job writing into
+	 * the work directory that the next mount's recovery empties */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != (pid_t)atoi(argv[2]))
+		return 3;
+	argv++; /* past the parent's pid */
+	argc--;
 	if (strcmp(argv[4], "-"))
 		o.preset = argv[4];
 	if (strcmp(argv[5], "-"))

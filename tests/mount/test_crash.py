@@ -66,8 +66,7 @@ def test_kill_inside_commit(point, dirs, tmp_path):
     try:
         m2.wait_idle()
         check_consistent(m2, expect)
-        assert m2.status()["archived"] >= 1 or "photo archiving not available" in open(
-            os.path.join(m2.backing, ".hevcfs", "log")).read()
+        assert m2.status()["archived"] == 3
     finally:
         m2.stop()
 
@@ -76,7 +75,7 @@ def test_kill_at_random_moments(dirs, tmp_path):
     """Writers and workers busy; SIGKILL at random times, several rounds.
     Every file whose close() returned must survive byte for byte."""
     rnd = random.Random(7)
-    jpegs = [make_jpeg(str(tmp_path / f"r{i}.jpg"), 80, 60, seed=10 + i) for i in range(4)]
+    jpegs = [make_jpeg(str(tmp_path / f"r{i}.jpg"), seed=10 + i) for i in range(4)]
     expect = {}
     n = 0
     for rnd_round in range(6):
@@ -90,7 +89,9 @@ def test_kill_at_random_moments(dirs, tmp_path):
 
         t = threading.Thread(target=killer)
         t.start()
-        while not stop.is_set():
+        written = 0
+        while not stop.is_set() and written < 40:
+            written += 1
             n += 1
             rel = f"f{n}.jpg" if n % 3 == 0 else f"f{n}.bin"
             data = jpegs[n % 4] if rel.endswith(".jpg") else os.urandom(rnd.randrange(1, 50000))
@@ -100,6 +101,7 @@ def test_kill_at_random_moments(dirs, tmp_path):
             except OSError:
                 break
             expect[rel] = data
+            time.sleep(0.01)
         t.join()
         m.proc.wait()
         m.kill9()

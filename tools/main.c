@@ -160,12 +160,15 @@ static int cmd_mount(int argc, char *argv[])
 	cfg.codec.preset = c.preset;
 	cfg.codec.x265_params = c.x265_params;
 
-	/* default_permissions: the kernel checks modes as a local disk does */
-	snprintf(fsname, sizeof(fsname), "-odefault_permissions,fsname=%s,subtype=hevcfs",
-		 c.backing);
-	for (char *p = fsname; *p; p++)
-		if (*p == ',' && p > fsname + 40)
-			*p = '_'; /* a comma in BACKING would split the option */
+	/* default_permissions: the kernel checks modes as a local disk does.
+	 * The backing path names the mount in /proc/mounts; a comma in it
+	 * would split the option list, so it is shown as '_' there. */
+	char shown[PATH_MAX];
+	snprintf(shown, sizeof(shown), "%s", c.backing);
+	for (char *p = shown; *p; p++)
+		if (*p == ',')
+			*p = '_';
+	snprintf(fsname, sizeof(fsname), "-odefault_permissions,subtype=hevcfs,fsname=%s", shown);
 	if (fuse_opt_add_arg(&args, fsname) == -1)
 		goto out;
 	rc = fs_mount(&cfg, args.argc, args.argv) ? EX_SOFTWARE : EX_OK;

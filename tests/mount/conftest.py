@@ -83,6 +83,8 @@ class Mount:
         return json.loads(hevcfs("status", self.backing, "--json").stdout)
 
     def kill9(self):
+        if self.proc is None:
+            return
         self.proc.kill()
         self.proc.wait()
         subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)

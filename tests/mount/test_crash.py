@@ -59,9 +59,12 @@ def test_kill_inside_commit(point, dirs, tmp_path):
     try:
         m.proc.wait(timeout=120)  # the crash point kills it
     except subprocess.TimeoutExpired:
-        pytest.fail(f"crash point {point} never reached:\n{m.log()}")
-    assert m.proc.returncode == -9, m.log()
+        log = m.log()
+        m.kill9()
+        pytest.fail(f"crash point {point} never reached:\n{log}")
+    rc = m.proc.returncode
     m.kill9()
+    assert rc == -9, m.log()
     m2 = Mount(*dirs).start()
     try:
         m2.wait_idle()

@@ -113,10 +113,10 @@ int fs_view_open(struct fs *fs, int parent, const char *name, uint64_t ino,
 		unlinkat(fs->cache_fd, tmp, 0);
 		goto out_done;
 	}
-	fs_cache_trim(fs);
 	rc = openat(fs->cache_fd, final, O_RDONLY | O_CLOEXEC);
 	if (rc == -1)
 		rc = -errno;
+	fs_cache_trim(fs); /* after the open: an evicted view stays readable */
 out_done:
 	render_done(fs, ino);
 	return rc;

@@ -517,6 +517,8 @@ static int run_job(struct fs *fs, struct job *j)
 			if (renameat(fs->work_fd, view, fs->cache_fd, cname) == -1 && errno != ENOENT)
 				log_msg(LOG_WARNING, "queue: view of %s not cached: %s", path,
 					strerror(errno));
+			else
+				fs_cache_trim(fs);
 			log_msg(LOG_INFO, "queue: %s archived: %llu -> %llu bytes", path,
 				(unsigned long long)st.st_size,
 				(unsigned long long)e.stored_bytes);

@@ -1,0 +1,298 @@
+"""Photos through the mount: JPEGs archived as HEIC on the backing tree,
+read back as JPEG views that keep every metadata byte, the right way up."""
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from conftest import Mount, hevcfs, make_jpeg
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
+                      "corpus", "exif-samples", "jpg")
+
+
+def header_segments(data):
+    """The APPn/COM segments between SOI and the first other marker."""
+    assert data[:2] == b"\xff\xd8"
+    i = 2
+    while data[i] == 0xFF and (0xE0 <= data[i + 1] <= 0xEF or data[i + 1] == 0xFE):
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return data[2:i]
+
+
+def ssim_y(a, b):
+    """Luma SSIM of two images of equal size, by ffmpeg's ssim filter."""
+    p = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "info", "-i", a, "-i", b,
+                        "-lavfi", "[0:v][1:v]ssim", "-f", "null", "-"],
+                       capture_output=True, text=True)
+    m = re.search(r"SSIM Y:([0-9.]+)", p.stderr)
+    assert m, p.stderr[-2000:]
+    return float(m.group(1))
+
+
+def exif_tags(path):
+    """Every tag exiftool reads, as "Group:Name" -> value, leaving out what
+    describes the file rather than the photo (File, System, Composite)."""
+    out = subprocess.run(["exiftool", "-a", "-G1", "-s", "-n", path],
+                         capture_output=True, text=True, check=True).stdout
+    keep = {}
+    for line in out.splitlines():
+        m = re.match(r"\[([^\]]+)\]\s+(\S+)\s*: ?(.*)$", line)
+        if m and m.group(1) not in ("ExifTool", "System", "File", "Composite"):
+            keep[f"{m.group(1)}:{m.group(2)}"] = m.group(3)
+    return keep
+
+
+def tagged_jpeg(path, orientation=1, seed=0, **kw):
+    make_jpeg(path, seed=seed, **kw)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", f"-Orientation#={orientation}",
+                    "-Make=Testcam", "-Model=T-1", "-DateTimeOriginal=2003:05:17 10:11:12",
+                    "-GPSLatitude=48.8577", "-GPSLatitudeRef=N", "-GPSLongitude=2.295",
+                    "-GPSLongitudeRef=E", "-XMP:Title=hello", "-IPTC:Keywords=test",
+                    "-Comment=a comment", path], check=True)
+    return open(path, "rb").read()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tools_present():
+    for t in ("exiftool", "ffmpeg", "cjpeg", "heif-convert"):
+        if not shutil.which(t):
+            pytest.fail(f"{t} is needed by the photo tests (make deps installs it)")
+
+
+def test_photo_archived_and_viewed(mount, tmp_path):
+    src = str(tmp_path / "IMG_0001.JPG")
+    orig = tagged_jpeg(src)
+    os.utime(src, ns=(1_000_000_000_000_000_000, 1_052_000_000_123_456_789))
+    shutil.copy2(src, os.path.join(mount.mnt, "IMG_0001.JPG"))
+    mount.wait_idle()
+    # backing: the HEIC alone, under the suffixed name, with the mtime
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs", "IMG_0001.JPG.heic"]
+    heic = os.path.join(mount.backing, "IMG_0001.JPG.heic")
+    assert open(heic, "rb").read(12)[4:12] == b"ftypheic"
+    assert os.stat(heic).st_mtime_ns == 1_052_000_000_123_456_789
+    st = mount.status()
+    assert st["archived"] == 1 and st["bytes_stored"] < st["bytes_original"] * 0.9
+    entry = hevcfs("status", mount.backing, "--files", "--json").stdout
+    import json
+    e = json.loads(entry)["entries"][0]
+    assert e["path"] == "IMG_0001.JPG" and e["ssim"] >= 0.99 and e["quality"] > 0
+    # the mount: the JPEG view under the original name
+    assert os.listdir(mount.mnt) == ["IMG_0001.JPG"]
+    view_path = os.path.join(mount.mnt, "IMG_0001.JPG")
+    size = os.stat(view_path).st_size
+    view = open(view_path, "rb").read()
+    assert size == len(view) == e["view_bytes"]
+    assert os.stat(view_path).st_mtime_ns == 1_052_000_000_123_456_789
+    assert view[:2] == b"\xff\xd8" and view[-2:] == b"\xff\xd9"
+    assert header_segments(view) == header_segments(orig)
+    out = str(tmp_path / "view.jpg")
+    open(out, "wb").write(view)
+    assert ssim_y(src, out) >= 0.985
+    assert exif_tags(src) == exif_tags(out)
+    # the HEIC itself decodes and is visually the original. Its luma SSIM
+    # (>= 0.99, checked above as recorded by verify on the decoded planes) is
+    # measured here independently through heif-convert's RGB PNG, whose two
+    # colour conversions cost a few thousandths: hence the lower bound.
+    png = str(tmp_path / "heic.png")
+    subprocess.run(["heif-convert", heic, png], check=True, capture_output=True)
+    assert ssim_y(src, png) >= 0.985
+    # st_blocks is what is really stored
+    assert os.stat(view_path).st_blocks == os.stat(heic).st_blocks
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_orientation_as_irot_never_twice(mount, tmp_path, orientation):
+    src = str(tmp_path / "o.jpg")
+    orig = tagged_jpeg(src, orientation=orientation, seed=orientation)
+    shutil.copy(src, os.path.join(mount.mnt, "o.jpg"))
+    mount.wait_idle()
+    heic = os.path.join(mount.backing, "o.jpg.heic")
+    info = subprocess.run(["heif-info", heic], capture_output=True, text=True, check=True).stdout
+    want = "image: 120x160" if orientation in (6, 8) else "image: 160x120"
+    assert want in info, info
+    # the view keeps the EXIF orientation and unrotated pixels (no double rotation)
+    view = open(os.path.join(mount.mnt, "o.jpg"), "rb").read()
+    out = str(tmp_path / "v.jpg")
+    open(out, "wb").write(view)
+    assert exif_tags(out)["IFD0:Orientation"] == str(orientation)
+    assert exif_tags(out) == exif_tags(src)
+    assert header_segments(view) == header_segments(orig)
+    assert ssim_y(src, out) >= 0.985
+
+
+def test_bad_and_odd_jpegs_kept_byte_exact(mount, tmp_path):
+    good = make_jpeg(None, seed=5)
+    cases = {
+        "truncated.jpg": good[: len(good) // 2],
+        "trailer.jpg": good + b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000),
+        "garbage.jpg": b"\xff\xd8\xff\xe0" + os.urandom(5000),
+        "bomb.jpg": bytes.fromhex("ffd8ffc0001108ffffffff03012200021101031101ffd9"),
+        "empty.jpg": b"",
+        "notes.txt": b"not a photo",
+        "tiny.jpg": make_jpeg(None, 8, 8, seed=1),
+    }
+    for name, data in cases.items():
+        with open(os.path.join(mount.mnt, name), "wb") as f:
+            f.write(data)
+    mount.wait_idle()
+    import json
+    entries = {e["path"]: e for e in json.loads(
+        hevcfs("status", mount.backing, "--files", "--json").stdout)["entries"]}
+    for name, data in cases.items():
+        assert open(os.path.join(mount.mnt, name), "rb").read() == data, name
+        assert open(os.path.join(mount.backing, name), "rb").read() == data, name
+        assert entries[name]["state"] == "kept", entries[name]
+        assert entries[name]["reason"], name
+
+
+def test_native_view_shows_stored_files(dirs, tmp_path):
+    src = str(tmp_path / "a.jpg")
+    make_jpeg(src, seed=3)
+    m = Mount(*dirs).start()
+    try:
+        shutil.copy(src, os.path.join(m.mnt, "a.jpg"))
+        m.wait_idle()
+    finally:
+        m.stop()
+    m = Mount(*dirs, opts="view=native").start()
+    try:
+        assert os.listdir(m.mnt) == ["a.jpg.heic"]
+        assert open(os.path.join(m.mnt, "a.jpg.heic"), "rb").read() == open(
+            os.path.join(m.backing, "a.jpg.heic"), "rb").read()
+        assert not os.path.exists(os.path.join(m.mnt, "a.jpg"))
+    finally:
+        m.stop()
+
+
+def test_edit_archived_photo(mount, tmp_path):
+    src = str(tmp_path / "e.jpg")
+    make_jpeg(src, seed=4)
+    shutil.copy(src, os.path.join(mount.mnt, "e.jpg"))
+    mount.wait_idle()
+    p = os.path.join(mount.mnt, "e.jpg")
+    view = open(p, "rb").read()
+    # in place, without O_TRUNC: the view is materialised, the write applies
+    with open(p, "r+b") as f:
+        f.seek(len(view) - 2)
+        f.write(b"\xff\xd9" + b"TRAILER")
+    assert open(p, "rb").read() == view + b"TRAILER"
+    mount.wait_idle()
+    # data after EOI: now kept as is, byte for byte
+    assert open(p, "rb").read() == view + b"TRAILER"
+    assert os.listdir(mount.backing) == [".hevcfs", "e.jpg"] or sorted(
+        os.listdir(mount.backing)) == [".hevcfs", "e.jpg"]
+    # replaced wholesale (O_TRUNC): archived again
+    new = make_jpeg(None, seed=9)
+    with open(p, "wb") as f:
+        f.write(new)
+    mount.wait_idle()
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs", "e.jpg.heic"]
+    again = open(p, "rb").read()
+    assert header_segments(again) == header_segments(new)
+    # truncate(2) on an archived photo
+    os.truncate(p, 10)
+    assert open(p, "rb").read() == again[:10]
+    mount.wait_idle()
+    assert open(os.path.join(mount.backing, "e.jpg"), "rb").read() == again[:10]
+
+
+def test_rename_and_unlink_archived(mount, tmp_path):
+    for i in range(2):
+        make_jpeg(os.path.join(mount.mnt, f"p{i}.jpg"), seed=20 + i)
+    mount.wait_idle()
+    v0 = open(os.path.join(mount.mnt, "p0.jpg"), "rb").read()
+    os.mkdir(os.path.join(mount.mnt, "album"))
+    os.rename(os.path.join(mount.mnt, "p0.jpg"), os.path.join(mount.mnt, "album", "renamed.jpg"))
+    assert os.path.exists(os.path.join(mount.backing, "album", "renamed.jpg.heic"))
+    assert open(os.path.join(mount.mnt, "album", "renamed.jpg"), "rb").read() == v0
+    # rename over another archived photo
+    os.rename(os.path.join(mount.mnt, "album", "renamed.jpg"), os.path.join(mount.mnt, "p1.jpg"))
+    assert open(os.path.join(mount.mnt, "p1.jpg"), "rb").read() == v0
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs", "album", "p1.jpg.heic"]
+    with pytest.raises(FileExistsError):
+        os.open(os.path.join(mount.mnt, "p1.jpg"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.unlink(os.path.join(mount.mnt, "p1.jpg"))
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs", "album"]
+    assert mount.status()["files"] == 0
+    assert os.listdir(os.path.join(mount.backing, ".hevcfs", "cache")) == []
+
+
+def test_random_and_concurrent_reads_render_once(mount, tmp_path):
+    src = str(tmp_path / "big.jpg")
+    make_jpeg(src, 640, 480, seed=6)
+    shutil.copy(src, os.path.join(mount.mnt, "big.jpg"))
+    mount.wait_idle()
+    cache = os.path.join(mount.backing, ".hevcfs", "cache")
+    for f in os.listdir(cache):
+        os.unlink(os.path.join(cache, f))
+    p = os.path.join(mount.mnt, "big.jpg")
+    size = os.stat(p).st_size
+    # Samba reads the last 64 KiB first
+    with open(p, "rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    results = []
+
+    def reader():
+        results.append(open(p, "rb").read())
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == results[0] for r in results) and len(results[0]) == size
+    assert results[0].endswith(tail)
+    assert len(os.listdir(cache)) == 1
+    log = open(os.path.join(mount.backing, ".hevcfs", "log")).read()
+    assert "render failed" not in log
+
+
+def test_view_cache_is_bounded(dirs, tmp_path):
+    m = Mount(*dirs, opts="cache_mb=0").start()
+    try:
+        for i in range(3):
+            make_jpeg(os.path.join(m.mnt, f"c{i}.jpg"), seed=30 + i)
+        m.wait_idle()
+        views = [open(os.path.join(m.mnt, f"c{i}.jpg"), "rb").read() for i in range(3)]
+        assert len(os.listdir(os.path.join(m.backing, ".hevcfs", "cache"))) <= 1
+        # evicted views render again, identically
+        assert [open(os.path.join(m.mnt, f"c{i}.jpg"), "rb").read() for i in range(3)] == views
+    finally:
+        m.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir(CORPUS), reason="../shared/corpus is absent")
+def test_real_camera_corpus(mount):
+    """Real camera files, every orientation and the broken ones: no crash,
+    each archived or kept with a reason, views the size getattr says."""
+    files = []
+    for sub in ("orientation", "invalid", "gps", "xmp", ""):
+        d = os.path.join(CORPUS, sub)
+        for n in sorted(os.listdir(d)):
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and os.path.getsize(p) < 400_000:
+                files.append(p)
+    files = files[:40]
+    os.mkdir(os.path.join(mount.mnt, "corpus"))
+    for i, p in enumerate(files):
+        shutil.copy(p, os.path.join(mount.mnt, "corpus", f"{i:02d}-{os.path.basename(p)}"))
+    mount.wait_idle(timeout=600)
+    import json
+    entries = json.loads(hevcfs("status", mount.backing, "--files", "--json").stdout)["entries"]
+    assert len(entries) == len(files)
+    for e in entries:
+        assert e["state"] in ("archived", "kept"), e
+        p = os.path.join(mount.mnt, e["path"])
+        data = open(p, "rb").read()
+        assert len(data) == os.stat(p).st_size
+        if e["state"] == "kept":
+            assert e["reason"]
+            src = files[int(os.path.basename(e["path"])[:2])]
+            assert data == open(src, "rb").read()
+        else:
+            assert e["ssim"] >= 0.99 and e["view_ssim"] >= 0.985

@@ -585,6 +585,13 @@ static int setup_audio(struct xcode *x, struct xstream *xs, AVStream *ist, AVStr
 	enc->sample_fmt = AV_SAMPLE_FMT_FLTP;
 	enc->sample_rate = aac_rate(codec, xs->dec->sample_rate > 0 ? xs->dec->sample_rate
 								 : AUDIO_FALLBACK_RATE);
+	/* PCM in AVI and the like says only how many channels: give them the
+	 * usual order for that count (mono, stereo, ...) */
+	if (xs->dec->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC) {
+		int n = xs->dec->ch_layout.nb_channels;
+		av_channel_layout_uninit(&xs->dec->ch_layout);
+		av_channel_layout_default(&xs->dec->ch_layout, n);
+	}
 	for (l = codec->ch_layouts; l && l->nb_channels; l++)
 		if (!av_channel_layout_compare(l, &xs->dec->ch_layout))
 			break;
@@ -1024,7 +1031,19 @@ static int resample(struct xcode *x, struct xstream *xs, const AVFrame *f)
 	s->sample_rate = xs->enc->sample_rate;
 	if (av_channel_layout_copy(&s->ch_layout, &xs->enc->ch_layout) < 0)
 		return -ENOMEM;
-	ret = swr_convert_frame(xs->swr, s, f);
+	if (f && f->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC &&
+	    f->ch_layout.nb_channels == xs->dec->ch_layout.nb_channels) {
+		/* the same normalisation as the decoder's (see the encoder setup) */
+		AVFrame *g = av_frame_clone(f);
+		if (!g)
+			return -ENOMEM;
+		av_channel_layout_uninit(&g->ch_layout);
+		av_channel_layout_copy(&g->ch_layout, &xs->dec->ch_layout);
+		ret = swr_convert_frame(xs->swr, s, g);
+		av_frame_free(&g);
+	} else {
+		ret = swr_convert_frame(xs->swr, s, f);
+	}
 	if (ret < 0) {
 		codec_keep(x->result, "cannot resample audio (layout changes?)");
 		return VIDEO_KEPT;

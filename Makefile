@@ -58,7 +58,7 @@ test: hevcfs asan $(UNIT_BIN)
 	@tests/run.sh
 
 bench: hevcfs
-	@bench/run.sh
+	@sh bench/run.sh
 
 deps:
 	@tools/deps.sh

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Install the Debian/Ubuntu packages hevcfs needs to build, test and bench.
-# Idempotent and quiet when everything is there; uses sudo when not root.
+# Install the Debian/Ubuntu packages hevcfs needs to build and test
+# (`deps.sh bench`: also what the benchmarks compare against). Idempotent and
+# quiet when everything is there; uses sudo when not root.
 set -eu
 
 PKGS="build-essential pkg-config
@@ -10,6 +11,8 @@ libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ff
 libturbojpeg0-dev libjpeg-turbo-progs
 liblmdb-dev lmdb-utils
 python3 python3-pytest libimage-exiftool-perl attr rsync"
+# the equal-quality shell pipeline the photo benchmark measures against
+[ "${1:-}" = bench ] && PKGS="$PKGS imagemagick time"
 
 missing=""
 for p in $PKGS; do

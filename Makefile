@@ -44,11 +44,11 @@ asan: build/asan/hevcfs $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC)
 
 build/tests/%: tests/unit/%.c $(call obj,,$(LIB_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c %.o,$^) $(LDFLAGS) $(LDLIBS)
 
 build/asan/tests/%: tests/unit/%.c $(call obj,asan/,$(LIB_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $(filter %.c %.o,$^) $(LDFLAGS) $(LDLIBS)
 
 UNIT_BIN      := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
 UNIT_ASAN_BIN := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))

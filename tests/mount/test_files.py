@@ -30,7 +30,8 @@ def make_mixed_tree(root, seed=1):
     os.chmod(j("empty dir"), 0o700)
     os.symlink("2003 trip ✈/plain.txt", j("photos", "link"))
     os.symlink("/nonexistent/dangling", j("photos", "dangling"))
-    # deep: a path of ~4000 bytes
+    # deep: ~3800 bytes below the tree (tools like cp and diff need the
+    # absolute path under PATH_MAX; test_longest_path goes to 4095)
     deep = j("deep")
     comp = "d" * 200
     rel = 0
@@ -137,7 +138,7 @@ def test_big_directory_streams(mount):
     """readdir hands out a large directory in pieces, every name once."""
     d = os.path.join(mount.backing, "big")
     os.mkdir(d)
-    n = int(os.environ.get("HEVCFS_TEST_BIGDIR", "20000"))
+    n = int(os.environ.get("HEVCFS_TEST_BIGDIR", "100000"))
     for i in range(n):
         open(os.path.join(d, f"file-{i:06d}"), "wb").close()
     names = os.listdir(os.path.join(mount.mnt, "big"))
@@ -279,3 +280,28 @@ def test_mount_fuse3_helper_and_fstab_form(dirs, tmp_path):
             if '"mounted":false' in hevcfs("status", dirs[0], "--json").stdout:
                 break
             time.sleep(0.1)
+
+
+def test_longest_path(mount):
+    """A path of 4095 bytes below the mount, 255-byte names along it, walked
+    relative to directory fds as the kernel limits a single path string."""
+    comps = ["d" * 255] * 15 + ["e" * 70]
+    leaf = "L" * (4095 - sum(len(c) + 1 for c in comps))
+    assert len("/".join(comps + [leaf])) == 4095 and len(leaf) <= 255
+    dfd = os.open(mount.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for c in comps:
+            os.mkdir(c, dir_fd=dfd)
+            nfd = os.open(c, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        fd = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dfd)
+        os.write(fd, b"at the limit")
+        os.close(fd)
+        assert os.stat(leaf, dir_fd=dfd).st_size == 12
+        os.rename(leaf, leaf[:-1] + "M", src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    mount.wait_idle()
+    st = mount.status()
+    assert st["kept"] == 1 and st["files"] == 1

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <libheif/heif.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,7 +433,7 @@ static void check_archived(const struct buf *jpeg, const char *name,
 		size_t il;
 		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-header", &item, &il),
 			 0);
-		CHECK(il >= 56 && memcmp(item, "HVFSJPEG\1", 9) == 0);
+		CHECK(il >= 68 && memcmp(item, "HVFSJPEG\2", 9) == 0);
 		free(item);
 	}
 	if (icc) {
@@ -872,6 +873,139 @@ static void test_render_errors(void)
 	buf_free(&j);
 }
 
+static int probe_path(const char *path, struct codec_result *res)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	memset(res, 0xAB, sizeof(*res)); /* the probe must set every field */
+	ret = codec_probe_archived(fd, res);
+	close(fd);
+	return ret;
+}
+
+/* A handmade version 1 header item (no quality, no SSIMs, no segments). */
+static struct buf v1_header(int width, int height, uint64_t orig)
+{
+	uint8_t h[56] = "HVFSJPEG";
+	struct buf b = {0};
+
+	h[8] = 1, h[9] = 90, h[10] = TJSAMP_420, h[11] = 1;
+	h[14] = (uint8_t)(width >> 8), h[15] = (uint8_t)width;
+	h[18] = (uint8_t)(height >> 8), h[19] = (uint8_t)height;
+	for (int i = 0; i < 8; i++)
+		h[20 + i] = (uint8_t)(orig >> (56 - 8 * i));
+	buf_add(&b, h, sizeof(h));
+	return b;
+}
+
+/* The index-rebuild probe: what an archived photo says about itself, from
+ * its boxes and header item alone; anything else is not one. */
+static void test_probe(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg_pf(640, 480, TJSAMP_420, 0, 100, TJPF_RGB, 9), f, heic, hf = {0};
+	struct codec_result res, pr;
+	struct photo_planes pl;
+	struct jpeg_info ji;
+	struct heic_params hp = {.quality = 50, .preset = TEST_PRESET};
+	struct heif_context *ctx;
+	struct stat st;
+	uint64_t size = 0;
+	uint8_t *mdat;
+	int fd;
+
+	make_rich(&r, 6);
+	f = splice_segs(&j, &r.segs);
+	CHECK_EQ(archive(&f, "probe.jpg", &res), 0);
+	CHECK(res.archived);
+	CHECK_EQ(probe_path(tpath("probe.jpg.heic"), &pr), 0);
+	CHECK_EQ(pr.archived, 1);
+	CHECK(strcmp(pr.suffix, ".heic") == 0 && pr.reason[0] == '\0');
+	CHECK_EQ(pr.orig_bytes, f.len);
+	CHECK_EQ(pr.stored_bytes, res.stored_bytes);
+	CHECK_EQ(pr.view_bytes, res.view_bytes);
+	CHECK_EQ(pr.quality, res.quality);
+	CHECK(fabs(pr.ssim - res.ssim) < 2e-6 && fabs(pr.view_ssim - res.view_ssim) < 2e-6);
+
+	/* no pixel is decoded: wrecking the coded picture changes nothing */
+	heic = read_path(tpath("probe.jpg.heic"));
+	mdat = memmem(heic.p, heic.len, "mdat", 4);
+	CHECK(mdat && (size_t)(mdat - heic.p) + 2000 < heic.len);
+	memset(mdat + 4, 0, 1000); /* the first coded image data */
+	write_path(tpath("wrecked.heic"), &heic);
+	CHECK_EQ(probe_path(tpath("wrecked.heic"), &pr), 0);
+	CHECK_EQ(pr.archived, 1);
+	CHECK_EQ(pr.view_bytes, res.view_bytes);
+
+	/* a truncated one, the JPEG itself, an empty file, a foreign HEIC */
+	heic.len = 100;
+	write_path(tpath("trunc.heic"), &heic);
+	CHECK_EQ(probe_path(tpath("trunc.heic"), &pr), 0);
+	CHECK(pr.archived == 0 && pr.reason[0] && pr.suffix[0] == '\0');
+	CHECK_EQ(probe_path(tpath("probe.jpg"), &pr), 0);
+	CHECK(pr.archived == 0 && strstr(pr.reason, "not a HEIF"));
+	heic.len = 0;
+	write_path(tpath("empty.heic"), &heic);
+	CHECK_EQ(probe_path(tpath("empty.heic"), &pr), 0);
+	CHECK(pr.archived == 0 && pr.reason[0]);
+	CHECK_EQ(jpeg_parse(j.p, j.len, &ji), 0);
+	CHECK_EQ(y_plane(&j, &pl), 0);
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
+	write_path(tpath("foreign.heic"), &hf);
+	CHECK_EQ(probe_path(tpath("foreign.heic"), &pr), 0);
+	CHECK(pr.archived == 0 && strstr(pr.reason, "without a hevcfs header"));
+	buf_free(&hf);
+
+	/* a version 1 header: sizes, no quality or SSIMs; its view renders */
+	{
+		struct buf v1 = v1_header(640, 480, 12345);
+		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", v1.p,
+				       v1.len),
+			 0);
+		CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
+		write_path(tpath("v1.heic"), &hf);
+		CHECK_EQ(probe_path(tpath("v1.heic"), &pr), 0);
+		CHECK(pr.archived == 1 && pr.orig_bytes == 12345 && pr.stored_bytes == hf.len);
+		CHECK(pr.quality == 0 && pr.ssim == 0 && pr.view_ssim == 0 && pr.view_bytes == 0);
+		CHECK_EQ(render(tpath("v1.heic"), tpath("v1.view.jpg"), &size), 0);
+		CHECK(size > 0);
+		buf_free(&v1);
+		buf_free(&hf);
+	}
+	heif_context_free(ctx);
+
+	/* a damaged header item is not an archived photo, an I/O error is an error */
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	{
+		struct buf bad = v1_header(640, 480, 1);
+		bad.p[8] = 9;
+		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", bad.p,
+				       bad.len),
+			 0);
+		buf_free(&bad);
+	}
+	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
+	write_path(tpath("badhdr.heic"), &hf);
+	CHECK_EQ(probe_path(tpath("badhdr.heic"), &pr), 0);
+	CHECK(pr.archived == 0 && strstr(pr.reason, "damaged"));
+	heif_context_free(ctx);
+	fd = open(tpath("probe.jpg.heic"), O_WRONLY);
+	CHECK(fd >= 0 && fstat(fd, &st) == 0);
+	CHECK_EQ(codec_probe_archived(fd, &pr), -EBADF);
+	close(fd);
+
+	photo_planes_release(&pl);
+	jpeg_info_release(&ji);
+	buf_free(&hf);
+	buf_free(&heic);
+	buf_free(&f);
+	buf_free(&j);
+	rich_free(&r);
+}
+
 /* exiftool sees the same tags in the original and in its view. */
 static void test_exiftool_tags(void)
 {
@@ -1020,6 +1154,7 @@ int main(void)
 	RUN(test_kept);
 	RUN(test_options);
 	RUN(test_render_errors);
+	RUN(test_probe);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

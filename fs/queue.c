@@ -77,6 +77,12 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 	if (!rc)
 		rc = idx_queue_put(txn, ino, gen, path);
 	if (!rc && idx_get(txn, ino, &e) == 0 && e.state == IDX_STAGED) {
+		struct stat st;
+		int fd = fs_open_path(fs, path, O_PATH, 0);
+		if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == ino)
+			e.orig_bytes = e.stored_bytes = e.view_bytes = (uint64_t)st.st_size;
+		if (fd >= 0)
+			close(fd);
 		e.state = IDX_PENDING;
 		e.gen = gen;
 		rc = idx_put(txn, ino, &e);

@@ -467,12 +467,20 @@ static int run_job(struct fs *fs, struct job *j)
 		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st);
 		goto out;
 	}
-	if (codec_sniff(fd) == CODEC_KIND_VIDEO) {
+	/* the first bytes decide; only photos and videos need a child */
+	switch (codec_sniff(fd)) {
+	case CODEC_KIND_OTHER:
+		finish_kept(fs, j, IDX_KEPT, "not a photo or video", &st);
+		goto out;
+	case CODEC_KIND_VIDEO:
 		if (!video_turn(fs, j)) {
 			requeued = 1;
 			goto out;
 		}
 		video = 1;
+		break;
+	default:
+		break;
 	}
 	opts.progress = on_progress;
 	opts.progress_arg = &prog;

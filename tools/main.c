@@ -38,6 +38,7 @@ static const char help_text[] =
 	"            --files: each file's state, sizes, quality, SSIM, reason;\n"
 	"            --json: one JSON object\n"
 	"  wait      return 0 once nothing is staged or pending, 1 on timeout\n"
+	"            (69 at once when BACKING is not mounted and work is waiting)\n"
 	"  fsck      finish or roll back interrupted work, index files it does not know\n"
 	"\n"
 	"Mount options (-o):\n"
@@ -408,6 +409,14 @@ static int cmd_wait(int argc, char *argv[])
 		if (rc == -ENOENT || (st.queued == 0 && st.by_state[IDX_STAGED] == 0 &&
 				      st.by_state[IDX_PENDING] == 0))
 			return 0;
+		if (!fs_is_mounted(backing)) {
+			fprintf(stderr,
+				"hevcfs wait: %s is not mounted: %llu staged, %llu pending wait "
+				"for the next mount\n",
+				backing, (unsigned long long)st.by_state[IDX_STAGED],
+				(unsigned long long)st.by_state[IDX_PENDING]);
+			return EX_UNAVAILABLE;
+		}
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		double el = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
 		if (timeout >= 0 && el >= timeout) {

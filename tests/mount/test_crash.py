@@ -65,6 +65,9 @@ def test_kill_inside_commit(point, dirs, tmp_path):
     rc = m.proc.returncode
     m.kill9()
     assert rc == -9, m.log()
+    # nothing can progress unmounted: wait says so at once
+    p = hevcfs("wait", dirs[0], "--timeout", "30", check=False)
+    assert p.returncode == 69 and "not mounted" in p.stderr, p
     m2 = Mount(*dirs).start()
     try:
         m2.wait_idle()

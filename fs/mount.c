@@ -218,50 +218,69 @@ static void drop_shadowed(struct fs *fs, int dirfd, const char *name, size_t lle
 	fs_fsync_dir(dirfd);
 }
 
-/* Give every regular file below dirfd that the index does not know an
- * entry, staged and queued. path holds the relative path (len bytes). */
-static void walk_tree(struct fs *fs, int dirfd, char *path, size_t len, int depth)
+/*
+ * Walk the backing tree below dirfd (BACKING itself at depth 0, where the
+ * state directory is skipped), calling visit for every regular file with its
+ * directory, name, stat and path relative to BACKING (in path, len bytes so
+ * far, at most 4095). Symlinks are never followed; visit returning nonzero
+ * stops the walk. Returns nonzero when stopped.
+ */
+typedef int (*walk_fn)(void *arg, int dirfd, const char *name, const struct stat *st,
+		       const char *path);
+
+static int walk(int dirfd, char *path, size_t len, int depth, walk_fn visit, void *arg)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), stop = 0;
 	struct dirent *de;
 	DIR *d;
 
 	if (fd < 0 || !(d = fdopendir(fd))) {
 		if (fd >= 0)
 			close(fd);
-		return;
+		return 0;
 	}
-	while ((de = readdir(d))) {
+	while (!stop && (de = readdir(d))) {
+		size_t nlen = strlen(de->d_name), sub = len + (len ? 1 : 0) + nlen;
 		struct stat st;
-		struct idx_entry e;
-		size_t nlen = strlen(de->d_name);
 
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)))
-			continue;
-		if (len + nlen + 2 > 4096 ||
+		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)) || sub > 4095 ||
 		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
 			continue;
 		if (len)
 			path[len] = '/';
 		memcpy(path + len + (len ? 1 : 0), de->d_name, nlen + 1);
-		size_t sub = len + (len ? 1 : 0) + nlen;
 		if (S_ISDIR(st.st_mode)) {
 			int child = openat(dirfd, de->d_name,
 					   O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (child >= 0) {
-				walk_tree(fs, child, path, sub, depth + 1);
+				stop = walk(child, path, sub, depth + 1, visit, arg);
 				close(child);
 			}
-		} else if (S_ISREG(st.st_mode) && fs_entry_get(fs, st.st_ino, &e) == -ENOENT) {
-			fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
-		} else if (S_ISREG(st.st_mode) && e.state == IDX_ARCHIVED && e.suffix[0] &&
-			   nlen > strlen(e.suffix) && fs_has_archive_suffix(de->d_name)) {
-			drop_shadowed(fs, dirfd, de->d_name, nlen - strlen(e.suffix), st.st_ino);
+		} else if (S_ISREG(st.st_mode)) {
+			stop = visit(arg, dirfd, de->d_name, &st, path);
 		}
 		path[len] = '\0';
 	}
 	closedir(d);
+	return stop;
+}
+
+/* Recovery's visit: give a file the index does not know an entry, staged
+ * and queued; drop an archived copy shadowed by a plain file. */
+static int recover_file(void *arg, int dirfd, const char *name, const struct stat *st,
+			const char *path)
+{
+	struct fs *fs = arg;
+	struct idx_entry e;
+	size_t nlen = strlen(name);
+
+	if (fs_entry_get(fs, st->st_ino, &e) == -ENOENT)
+		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
+	else if (e.state == IDX_ARCHIVED && e.suffix[0] && nlen > strlen(e.suffix) &&
+		 fs_has_archive_suffix(name))
+		drop_shadowed(fs, dirfd, name, nlen - strlen(e.suffix), st->st_ino);
+	return 0;
 }
 
 /* Intents are copied out of the read transaction before any is resolved. */
@@ -305,7 +324,7 @@ static int recover(struct fs *fs, int fresh)
 		char *path = calloc(1, 4096);
 		if (!path)
 			return -ENOMEM;
-		walk_tree(fs, fs->root_fd, path, 0, 0);
+		walk(fs->root_fd, path, 0, 0, recover_file, fs);
 		free(path);
 	}
 	return idx_sync(fs->idx);
@@ -410,54 +429,25 @@ struct lister {
 	struct idx_txn *txn;
 	int (*fn)(void *arg, const char *logical, const char *stored, const struct idx_entry *e);
 	void *arg;
-	char stored[4352], logical[4352];
-	int stop;
+	char logical[4352];
 };
 
-/* Walk one directory for fs_list; len is the length of the path so far. */
-static void list_dir(struct lister *l, int dirfd, size_t len, int depth)
+/* fs_list's visit: map the stored name to the logical one. */
+static int list_file(void *arg, int dirfd, const char *name, const struct stat *st,
+		     const char *path)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dirent *de;
-	DIR *d;
+	struct lister *l = arg;
+	struct idx_entry e;
+	size_t plen = strlen(path), nlen = strlen(name), slen;
+	int has = l->txn && idx_get(l->txn, st->st_ino, &e) == 0;
 
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	while (!l->stop && (de = readdir(d))) {
-		size_t nlen = strlen(de->d_name);
-		struct idx_entry e;
-		struct stat st;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)) || len + nlen + 2 > 4096 ||
-		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
-			continue;
-		size_t sub = len + (len ? 1 : 0);
-		if (len)
-			l->stored[len] = l->logical[len] = '/';
-		memcpy(l->stored + sub, de->d_name, nlen + 1);
-		memcpy(l->logical + sub, de->d_name, nlen + 1);
-		if (S_ISDIR(st.st_mode)) {
-			int child = openat(dirfd, de->d_name,
-					   O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (child >= 0) {
-				list_dir(l, child, sub + nlen, depth + 1);
-				close(child);
-			}
-		} else if (S_ISREG(st.st_mode)) {
-			int has = l->txn && idx_get(l->txn, st.st_ino, &e) == 0;
-			size_t slen = has ? strlen(e.suffix) : 0;
-			if (has && e.state == IDX_ARCHIVED && slen && nlen > slen &&
-			    !strcmp(de->d_name + nlen - slen, e.suffix))
-				l->logical[sub + nlen - slen] = '\0';
-			l->stop = l->fn(l->arg, l->logical, l->stored, has ? &e : NULL);
-		}
-		l->stored[len] = l->logical[len] = '\0';
-	}
-	closedir(d);
+	(void)dirfd;
+	memcpy(l->logical, path, plen + 1);
+	slen = has ? strlen(e.suffix) : 0;
+	if (has && e.state == IDX_ARCHIVED && slen && nlen > slen &&
+	    !strcmp(name + nlen - slen, e.suffix))
+		l->logical[plen - slen] = '\0';
+	return l->fn(l->arg, l->logical, path, has ? &e : NULL);
 }
 
 int fs_list(const char *backing,
@@ -467,10 +457,11 @@ int fs_list(const char *backing,
 {
 	struct lister *l = calloc(1, sizeof(*l));
 	char *state = join(backing, FS_STATE_DIR), *index = state ? join(state, INDEX_NAME) : NULL;
+	char *path = calloc(1, 4352);
 	struct idx *idx = NULL;
 	int root, rc = 0;
 
-	if (!l || !index) {
+	if (!l || !index || !path) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -483,11 +474,12 @@ int fs_list(const char *backing,
 		l->txn = NULL;
 	l->fn = fn;
 	l->arg = arg;
-	list_dir(l, root, 0, 0);
+	walk(root, path, 0, 0, list_file, l);
 	idx_abort(l->txn);
 	idx_close(idx);
 	close(root);
 out:
+	free(path);
 	free(index);
 	free(state);
 	free(l);

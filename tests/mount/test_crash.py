@@ -174,3 +174,36 @@ def test_full_disk(small_tmpfs, tmp_path):
             assert open(os.path.join(m.mnt, name), "rb").read() == data
     finally:
         m.stop()
+
+
+def test_existing_tree_is_indexed_and_fsck(dirs, tmp_path):
+    """A backing directory that already holds files: the first mount indexes
+    them (photos get archived). After a kill, `hevcfs fsck` repairs offline."""
+    os.makedirs(os.path.join(dirs[0], "old"))
+    make_jpeg(os.path.join(dirs[0], "old", "photo.jpg"), seed=40)
+    with open(os.path.join(dirs[0], "old", "notes.txt"), "w") as f:
+        f.write("kept")
+    m = Mount(*dirs).start()
+    try:
+        m.wait_idle()
+        st = m.status()
+        assert st["files"] == 2 and st["archived"] == 1 and st["kept"] == 1, st
+        assert sorted(os.listdir(os.path.join(m.mnt, "old"))) == ["notes.txt", "photo.jpg"]
+    finally:
+        m.stop()
+    m = Mount(*dirs, env={"HEVCFS_CRASH_AT": "commit-renamed"}).start()
+    make_jpeg(os.path.join(m.mnt, "new.jpg"), seed=41)
+    m.proc.wait(timeout=120)
+    m.kill9()
+    p = hevcfs("fsck", dirs[0])
+    assert "consistent" in p.stdout
+    assert hevcfs("status", dirs[0], "--json").stdout.count('"files":3')
+    m = Mount(*dirs).start()
+    try:
+        m.wait_idle()
+        st = m.status()
+        assert st["files"] == 3 and st["archived"] == 2, st
+        assert sorted(backing_files(m.backing)) == ["new.jpg.heic", "old/notes.txt",
+                                                    "old/photo.jpg.heic"]
+    finally:
+        m.stop()

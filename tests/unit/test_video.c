@@ -2,7 +2,8 @@
  * test_video — the video half of codec/: sniffing, and video_archive() on
  * small clips made at test time with the ffmpeg CLI (preset ultrafast),
  * checked with ffprobe: HEVC/hvc1, every frame and pts, streams, tags,
- * rotation, audio copied byte for byte, and kept files untouched.
+ * rotation, chapters, cover art, timecode, audio copied byte for byte, and
+ * kept files untouched.
  */
 #include "../../codec/internal.h"
 #include "check.h"
@@ -454,6 +455,75 @@ static void test_odd_size(void)
 	free(s), free(d);
 }
 
+/* Chapters (from an ffmetadata file) come through with their times and
+ * titles, and so does the global title. */
+static void test_chapters(void)
+{
+	const char *src = path("chap.mp4"), *dst = path("chap.out.mp4"), *meta = path("chap.txt");
+	struct codec_result r;
+	char *s, *d;
+	FILE *f = fopen(meta, "w");
+
+	CHECK(f);
+	fprintf(f, ";FFMETADATA1\ntitle=Chaptered\n"
+		   "[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=800\ntitle=First part\n"
+		   "[CHAPTER]\nTIMEBASE=1/1000\nSTART=800\nEND=2000\ntitle=Second part\n");
+	fclose(f);
+	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i sine -i '%s' -t 2 "
+	     "-map 0:v -map 1:a -map_metadata 2 -map_chapters 2 " X264 "-c:a aac '%s'", meta, src);
+	CHECK_EQ(archive(src, dst, &r), 0);
+	CHECK(r.archived);
+	s = probe(src, "", "chapter=start_time,end_time:chapter_tags=title");
+	d = probe(dst, "", "chapter=start_time,end_time:chapter_tags=title");
+	CHECK(!strcmp(s, "0.000000,0.800000,First part\n0.800000,2.000000,Second part\n"));
+	CHECK(!strcmp(s, d));
+	free(s), free(d);
+	s = probe(dst, "", "format_tags=title");
+	CHECK(!strcmp(s, "Chaptered\n"));
+	free(s);
+}
+
+/* Cover art (an attached PNG picture in MP4) stays a cover, byte for byte. */
+static void test_cover_art(void)
+{
+	const char *src = path("cover.mp4"), *dst = path("cover.out.mp4"), *png = path("cover.png");
+	struct codec_result r;
+	char *s, *d;
+
+	MAKE("-f lavfi -i testsrc2=size=64x48 -frames:v 1 '%s'", png);
+	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -i '%s' -t 2 -map 0:v -map 1:v "
+	     "-c:v:0 libx264 -preset ultrafast -crf 8 -c:v:1 png -disposition:v:1 attached_pic '%s'",
+	     png, src);
+	CHECK_EQ(archive(src, dst, &r), 0);
+	CHECK(r.archived);
+	s = probe(dst, "", "stream=codec_name:stream_disposition=attached_pic");
+	CHECK(!strcmp(s, "hevc,0\npng,1\n"));
+	free(s);
+	s = out_of("ffprobe -v error -select_streams v:1 -show_entries packet=size,data_hash "
+		   "-show_data_hash MD5 -of csv=p=0 '%s'", src);
+	d = out_of("ffprobe -v error -select_streams v:1 -show_entries packet=size,data_hash "
+		   "-show_data_hash MD5 -of csv=p=0 '%s'", dst);
+	CHECK_EQ(lines(s), 1);
+	CHECK(!strcmp(s, d));
+	free(s), free(d);
+}
+
+/* A timecode track (tmcd) is rebuilt from the video's timecode. */
+static void test_timecode(void)
+{
+	const char *src = path("tc.mp4"), *dst = path("tc.out.mp4");
+	struct codec_result r;
+	char *s;
+
+	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -t 1 " X264 "-timecode 01:00:00:00 '%s'",
+	     src);
+	CHECK_EQ(archive(src, dst, &r), 0);
+	CHECK(r.archived);
+	s = probe(dst, "", "stream=codec_type,codec_tag_string:stream_tags=timecode");
+	CHECK(!strcmp(s, "video,hvc1,01:00:00:00\ndata,tmcd,01:00:00:00\n"));
+	free(s);
+}
+
 /* What is kept: HEVC already, audio only, truncated, corrupt. Never
  * touched, never a crash. */
 static void test_kept(void)
@@ -503,6 +573,23 @@ static void test_kept(void)
 	free(s), free(t);
 }
 
+/* An SSIM floor no encode reaches keeps the original, saying so: the
+ * sampled frames really are compared. */
+static void test_ssim_floor(void)
+{
+	const char *src = path("basic.mp4"), *dst = path("floor.out");
+	struct codec_opts o = { .preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.99999 };
+	struct codec_result r = { 0 };
+	int fd = open(src, O_RDONLY);
+
+	CHECK(fd >= 0);
+	CHECK_EQ(video_archive(fd, dst, &o, &r), 0);
+	close(fd);
+	CHECK(!r.archived);
+	CHECK(strstr(r.reason, "SSIM"));
+	CHECK(r.ssim > 0.9 && r.ssim < 0.99999);
+}
+
 /* A set cancel flag stops the job with -ECANCELED. */
 static void test_cancel(void)
 {
@@ -538,7 +625,11 @@ int main(void)
 	RUN(test_ogg);
 	RUN(test_mkv_ass);
 	RUN(test_odd_size);
+	RUN(test_chapters);
+	RUN(test_cover_art);
+	RUN(test_timecode);
 	RUN(test_kept);
+	RUN(test_ssim_floor);
 	RUN(test_cancel);
 	ret = check_done("test_video");
 	if (getenv("TEST_VIDEO_KEEP")) /* for a post-mortem of the fixtures */

@@ -290,6 +290,9 @@ static int op_symlink(const char *target, const char *path)
 	return rc;
 }
 
+/* The name paths pass through while two are exchanged. */
+#define EXCHANGE_TMP "\x01\x02hevcfs exchange\x02\x01"
+
 static int op_rename(const char *from, const char *to, unsigned int flags)
 {
 	struct fs *fs = fs_get();
@@ -359,19 +362,19 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 		struct idx_txn *txn;
 		if (idx_begin(fs->idx, 1, &txn) == 0) {
 			if (flags & RENAME_EXCHANGE) {
-				/* through a name no path can have */
-				idx_queue_rename(txn, rel(from), "\x01");
+				/* through a name no real path will have */
+				idx_queue_rename(txn, rel(from), EXCHANGE_TMP);
 				idx_queue_rename(txn, rel(to), rel(from));
-				idx_queue_rename(txn, "\x01", rel(to));
+				idx_queue_rename(txn, EXCHANGE_TMP, rel(to));
 			} else {
 				idx_queue_rename(txn, rel(from), rel(to));
 			}
 			idx_commit(txn);
 		}
 		if (flags & RENAME_EXCHANGE) {
-			fs_nodes_rename(fs, from, "\x01");
+			fs_nodes_rename(fs, from, EXCHANGE_TMP);
 			fs_nodes_rename(fs, to, from);
-			fs_nodes_rename(fs, "\x01", to);
+			fs_nodes_rename(fs, EXCHANGE_TMP, to);
 		} else {
 			fs_nodes_rename(fs, from, to);
 		}

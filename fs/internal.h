@@ -119,6 +119,9 @@ struct fs_lookup {
 /* Resolve a logical path to its backing file (following the mapping of
  * archived names). Returns 0 (lk->parent open) or -errno (nothing open). */
 int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk);
+/* The same, except that when only the last name is missing it returns
+ * -ENOENT with lk->parent open and lk->name set, ready for a create. */
+int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk);
 /* The logical name under which a backing entry appears in the mount, or NULL
  * when it is hidden. Writes into buf. */
 const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name, uint64_t ino,

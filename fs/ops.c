@@ -92,6 +92,8 @@ static void own_new(int parent, const char *name)
 		return;
 	if (fstat(parent, &pst) == 0 && (pst.st_mode & S_ISGID))
 		gid = pst.st_gid;
+	if (ctx->uid == geteuid() && gid == getegid())
+		return; /* created so already */
 	if (fchownat(parent, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW) == -1)
 		log_msg(LOG_WARNING, "cannot give %s to uid %u: %s", name, ctx->uid,
 			strerror(errno));
@@ -157,20 +159,19 @@ static int op_readlink(const char *path, char *buf, size_t size)
 static int create_parent(struct fs *fs, const char *path, const char **name)
 {
 	struct fs_lookup lk;
-	int parent;
+	int rc;
 
 	if (fs_path_reserved(path))
 		return -EPERM;
-	if (fs_lookup(fs, path, &lk) == 0) {
+	rc = fs_lookup_for_create(fs, path, &lk);
+	if (rc == 0) {
 		close(lk.parent);
 		return -EEXIST;
 	}
-	parent = fs_open_parent(fs, path, name);
-	if (parent >= 0 && strlen(*name) > NAME_MAX) {
-		close(parent);
-		return -ENAMETOOLONG;
-	}
-	return parent;
+	if (rc != -ENOENT || lk.parent < 0)
+		return rc;
+	*name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+	return lk.parent;
 }
 
 static int op_mknod(const char *path, mode_t mode, dev_t rdev)

@@ -134,6 +134,17 @@ const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name
 
 int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk)
 {
+	int rc = fs_lookup_for_create(fs, path, lk);
+
+	if (rc == -ENOENT && lk->parent >= 0) {
+		close(lk->parent);
+		lk->parent = -1;
+	}
+	return rc;
+}
+
+int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
+{
 	const char *name;
 	size_t nlen;
 	int rc;
@@ -201,7 +212,7 @@ int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk)
 		}
 		lk->name[nlen] = '\0';
 	}
-	rc = -ENOENT;
+	return -ENOENT; /* with the parent open, for a create */
 out_close:
 	close(lk->parent);
 	lk->parent = -1;

@@ -91,3 +91,9 @@ int codec_render_view(int stored_fd, const char *out_path, const struct codec_op
 {
 	return photo_render_view(stored_fd, out_path, opts, size);
 }
+
+int codec_probe_archived(int fd, struct codec_result *result)
+{
+	memset(result, 0, sizeof(*result));
+	return photo_probe_archived(fd, result);
+}

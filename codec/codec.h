@@ -95,4 +95,18 @@ int codec_archive(int src_fd, const char *out_path, const char *view_path,
 int codec_render_view(int stored_fd, const char *out_path,
 		      const struct codec_opts *opts, uint64_t *size);
 
+/*
+ * Is the file on fd (borrowed, read with pread) a photo that codec_archive
+ * archived? For rebuilding the index from the backing tree alone: cheap, it
+ * reads the HEIF boxes and the hevcfs header item, never the coded pixels
+ * (a few KB of a file that is not one: only its first bytes).
+ * Returns 0 with result zeroed but for: archived (1 when it is one), and
+ * then suffix ".heic", orig_bytes (the original JPEG's size), stored_bytes
+ * (fd's size), view_bytes (the view's exact size), quality, ssim and
+ * view_ssim as measured at archive time (0 in files written before the
+ * header recorded them). A file that is not one, or is damaged, is
+ * archived == 0 with a reason. -errno on I/O errors, -ENOMEM.
+ */
+int codec_probe_archived(int fd, struct codec_result *result);
+
 #endif

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 /* Thumbnail bounding box: what file managers ask for. */
 #define THUMB_BOX 320
@@ -310,6 +312,84 @@ int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context *
 	return 0;
 }
 
+/* heif_reader callbacks over a struct heic_fd: pread at our own position,
+ * so libheif reads the boxes it needs and skips the coded pixels. */
+static int64_t fd_get_position(void *arg)
+{
+	return ((struct heic_fd *)arg)->pos;
+}
+
+static int fd_read(void *data, size_t size, void *arg)
+{
+	struct heic_fd *f = arg;
+	size_t off = 0;
+
+	while (off < size) {
+		ssize_t n = pread(f->fd, (uint8_t *)data + off, size - off, (off_t)(f->pos + off));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* a file that shrank under us reads as damaged, not as an I/O error */
+			f->err = n == 0 ? 0 : -errno;
+			return 1;
+		}
+		off += (size_t)n;
+	}
+	f->pos += (int64_t)size;
+	return 0;
+}
+
+static int fd_seek(int64_t pos, void *arg)
+{
+	struct heic_fd *f = arg;
+
+	if (pos < 0 || pos > f->size)
+		return 1;
+	f->pos = pos;
+	return 0;
+}
+
+static enum heif_reader_grow_status fd_wait_for_file_size(int64_t target, void *arg)
+{
+	return target <= ((struct heic_fd *)arg)->size ? heif_reader_grow_status_size_reached
+						       : heif_reader_grow_status_size_beyond_eof;
+}
+
+static const struct heif_reader fd_reader = {
+	.reader_api_version = 1,
+	.get_position = fd_get_position,
+	.read = fd_read,
+	.seek = fd_seek,
+	.wait_for_file_size = fd_wait_for_file_size,
+};
+
+int heic_open_fd(struct heic_fd *f, int fd, struct heif_context **out,
+		 struct heif_image_handle **handle)
+{
+	struct heif_context *ctx;
+	struct stat st;
+	int ret;
+
+	memset(f, 0, sizeof(*f));
+	if (fstat(fd, &st) == -1)
+		return -errno;
+	f->fd = fd;
+	f->size = st.st_size;
+	ctx = heif_context_alloc();
+	if (!ctx)
+		return -ENOMEM;
+	ret = heif_errno(heif_context_read_from_reader(ctx, &fd_reader, f, NULL), "reading HEIF");
+	if (!ret)
+		ret = heif_errno(heif_context_get_primary_image_handle(ctx, handle),
+				 "primary image");
+	if (ret) {
+		heif_context_free(ctx);
+		return f->err ? f->err : ret == -ENOMEM ? ret : -EINVAL;
+	}
+	*out = ctx;
+	return 0;
+}
+
 int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
 		  const char *content_type, uint8_t **data, size_t *len)
 {
@@ -331,6 +411,12 @@ int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
 		if (content_type && (!ct || strcmp(ct, content_type) != 0))
 			continue;
 		sz = heif_image_handle_get_metadata_size(handle, ids[i]);
+		if (sz > HEIC_MAX_ITEM_BYTES) {
+			/* the iloc says so, the file need not hold it: no blind malloc */
+			log_msg(LOG_ERR, "heic: metadata item of %zu bytes refused", sz);
+			ret = -EINVAL;
+			break;
+		}
 		p = malloc(sz ? sz : 1);
 		if (!p) {
 			ret = -ENOMEM;

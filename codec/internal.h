@@ -27,6 +27,10 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 int photo_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
 		      uint64_t *size);
 
+/* Is fd a HEIC written by photo_archive? Same contract as
+ * codec_probe_archived() (photo.c). */
+int photo_probe_archived(int fd, struct codec_result *result);
+
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
 
@@ -182,8 +186,28 @@ int heic_write_mem(struct heif_context *ctx, uint8_t **buf, size_t *len);
 int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context **ctx,
 	      struct heif_image_handle **handle);
 
+/* A HEIF file read in place from a file descriptor (heic_open_fd). Must
+ * outlive the context opened on it. err: -errno of a failed read, else 0. */
+struct heic_fd {
+	int fd;
+	int64_t pos, size;
+	int err;
+};
+
+/* Open the HEIF file on fd (borrowed, read with pread) without reading it
+ * whole: libheif reads the boxes, and items' data only when asked for. 0,
+ * -errno of a failed read, -ENOMEM or -EINVAL (not a HEIF file we can read).
+ * *ctx is freed with heif_context_free before f goes. */
+int heic_open_fd(struct heic_fd *f, int fd, struct heif_context **ctx,
+		 struct heif_image_handle **handle);
+
+/* Largest metadata item heic_get_item copies out: more than any photo we
+ * archive carries (its APPn/COM segments are capped at half of it). */
+#define HEIC_MAX_ITEM_BYTES (64ull << 20)
+
 /* Copy out the first metadata item of item_type (and content_type, when not
- * NULL). 0, -ENOENT, -ENOMEM or -EINVAL. *data is malloc'd. */
+ * NULL). 0, -ENOENT, -ENOMEM or -EINVAL (also when larger than
+ * HEIC_MAX_ITEM_BYTES). *data is malloc'd. */
 int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
 		  const char *content_type, uint8_t **data, size_t *len);
 
@@ -246,7 +270,22 @@ struct video_out {
 	double tol;      /* allowed difference of the result's span, seconds */
 };
 
-/* What video_transcode did, for video_verify. Owned: video_log_release. */
+/* SSIM samples: at least one frame a second (and at least this many over a
+ * clip, but never more than ten a second). */
+#define VIDEO_SAMPLE_PERIOD_MAX 1.0
+#define VIDEO_SAMPLE_PERIOD_MIN 0.1
+#define VIDEO_SAMPLES_MIN 8
+
+/*
+ * What video_transcode did, for video_verify. Owned: video_log_release.
+ *
+ * The source is decoded once, by the transcode: the luma of each sampled
+ * frame, as x265 got it, is brought to 8 bits and appended to sample_fd, an
+ * unlinked temporary file beside the output (sample k at k * width * height,
+ * rows packed). Memory holds one plane at a time; the file grows by one
+ * plane per sample (2 MB a second of 1080p, 8.3 MB of 2160p) and vanishes
+ * with its descriptor.
+ */
 struct video_log {
 	int vi, out_vi;     /* the re-encoded video: source and output index */
 	int tb_num, tb_den; /* its source time base */
@@ -257,10 +296,21 @@ struct video_log {
 	struct video_out *out;
 	int nb_out;
 	int mkv;            /* output is Matroska */
+	size_t *samples;    /* display index of each sampled frame, increasing */
+	size_t nb_samples, cap_samples;
+	double sample_period, next_sample; /* seconds from the first frame */
+	int sample_fd;      /* the sampled planes; valid when sample_open */
+	int sample_open;
 };
 
 /* Free what the log owns (zeroed logs are fine). */
 void video_log_release(struct video_log *log);
+
+/* Bytes of one sampled plane in log->sample_fd. */
+static inline size_t video_sample_bytes(const struct video_log *log)
+{
+	return (size_t)log->conv.width * (size_t)log->conv.height;
+}
 
 /* Transcode in (opened by video_open_input) to out_path, filling log.
  * 0, VIDEO_KEPT (reason in result), or -errno (-ECANCELED). */
@@ -268,10 +318,11 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 		    const struct codec_opts *opts, struct video_log *log,
 		    struct codec_result *result);
 
-/* Decode out_path whole and check it against the source on src_fd and log:
- * frames, pts, spans, SSIM. Sets result->ssim. 0 when the result is good,
- * VIDEO_KEPT with the reason, or -errno. */
-int video_verify(int src_fd, const char *out_path, const struct codec_opts *opts,
-		 struct video_log *log, struct codec_result *result);
+/* Check out_path against log: demux it whole (every frame with the source's
+ * pts, every stream's span) and decode what the sampled frames need to
+ * compare their luma with the source's planes in log. Sets result->ssim.
+ * 0 when the result is good, VIDEO_KEPT with the reason, or -errno. */
+int video_verify(const char *out_path, const struct codec_opts *opts, struct video_log *log,
+		 struct codec_result *result);
 
 #endif

@@ -28,24 +28,36 @@
  *  36 16  lengths of the four sources (Exif payload, XMP, Extended XMP, ICC;
  *         0 when absent) as the HEIC's own items hold them
  *  52  4  length N of the segment records that follow
- *  56  N  one record per APPn and COM segment of the original, in order:
+ *  56  1  HEVC quality (libheif 0..100)                        \
+ *  57  3  zero                                                  | version 2
+ *  60  4  luma SSIM of the HEIC vs the original, x 1e6 (0..1e6) | only
+ *  64  4  luma SSIM of the view vs the original, x 1e6         /
+ *  68  N  one record per APPn and COM segment of the original, in order:
  *         0x00, then the segment verbatim (marker, length, payload): IPTC,
  *         maker notes, comments, vendor segments;
  *         or a source (1 Exif, 2 XMP, 3 Extended XMP, 4 ICC), marker byte,
  *         u16 prefix length P, P payload bytes (e.g. "ICC_PROFILE\0", seq,
  *         count), u32 offset and u16 length of the source bytes that end
  *         the payload. So Exif, XMP and ICC are not stored twice.
- * A reader that sees another version refuses the file (-EINVAL).
+ * Version 1 (written before the quality and SSIMs were recorded) is the same
+ * without bytes 56..67: its records start at 56. A reader that sees another
+ * version refuses the file (-EINVAL).
  */
 #define HDR_ITEM_TYPE "mime"
 #define HDR_CONTENT_TYPE "application/x-hevcfs-jpeg-header"
 #define HDR_MAGIC "HVFSJPEG"
-#define HDR_VERSION 1
-#define HDR_FIXED 56
+#define HDR_VERSION 2
+#define HDR_FIXED 68
+#define HDR_FIXED_V1 56
+#define HDR_SSIM_SCALE 1e6
 /* What libheif calls an XMP item. */
 #define XMP_CONTENT_TYPE "application/rdf+xml"
 /* libheif puts a 4-byte offset to the TIFF header before the Exif payload. */
 #define EXIF_ITEM_PREFIX 4
+
+/* Largest total of APPn/COM segments we archive: the header item and the
+ * metadata items stay under heic_get_item's HEIC_MAX_ITEM_BYTES. */
+#define PHOTO_MAX_SEGS_BYTES (HEIC_MAX_ITEM_BYTES / 2)
 
 /* Largest HEIC we read back whole (a photo we wrote is far smaller). */
 #define PHOTO_MAX_HEIC_BYTES (1ull << 30)
@@ -91,9 +103,12 @@
 
 /* What the header item says, parsed (segs borrowed from the item buffer). */
 struct view_hdr {
+	int version;
 	int view_quality, subsamp, orientation;
 	int width, height;
 	uint64_t orig_bytes, view_bytes;
+	int quality;             /* HEVC quality (0: version 1, not recorded) */
+	double ssim, view_ssim;  /* as measured at archive time (0: version 1) */
 	uint32_t src_len[JPEG_SRC_COUNT]; /* index by enum jpeg_src */
 	const uint8_t *recs;              /* segment records, borrowed */
 	size_t recs_len;
@@ -187,8 +202,15 @@ static const struct jpeg_ref *ref_at(const struct jpeg_info *ji, size_t seg_off)
 	return NULL;
 }
 
-/* Build the header item (layout above) for vh and the segments of ji into
- * a malloc'd buffer. */
+/* An SSIM as the header stores it. */
+static uint32_t ssim_word(double ssim)
+{
+	return ssim <= 0 ? 0 : ssim >= 1 ? (uint32_t)HDR_SSIM_SCALE
+				      : (uint32_t)lround(ssim * HDR_SSIM_SCALE);
+}
+
+/* Build the header item (layout above, current version) for vh and the
+ * segments of ji into a malloc'd buffer. */
 static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8_t **out,
 		    size_t *len)
 {
@@ -212,6 +234,10 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	put_be64(p + 28, vh->view_bytes);
 	for (int i = 1; i < JPEG_SRC_COUNT; i++)
 		put_be32(p + 36 + 4 * (i - 1), vh->src_len[i]);
+	p[56] = (uint8_t)vh->quality;
+	p[57] = p[58] = p[59] = 0;
+	put_be32(p + 60, ssim_word(vh->ssim));
+	put_be32(p + 64, ssim_word(vh->view_ssim));
 	for (size_t off = 0; off < ji->segs_len;) {
 		const uint8_t *seg = ji->segs + off;
 		size_t seglen = 2 + get_be16(seg + 2);
@@ -239,17 +265,30 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	return 0;
 }
 
-/* Parse and check a header item. 0 or -EINVAL (logged). */
+/* Parse and check a header item (version 1 or 2). 0 or -EINVAL (logged). */
 static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 {
+	size_t fixed;
+
 	memset(vh, 0, sizeof(*vh));
-	if (len < HDR_FIXED || memcmp(p, HDR_MAGIC, 8) != 0) {
+	if (len < HDR_FIXED_V1 || memcmp(p, HDR_MAGIC, 8) != 0) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is malformed");
 		return -EINVAL;
 	}
-	if (p[8] != HDR_VERSION) {
+	if (p[8] != 1 && p[8] != HDR_VERSION) {
 		log_msg(LOG_ERR, "photo: hevcfs header version %u not supported", p[8]);
 		return -EINVAL;
+	}
+	vh->version = p[8];
+	fixed = vh->version == 1 ? HDR_FIXED_V1 : HDR_FIXED;
+	if (len < fixed) {
+		log_msg(LOG_ERR, "photo: hevcfs header item is malformed");
+		return -EINVAL;
+	}
+	if (vh->version >= 2) {
+		vh->quality = p[56];
+		vh->ssim = get_be32(p + 60) / HDR_SSIM_SCALE;
+		vh->view_ssim = get_be32(p + 64) / HDR_SSIM_SCALE;
 	}
 	vh->view_quality = p[9];
 	vh->subsamp = p[10];
@@ -261,12 +300,14 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 	for (int i = 1; i < JPEG_SRC_COUNT; i++)
 		vh->src_len[i] = get_be32(p + 36 + 4 * (i - 1));
 	vh->recs_len = get_be32(p + 52);
-	vh->recs = p + HDR_FIXED;
-	if (vh->recs_len != len - HDR_FIXED || vh->view_quality < 1 || vh->view_quality > 100 ||
+	vh->recs = p + fixed;
+	if (vh->recs_len != len - fixed || vh->view_quality < 1 || vh->view_quality > 100 ||
 	    (vh->subsamp != TJSAMP_444 && vh->subsamp != TJSAMP_422 &&
 	     vh->subsamp != TJSAMP_420 && vh->subsamp != TJSAMP_GRAY) ||
 	    vh->width < 1 || vh->height < 1 || vh->width > HEVC_MAX_SIDE ||
-	    vh->height > HEVC_MAX_SIDE) {
+	    vh->height > HEVC_MAX_SIDE ||
+	    (uint64_t)vh->width * (uint64_t)vh->height > HEVC_MAX_LUMA_PS || vh->quality > 100 || vh->ssim > 1 ||
+	    vh->view_ssim > 1) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is inconsistent");
 		return -EINVAL;
 	}
@@ -321,10 +362,15 @@ static int sources_get(const struct heif_image_handle *h, const struct view_hdr 
 
 		if (!want)
 			continue;
+		if (want > HEIC_MAX_ITEM_BYTES) {
+			log_msg(LOG_ERR, "photo: metadata source %d of %zu bytes refused", i, want);
+			return -EINVAL;
+		}
 		switch (i) {
 		case JPEG_SRC_EXIF:
 			ret = heic_get_item(h, "Exif", NULL, &s->item[i], &got);
-			s->base[i] = s->item[i] + EXIF_ITEM_PREFIX;
+			if (!ret)
+				s->base[i] = s->item[i] + EXIF_ITEM_PREFIX;
 			want += EXIF_ITEM_PREFIX;
 			break;
 		case JPEG_SRC_XMP:
@@ -610,7 +656,7 @@ static int render_from_handle(const struct heif_image_handle *h, uint8_t **item,
 {
 	uint8_t *segs = NULL;
 	size_t item_len, segs_len = 0;
-	int ret;
+	int ret, w, hgt;
 
 	ret = heic_get_item(h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, item, &item_len);
 	if (ret == -ENOENT) {
@@ -622,6 +668,15 @@ static int render_from_handle(const struct heif_image_handle *h, uint8_t **item,
 	ret = hdr_parse(*item, item_len, vh);
 	if (ret)
 		return ret;
+	/* the picture must be the one the header describes (maybe turned by
+	 * irot) before anything is decoded at whatever size the file claims */
+	w = heif_image_handle_get_width(h);
+	hgt = heif_image_handle_get_height(h);
+	if (!(w == vh->width && hgt == vh->height) && !(w == vh->height && hgt == vh->width)) {
+		log_msg(LOG_ERR, "photo: HEIC is %dx%d, its hevcfs header says %dx%d", w, hgt,
+			vh->width, vh->height);
+		return -EINVAL;
+	}
 	ret = rebuild_segs(h, vh, &segs, &segs_len);
 	if (ret)
 		return ret;
@@ -801,6 +856,11 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	}
 	if (ret || !check_size(&j.ji, opts, result))
 		goto out_release_job;
+	if (j.ji.segs_len > PHOTO_MAX_SEGS_BYTES) {
+		codec_keep(result, "%zu bytes of APPn/COM segments (over %llu)", j.ji.segs_len,
+			   (unsigned long long)PHOTO_MAX_SEGS_BYTES);
+		goto out_release_job;
+	}
 	ret = jpeg_decode_planes(j.src, j.src_len, &j.orig, why, sizeof(why));
 	if (ret == -EINVAL || ret == -ENOTSUP) {
 		codec_keep(result, "%s", why);
@@ -863,6 +923,9 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	vh.height = j.orig.height;
 	vh.orig_bytes = j.src_len;
 	vh.view_bytes = j.view_len;
+	vh.quality = j.best.q;
+	vh.ssim = j.best.ssim;
+	vh.view_ssim = view_ssim;
 	vh.src_len[JPEG_SRC_EXIF] = j.ji.exif ? (uint32_t)j.ji.exif_len : 0;
 	vh.src_len[JPEG_SRC_XMP] = j.ji.xmp ? (uint32_t)j.ji.xmp_len : 0;
 	vh.src_len[JPEG_SRC_XMP_EXT] = j.ji.xmp_ext ? (uint32_t)j.ji.xmp_ext_len : 0;
@@ -951,5 +1014,81 @@ out_release:
 	heif_context_free(ctx);
 out_free_buf:
 	free(buf);
+	return ret;
+}
+
+/* Does the file start with an ftyp box naming a HEIF brand? 1, 0 or -errno.
+ * Most files a rebuild probes (JPEGs kept, videos, documents) stop here. */
+static int heif_brand(int fd)
+{
+	uint8_t b[64];
+	ssize_t n = pread(fd, b, sizeof(b), 0);
+	size_t box;
+
+	if (n == -1)
+		return -errno;
+	if (n < 16 || memcmp(b + 4, "ftyp", 4) != 0)
+		return 0;
+	box = get_be32(b);
+	if (box > (size_t)n)
+		box = (size_t)n; /* the brands we read are enough to decide */
+	/* major brand at 8, minor version at 12, compatible brands from 16 */
+	for (size_t i = 8; i + 4 <= box; i += 4)
+		if (i != 12 && (memcmp(b + i, "heic", 4) == 0 || memcmp(b + i, "mif1", 4) == 0))
+			return 1;
+	return 0;
+}
+
+int photo_probe_archived(int fd, struct codec_result *result)
+{
+	struct heif_context *ctx = NULL;
+	struct heif_image_handle *h = NULL;
+	struct heic_fd f;
+	struct view_hdr vh;
+	uint8_t *item = NULL;
+	size_t len;
+	int ret;
+
+	ret = heif_brand(fd);
+	if (ret <= 0) {
+		if (!ret)
+			codec_keep(result, "not a HEIF file");
+		return ret;
+	}
+	ret = heic_open_fd(&f, fd, &ctx, &h);
+	if (ret == -EINVAL) {
+		codec_keep(result, "HEIF file libheif cannot read");
+		return 0;
+	}
+	if (ret)
+		return ret;
+	ret = heic_get_item(h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, &item, &len);
+	if (ret == -EINVAL && f.err)
+		ret = f.err;
+	if (ret == -ENOENT || ret == -EINVAL) {
+		codec_keep(result, ret == -ENOENT ? "HEIF file without a hevcfs header item"
+						  : "unreadable hevcfs header item");
+		ret = 0;
+		goto out_release;
+	}
+	if (ret)
+		goto out_release;
+	if (hdr_parse(item, len, &vh)) {
+		codec_keep(result, "damaged hevcfs header item");
+		goto out_release;
+	}
+	result->archived = 1;
+	result->reason[0] = '\0';
+	memcpy(result->suffix, ".heic", sizeof(".heic"));
+	result->orig_bytes = vh.orig_bytes;
+	result->stored_bytes = (uint64_t)f.size;
+	result->view_bytes = vh.view_bytes;
+	result->quality = vh.quality;
+	result->ssim = vh.ssim;
+	result->view_ssim = vh.view_ssim;
+out_release:
+	free(item);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
 	return ret;
 }

@@ -427,7 +427,7 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 		ret = VIDEO_KEPT;
 		goto out_release_log;
 	}
-	ret = video_verify(src_fd, out_path, &o, &log, result);
+	ret = video_verify(out_path, &o, &log, result);
 	if (ret)
 		goto out_release_log;
 	result->archived = 1;

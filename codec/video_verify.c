@@ -1,7 +1,10 @@
 /*
- * video_verify — decode an archived video whole and check it against its
- * source: same frames with the same timestamps, every stream's duration,
- * luma SSIM on sampled frames (the source re-decoded in lock-step).
+ * video_verify — check an archived video against what its transcode logged:
+ * demux it whole (every video frame there with its source's pts, every
+ * stream as long as its source's), and decode the pictures the SSIM samples
+ * need (the sampled frames and every picture used for reference) to compare
+ * their luma with the source's planes the transcode kept. The source is not
+ * decoded again.
  */
 #include "internal.h"
 
@@ -10,37 +13,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/avstring.h>
 #include <libavutil/pixdesc.h>
 
-/* At least this many SSIM samples over a clip, and at least one a second. */
-#define SSIM_SAMPLES_MIN 8
-#define SSIM_PERIOD_MAX 1.0
+/* HEVC NAL unit types: VCL below this; up to RSVP_VCL_N14, even types are
+ * sub-layer non-reference pictures (H.265 7.4.2.2). */
+#define HEVC_NAL_VCL_END 32
+#define HEVC_NAL_SLNR_END 14
 
 /* One stream of the result as demuxed. */
 struct vspan {
 	int started;
 	int64_t first, end; /* first start, last end, stream time base */
-};
-
-/* A decoder on one stream of a file, for the lock-step walk. */
-struct vdec {
-	AVFormatContext *fmt;
-	AVCodecContext *dec;
-	int index;   /* stream decoded */
-	AVPacket *pkt;
-	AVFrame *frame;
-	int eof;     /* no more packets */
-	size_t count;/* frames returned so far */
-};
-
-/* A luma plane brought to 8 bits when the frame has more. */
-struct vluma {
-	uint8_t *buf;
-	size_t size;
 };
 
 /* The state of one verification. */
@@ -49,20 +37,27 @@ struct verify {
 	const struct codec_opts *opts;
 	struct codec_result *result;
 	AVFormatContext *out;
-	struct vdec src;       /* the source's video, re-decoded */
 	AVCodecContext *dec;   /* the result's video */
-	AVFrame *frame, *conv;
+	AVFrame *frame;
 	struct vspan *spans;
-	size_t frames;         /* result frames seen */
-	int64_t first_pts;     /* the result's first video pts */
-	size_t bad_pts;        /* first frame whose pts differs, + 1 */
-	double period, next_sample;
+	AVRational otb, stb;   /* the result's and the source's video time base */
+	int have_first;
+	int64_t first_pts;     /* the result's first video packet's pts */
+	uint8_t *seen;         /* per source frame: a packet had its pts */
+	size_t packets;        /* video packets demuxed */
+	size_t bad_pts;        /* first packet whose pts is no source frame's, + 1 */
+	int len_size;          /* hvcC NAL length size; 0: decode every picture */
+	int top_tid;           /* highest TemporalId of the stream */
+	size_t sent, decoded;  /* packets given to the decoder, frames out */
+	uint8_t *checked;      /* per sample: compared */
+	size_t nb_checked;
+	uint8_t *plane;        /* a source sample read back */
+	uint8_t *luma;         /* a result frame brought to 8 bits */
 	double min_ssim;
 	size_t min_at;
-	struct vluma la, lb;
 };
 
-/* Open a decoder for stream st of a file being verified. 0 or -errno. */
+/* Open a decoder for the result's video. 0 or -errno. */
 static int open_dec(const AVStream *st, AVCodecContext **dec)
 {
 	const AVCodec *codec = avcodec_find_decoder(st->codecpar->codec_id);
@@ -89,146 +84,177 @@ static int open_dec(const AVStream *st, AVCodecContext **dec)
 	return 0;
 }
 
-/* Next decoded frame of the source's video into d->frame. 0, -ENODATA at
- * the end, VIDEO_KEPT on a decode error, or -errno. */
-static int vdec_next(struct vdec *d)
+/* Index of key in the increasing array a of n, or -1. */
+static long find_i64(const int64_t *a, size_t n, int64_t key)
 {
-	int ret;
+	size_t lo = 0, hi = n;
 
-	for (;;) {
-		ret = avcodec_receive_frame(d->dec, d->frame);
-		if (ret >= 0) {
-			d->count++;
-			return 0;
-		}
-		if (ret == AVERROR_EOF)
-			return -ENODATA;
-		if (ret != AVERROR(EAGAIN))
-			return VIDEO_KEPT;
-		if (d->eof)
-			return -ENODATA;
-		ret = av_read_frame(d->fmt, d->pkt);
-		if (ret == AVERROR_EOF) {
-			d->eof = 1;
-			avcodec_send_packet(d->dec, NULL);
-			continue;
-		}
-		if (ret < 0)
-			return video_input_errno(d->fmt) ? -video_input_errno(d->fmt) : VIDEO_KEPT;
-		if (d->pkt->stream_index == d->index)
-			ret = avcodec_send_packet(d->dec, d->pkt);
-		av_packet_unref(d->pkt);
-		if (ret < 0)
-			return VIDEO_KEPT;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (a[mid] < key)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
+	return lo < n && a[lo] == key ? (long)lo : -1;
 }
 
-/* The 8-bit luma of f: its own plane, or a shifted copy in l. NULL on ENOMEM. */
-static const uint8_t *luma8(const AVFrame *f, struct vluma *l, int *stride)
+/* Index of key in the increasing array a of n, or -1. */
+static long find_size(const size_t *a, size_t n, size_t key)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (a[mid] < key)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && a[lo] == key ? (long)lo : -1;
+}
+
+/* Display index of the source frame whose pts a result pts stands for (the
+ * result starts where the source did), or -1 when there is none. */
+static long frame_of(const struct verify *v, int64_t pts)
+{
+	const struct video_log *log = v->log;
+
+	if (pts == AV_NOPTS_VALUE || !v->have_first)
+		return -1;
+	return find_i64(log->pts, log->nb_pts,
+			av_rescale_q(pts - v->first_pts, v->otb, v->stb) + log->pts[0]);
+}
+
+/*
+ * From the hvcC record of the result: the NAL length size and the number of
+ * temporal sub-layers, which say which pictures nothing refers to. Leaves
+ * len_size 0 (decode every picture) when the record does not say.
+ */
+static void parse_hvcc(struct verify *v, const AVCodecParameters *par)
+{
+	const uint8_t *ed = par->extradata;
+	int layers;
+
+	v->len_size = 0;
+	if (!ed || par->extradata_size < 23 || ed[0] != 1)
+		return;
+	layers = (ed[21] >> 3) & 7; /* numTemporalLayers; 0: unknown */
+	if (!layers)
+		return;
+	v->top_tid = layers - 1;
+	v->len_size = (ed[21] & 3) + 1;
+}
+
+/*
+ * Is the picture in pkt one no other picture refers to: a sub-layer
+ * non-reference picture of the highest sub-layer (H.265 3.132, 7.4.2.2)?
+ * Anything unclear says no, so that it is decoded.
+ */
+static int unreferenced(const struct verify *v, const AVPacket *pkt)
+{
+	size_t off = 0, n = (size_t)pkt->size;
+
+	if (!v->len_size)
+		return 0;
+	while (off + (size_t)v->len_size + 2 <= n) {
+		size_t len = 0;
+		int type, tid;
+
+		for (int i = 0; i < v->len_size; i++)
+			len = len << 8 | pkt->data[off + i];
+		off += (size_t)v->len_size;
+		if (len < 2 || len > n - off)
+			return 0;
+		type = (pkt->data[off] >> 1) & 0x3f;
+		tid = (pkt->data[off + 1] & 7) - 1;
+		if (type < HEVC_NAL_VCL_END)
+			return type <= HEVC_NAL_SLNR_END && !(type & 1) && tid == v->top_tid;
+		off += len;
+	}
+	return 0;
+}
+
+/* The 8-bit luma of f: its own plane, or a shifted copy in v->luma. */
+static const uint8_t *luma8(struct verify *v, const AVFrame *f, int *stride)
 {
 	const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(f->format);
-	int depth = d->comp[0].depth;
-	size_t need = (size_t)f->width * f->height;
+	int depth = d->comp[0].depth, w = v->log->conv.width, h = v->log->conv.height;
 
 	if (depth <= 8) {
 		*stride = f->linesize[0];
 		return f->data[0];
 	}
-	if (l->size < need) {
-		free(l->buf);
-		l->buf = malloc(need);
-		l->size = l->buf ? need : 0;
-		if (!l->buf)
-			return NULL;
-	}
-	for (int y = 0; y < f->height; y++) {
+	for (int y = 0; y < h; y++) {
 		const uint16_t *row = (const uint16_t *)(f->data[0] + (ptrdiff_t)y * f->linesize[0]);
-		uint8_t *o = l->buf + (size_t)y * f->width;
-		for (int x = 0; x < f->width; x++)
+		uint8_t *o = v->luma + (size_t)y * w;
+		for (int x = 0; x < w; x++)
 			o[x] = (uint8_t)FFMIN(row[x] >> (depth - 8), 255);
 	}
-	*stride = f->width;
-	return l->buf;
+	*stride = w;
+	return v->luma;
 }
 
-/* SSIM of result frame f (index v->frames) against source frame of the same
- * index, decoded now. 0, VIDEO_KEPT or -errno. */
-static int sample(struct verify *v, const AVFrame *f)
+/* Read all of sample k back from the samples file. 0 or -errno. */
+static int read_sample(const struct video_log *log, size_t k, uint8_t *buf)
 {
-	struct video_conv *conv = &v->log->conv;
-	const AVFrame *s;
-	const uint8_t *a, *b;
-	int sa, sb, ret;
-	double ssim;
+	size_t len = video_sample_bytes(log);
+	off_t off = (off_t)(k * len);
 
-	while (v->src.count <= v->frames) {
-		ret = vdec_next(&v->src);
-		if (ret == -ENODATA) {
-			codec_keep(v->result, "verify: source ends before frame %zu", v->frames);
-			return VIDEO_KEPT;
-		}
-		if (ret)
-			return ret;
-		if (v->src.count <= v->frames)
-			av_frame_unref(v->src.frame);
-	}
-	s = v->src.frame;
-	if (conv->sws || conv->enc_width != conv->width || conv->enc_height != conv->height) {
-		ret = video_conv_frame(conv, s, v->conv);
-		if (ret)
-			return ret;
-		s = v->conv;
-	}
-	a = luma8(s, &v->la, &sa);
-	b = luma8(f, &v->lb, &sb);
-	if (!a || !b)
-		return -ENOMEM;
-	ssim = codec_ssim_plane(a, sa, b, sb, conv->width, conv->height);
-	av_frame_unref(v->src.frame);
-	av_frame_unref(v->conv);
-	if (ssim < v->min_ssim) {
-		v->min_ssim = ssim;
-		v->min_at = v->frames;
+	while (len) {
+		ssize_t n = pread(log->sample_fd, buf, len, off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= (size_t)n;
+		off += n;
 	}
 	return 0;
 }
 
-/* One decoded frame of the result: count it, compare its pts, sample it. */
+/* One decoded frame of the result: check it, and compare it with the
+ * source's plane when it is a sample. 0, VIDEO_KEPT or -errno. */
 static int check_frame(struct verify *v, const AVFrame *f)
 {
 	const struct video_log *log = v->log;
-	AVRational otb = v->out->streams[log->out_vi]->time_base;
-	AVRational stb = { log->tb_num, log->tb_den };
-	int64_t pts = f->best_effort_timestamp;
-	double t;
-	int ret;
+	long i = frame_of(v, f->best_effort_timestamp), k;
+	const uint8_t *b;
+	double ssim;
+	int sb, ret;
 
+	v->decoded++;
 	if (f->decode_error_flags || (f->flags & AV_FRAME_FLAG_CORRUPT)) {
-		codec_keep(v->result, "verify: decode error at frame %zu", v->frames);
+		codec_keep(v->result, "verify: decode error at frame %zu", v->decoded - 1);
 		return VIDEO_KEPT;
 	}
 	if (f->width != log->conv.enc_width || f->height != log->conv.enc_height) {
-		codec_keep(v->result, "verify: frame %zu is %dx%d, expected %dx%d", v->frames,
-			   f->width, f->height, log->conv.enc_width, log->conv.enc_height);
+		codec_keep(v->result, "verify: a frame is %dx%d, expected %dx%d", f->width,
+			   f->height, log->conv.enc_width, log->conv.enc_height);
 		return VIDEO_KEPT;
 	}
-	if (!v->frames)
-		v->first_pts = pts;
-	if (v->frames < log->nb_pts && !v->bad_pts &&
-	    (pts == AV_NOPTS_VALUE ||
-	     av_rescale_q(pts - v->first_pts, otb, stb) != log->pts[v->frames] - log->pts[0]))
-		v->bad_pts = v->frames + 1;
-	if (v->frames < log->nb_pts) {
-		t = (double)(log->pts[v->frames] - log->pts[0]) * av_q2d(stb);
-		if (t >= v->next_sample) {
-			ret = sample(v, f);
-			if (ret)
-				return ret;
-			while (v->next_sample <= t)
-				v->next_sample += v->period;
-		}
+	if (i < 0) {
+		codec_keep(v->result, "verify: a decoded frame has no source frame's timestamp");
+		return VIDEO_KEPT;
 	}
-	v->frames++;
+	k = find_size(log->samples, log->nb_samples, (size_t)i);
+	if (k < 0)
+		return 0;
+	ret = read_sample(log, (size_t)k, v->plane);
+	if (ret)
+		return ret;
+	b = luma8(v, f, &sb);
+	ssim = codec_ssim_plane(v->plane, log->conv.width, b, sb, log->conv.width,
+				log->conv.height);
+	v->nb_checked += !v->checked[k];
+	v->checked[k] = 1;
+	if (ssim < v->min_ssim) {
+		v->min_ssim = ssim;
+		v->min_at = (size_t)i;
+	}
 	return 0;
 }
 
@@ -238,16 +264,18 @@ static int decode_result(struct verify *v, const AVPacket *pkt)
 	int ret = avcodec_send_packet(v->dec, pkt);
 
 	if (ret < 0 && ret != AVERROR_EOF) {
-		codec_keep(v->result, "verify: result does not decode (frame %zu)", v->frames);
+		codec_keep(v->result, "verify: result does not decode (packet %zu)", v->packets);
 		return VIDEO_KEPT;
 	}
+	if (pkt)
+		v->sent++;
 	for (;;) {
 		ret = avcodec_receive_frame(v->dec, v->frame);
 		if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF)
 			return 0;
 		if (ret < 0) {
 			codec_keep(v->result, "verify: result does not decode (frame %zu)",
-				   v->frames);
+				   v->decoded);
 			return VIDEO_KEPT;
 		}
 		ret = check_frame(v, v->frame);
@@ -257,26 +285,65 @@ static int decode_result(struct verify *v, const AVPacket *pkt)
 	}
 }
 
+/*
+ * A video packet of the result: its pts must be a source frame's, once; it
+ * is decoded when it is a sample or may be referred to. 0, VIDEO_KEPT or
+ * -errno.
+ */
+static int video_packet(struct verify *v, const AVPacket *pkt)
+{
+	const struct video_log *log = v->log;
+	long i;
+
+	if (!v->have_first && pkt->pts != AV_NOPTS_VALUE) {
+		v->have_first = 1;
+		v->first_pts = pkt->pts;
+	}
+	v->packets++;
+	i = frame_of(v, pkt->pts);
+	if (i < 0 || v->seen[i]) {
+		if (!v->bad_pts)
+			v->bad_pts = v->packets;
+		return 0;
+	}
+	v->seen[i] = 1;
+	/* past the last sample, or nothing refers to it and it is no sample:
+	 * demuxed, not decoded */
+	if (v->nb_checked == log->nb_samples)
+		return 0;
+	if (find_size(log->samples, log->nb_samples, (size_t)i) < 0 && unreferenced(v, pkt))
+		return 0;
+	return decode_result(v, pkt);
+}
+
 /* Every stream of the result must last what its source lasted. */
 static int check_spans(struct verify *v)
 {
 	const struct video_log *log = v->log;
-	AVRational stb = { log->tb_num, log->tb_den };
 
 	for (int i = 0; i < log->nb_out; i++) {
 		const struct video_out *o = &log->out[i];
 		const struct vspan *sp = &v->spans[i];
+		const AVStream *st = v->out->streams[i];
 		double span, want, tol;
 
 		if (o->type != AVMEDIA_TYPE_VIDEO && o->type != AVMEDIA_TYPE_AUDIO)
 			continue;
+		if (st->disposition & AV_DISPOSITION_ATTACHED_PIC) {
+			/* cover art: one picture, no timestamps */
+			if (st->attached_pic.size <= 0) {
+				codec_keep(v->result, "verify: stream %d lost its picture", i);
+				return VIDEO_KEPT;
+			}
+			continue;
+		}
 		if (!sp->started) {
 			codec_keep(v->result, "verify: stream %d is empty", i);
 			return VIDEO_KEPT;
 		}
-		span = (double)(sp->end - sp->first) * av_q2d(v->out->streams[i]->time_base);
+		span = (double)(sp->end - sp->first) * av_q2d(st->time_base);
 		if (i == log->out_vi) {
-			want = (double)(log->pts[log->nb_pts - 1] - log->pts[0]) * av_q2d(stb) +
+			want = (double)(log->pts[log->nb_pts - 1] - log->pts[0]) * av_q2d(v->stb) +
 			       log->frame_sec;
 			tol = log->frame_sec + 0.001;
 		} else if (o->type == AVMEDIA_TYPE_VIDEO) {
@@ -302,7 +369,7 @@ static int check_spans(struct verify *v)
 	return 0;
 }
 
-/* Demux the result whole: spans of every stream, the video decoded. */
+/* Demux the result whole: spans of every stream, the video checked. */
 static int walk(struct verify *v)
 {
 	AVPacket *pkt = av_packet_alloc();
@@ -337,7 +404,7 @@ static int walk(struct verify *v)
 		}
 		ret = 0;
 		if (pkt->stream_index == v->log->out_vi)
-			ret = decode_result(v, pkt);
+			ret = video_packet(v, pkt);
 		av_packet_unref(pkt);
 		if (ret)
 			break;
@@ -346,16 +413,48 @@ static int walk(struct verify *v)
 	return ret;
 }
 
-int video_verify(int src_fd, const char *out_path, const struct codec_opts *opts,
-		 struct video_log *log, struct codec_result *result)
+/* After the walk: frames, timestamps, samples, SSIM and spans. 0 or
+ * VIDEO_KEPT with the reason. */
+static int judge(struct verify *v)
+{
+	const struct video_log *log = v->log;
+
+	if (v->packets != log->nb_pts) {
+		codec_keep(v->result, "verify: %zu frames, source %zu", v->packets, log->nb_pts);
+		return VIDEO_KEPT;
+	}
+	if (v->bad_pts) {
+		codec_keep(v->result, "verify: frame %zu has another timestamp than the source's",
+			   v->bad_pts - 1);
+		return VIDEO_KEPT;
+	}
+	if (v->decoded != v->sent) {
+		codec_keep(v->result, "verify: %zu pictures decoded of %zu", v->decoded, v->sent);
+		return VIDEO_KEPT;
+	}
+	for (size_t k = 0; k < log->nb_samples; k++)
+		if (!v->checked[k]) {
+			codec_keep(v->result, "verify: sampled frame %zu was not decoded",
+				   log->samples[k]);
+			return VIDEO_KEPT;
+		}
+	if (v->min_ssim < v->opts->min_video_ssim) {
+		codec_keep(v->result, "verify: SSIM %.4f at frame %zu, under %.4f", v->min_ssim,
+			   v->min_at, v->opts->min_video_ssim);
+		return VIDEO_KEPT;
+	}
+	return check_spans(v);
+}
+
+int video_verify(const char *out_path, const struct codec_opts *opts, struct video_log *log,
+		 struct codec_result *result)
 {
 	struct verify v = { .log = log, .opts = opts, .result = result, .min_ssim = 2.0 };
 	AVStream *ost;
 	char *url;
-	double dur;
 	int ret;
 
-	if (!log->nb_pts)
+	if (!log->nb_pts || !log->nb_samples || !log->sample_open)
 		return -EINVAL;
 	url = av_asprintf("file:%s", out_path);
 	if (!url)
@@ -379,61 +478,36 @@ int video_verify(int src_fd, const char *out_path, const struct codec_opts *opts
 		ret = VIDEO_KEPT;
 		goto out_close_out;
 	}
+	v.otb = ost->time_base;
+	v.stb = (AVRational){ log->tb_num, log->tb_den };
+	parse_hvcc(&v, ost->codecpar);
 	v.spans = calloc(log->nb_out, sizeof(*v.spans));
+	v.seen = calloc(log->nb_pts, 1);
+	v.checked = calloc(log->nb_samples, 1);
+	v.plane = malloc(video_sample_bytes(log));
+	v.luma = malloc(video_sample_bytes(log));
 	v.frame = av_frame_alloc();
-	v.conv = av_frame_alloc();
-	v.src.pkt = av_packet_alloc();
-	v.src.frame = av_frame_alloc();
-	if (!v.spans || !v.frame || !v.conv || !v.src.pkt || !v.src.frame) {
+	if (!v.spans || !v.seen || !v.checked || !v.plane || !v.luma || !v.frame) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
 	ret = open_dec(ost, &v.dec);
 	if (ret)
 		goto out_free;
-	ret = video_open_input(src_fd, &v.src.fmt, result);
-	if (ret)
-		goto out_free;
-	v.src.index = log->vi;
-	for (unsigned i = 0; i < v.src.fmt->nb_streams; i++)
-		if ((int)i != log->vi)
-			v.src.fmt->streams[i]->discard = AVDISCARD_ALL;
-	ret = open_dec(v.src.fmt->streams[log->vi], &v.src.dec);
-	if (ret)
-		goto out_close_src;
-
-	dur = (double)(log->pts[log->nb_pts - 1] - log->pts[0]) * log->tb_num / log->tb_den;
-	v.period = FFMIN(SSIM_PERIOD_MAX, dur / SSIM_SAMPLES_MIN);
 	ret = walk(&v);
-	if (ret)
-		goto out_close_src;
-	if (v.frames != log->nb_pts) {
-		codec_keep(result, "verify: %zu frames, source %zu", v.frames, log->nb_pts);
-		ret = VIDEO_KEPT;
-	} else if (v.bad_pts) {
-		codec_keep(result, "verify: frame %zu has another timestamp than the source's",
-			   v.bad_pts - 1);
-		ret = VIDEO_KEPT;
-	} else if (v.min_ssim < opts->min_video_ssim) {
-		codec_keep(result, "verify: SSIM %.4f at frame %zu, under %.4f", v.min_ssim,
-			   v.min_at, opts->min_video_ssim);
-		ret = VIDEO_KEPT;
-	} else {
-		ret = check_spans(&v);
-	}
+	if (!ret)
+		ret = judge(&v);
 	result->ssim = v.min_ssim > 1.0 ? 1.0 : v.min_ssim;
+	log_msg(LOG_DEBUG, "video: verify decoded %zu of %zu pictures, %zu samples, SSIM %.4f",
+		v.sent, v.packets, log->nb_samples, result->ssim);
 
-out_close_src:
-	avcodec_free_context(&v.src.dec);
-	video_close_input(&v.src.fmt);
 out_free:
 	avcodec_free_context(&v.dec);
 	av_frame_free(&v.frame);
-	av_frame_free(&v.conv);
-	av_packet_free(&v.src.pkt);
-	av_frame_free(&v.src.frame);
-	free(v.la.buf);
-	free(v.lb.buf);
+	free(v.luma);
+	free(v.plane);
+	free(v.checked);
+	free(v.seen);
 	free(v.spans);
 out_close_out:
 	avformat_close_input(&v.out);

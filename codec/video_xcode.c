@@ -6,11 +6,13 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -72,6 +74,7 @@ struct xcode {
 	AVFrame *frame, *cframe, *aframe, *sframe;
 	AVPacket *pkt;
 	uint8_t *subbuf;
+	uint8_t *sbuf;          /* one sampled luma plane on its way to the file */
 	char *src_encoder;      /* the source's "encoder" tag, restored on output */
 	uint64_t frames, total;
 	struct timespec t0, last_progress;
@@ -169,6 +172,20 @@ static int rotated(const AVStream *st)
 	return m && memcmp(m, identity, sizeof(identity));
 }
 
+/* Is st a data track the output muxer writes anew from what we give it: a
+ * QuickTime timecode (from the video's "timecode" tag) or chapter text track
+ * (from the chapters)? */
+static int rebuilt(const struct xcode *x, const AVStream *st)
+{
+	uint32_t tag = st->codecpar->codec_tag;
+
+	if (st->codecpar->codec_type != AVMEDIA_TYPE_DATA)
+		return 0;
+	if (tag == MKTAG('t', 'm', 'c', 'd'))
+		return av_dict_get(x->in->streams[x->vi]->metadata, "timecode", NULL, 0) != NULL;
+	return tag == MKTAG('t', 'e', 'x', 't') && x->in->nb_chapters > 0;
+}
+
 /*
  * Decide each stream's fate and the container: MP4 unless some stream can
  * only live in Matroska (ASS/SSA or bitmap subtitles MP4 lacks, attachments,
@@ -249,7 +266,10 @@ static int plan(struct xcode *x)
 		return VIDEO_KEPT;
 	}
 	for (unsigned i = 0; i < x->in->nb_streams; i++)
-		if (x->xs[i].mode == XM_DROP)
+		if (x->xs[i].mode == XM_DROP && rebuilt(x, x->in->streams[i]))
+			log_msg(LOG_DEBUG, "video: stream %u (%s) rebuilt by the muxer", i,
+				avcodec_get_name(x->in->streams[i]->codecpar->codec_id));
+		else if (x->xs[i].mode == XM_DROP)
 			log_msg(LOG_INFO, "video: stream %u (%s %s) not kept: %s cannot hold it", i,
 				av_get_media_type_string(x->in->streams[i]->codecpar->codec_type),
 				avcodec_get_name(x->in->streams[i]->codecpar->codec_id),
@@ -382,6 +402,9 @@ void video_conv_release(struct video_conv *conv)
 
 void video_log_release(struct video_log *log)
 {
+	if (log->sample_open)
+		close(log->sample_fd);
+	free(log->samples);
 	free(log->pts);
 	free(log->out);
 	video_conv_release(&log->conv);
@@ -425,6 +448,22 @@ static int copy_side_data(const AVStream *ist, AVStream *ost)
 		memcpy(p, sd->data, sd->size);
 	}
 	return 0;
+}
+
+/* Seconds between SSIM samples: a second, or less for short clips so that
+ * there are VIDEO_SAMPLES_MIN of them (from the duration the headers say). */
+static double sample_period(const AVFormatContext *in, const AVStream *ist)
+{
+	double dur = 0;
+
+	if (ist->duration > 0 && ist->duration != AV_NOPTS_VALUE)
+		dur = (double)ist->duration * av_q2d(ist->time_base);
+	else if (in->duration > 0)
+		dur = (double)in->duration / AV_TIME_BASE;
+	if (dur <= 0)
+		return VIDEO_SAMPLE_PERIOD_MAX;
+	return FFMAX(VIDEO_SAMPLE_PERIOD_MIN,
+		     FFMIN(VIDEO_SAMPLE_PERIOD_MAX, dur / VIDEO_SAMPLES_MIN));
 }
 
 /*
@@ -547,6 +586,10 @@ static int setup_video(struct xcode *x, AVStream *ist, AVStream *ost)
 		x->total = (uint64_t)ist->nb_frames;
 	else if (x->in->duration > 0)
 		x->total = (uint64_t)(x->in->duration * av_q2d(enc->framerate) / AV_TIME_BASE);
+	x->log->sample_period = sample_period(x->in, ist);
+	x->sbuf = malloc(video_sample_bytes(x->log));
+	if (!x->sbuf)
+		return -ENOMEM;
 	return copy_side_data(ist, ost);
 }
 
@@ -885,6 +928,102 @@ static int cancelled(const struct xcode *x)
 	return x->opts->cancel && atomic_load(x->opts->cancel);
 }
 
+/* Write all of buf at off. 0 or -errno. */
+static int pwrite_all(int fd, const uint8_t *buf, size_t len, off_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -errno;
+		buf += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+/*
+ * Create the unlinked file the sampled planes go to, in out_path's directory
+ * (the disk the output is on, not a tmpfs in RAM). 0 or -errno.
+ */
+static int open_samples(struct video_log *log, const char *out_path)
+{
+	const char *slash = strrchr(out_path, '/');
+	size_t dlen = slash ? (size_t)(slash - out_path) : 0;
+	char *tmpl = malloc(dlen + 32);
+	int fd;
+
+	if (!tmpl)
+		return -ENOMEM;
+	if (slash)
+		snprintf(tmpl, dlen + 32, "%.*s", (int)(dlen ? dlen : 1), dlen ? out_path : "/");
+	else
+		snprintf(tmpl, dlen + 32, ".");
+	fd = open(tmpl, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd == -1 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+		/* no O_TMPFILE on this filesystem: a name, unlinked at once */
+		size_t used = strlen(tmpl);
+		snprintf(tmpl + used, dlen + 32 - used, "/.ssim.XXXXXX");
+		fd = mkostemp(tmpl, O_CLOEXEC);
+		if (fd != -1)
+			unlink(tmpl);
+	}
+	if (fd == -1) {
+		int err = errno;
+		free(tmpl);
+		return -err;
+	}
+	free(tmpl);
+	log->sample_fd = fd;
+	log->sample_open = 1;
+	return 0;
+}
+
+/*
+ * Keep the luma of frame f (as x265 gets it, display index log->nb_pts - 1,
+ * t seconds from the first frame) when a sample is due: brought to 8 bits
+ * and appended to the samples file. 0 or -errno.
+ */
+static int sample_frame(struct xcode *x, const AVFrame *f, double t)
+{
+	struct video_log *log = x->log;
+	const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(f->format);
+	int w = log->conv.width, h = log->conv.height, depth = d->comp[0].depth;
+	size_t bytes = video_sample_bytes(log);
+	int ret;
+
+	if (t < log->next_sample)
+		return 0;
+	while (log->next_sample <= t)
+		log->next_sample += log->sample_period;
+	if (log->nb_samples == log->cap_samples) {
+		size_t cap = log->cap_samples ? 2 * log->cap_samples : 64;
+		size_t *p = realloc(log->samples, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		log->samples = p;
+		log->cap_samples = cap;
+	}
+	for (int y = 0; y < h; y++) {
+		const uint8_t *row = f->data[0] + (ptrdiff_t)y * f->linesize[0];
+		uint8_t *o = x->sbuf + (size_t)y * w;
+
+		if (depth <= 8) {
+			memcpy(o, row, (size_t)w);
+			continue;
+		}
+		for (int i = 0; i < w; i++)
+			o[i] = (uint8_t)FFMIN(((const uint16_t *)row)[i] >> (depth - 8), 255);
+	}
+	ret = pwrite_all(log->sample_fd, x->sbuf, bytes, (off_t)(log->nb_samples * bytes));
+	if (ret)
+		return ret;
+	log->samples[log->nb_samples++] = log->nb_pts - 1;
+	return 0;
+}
+
 /*
  * One decoded video frame: check it (clean, same size, increasing pts),
  * log its pts, convert if needed and give it to x265 with its own pts.
@@ -931,6 +1070,11 @@ static int encode_video_frame(struct xcode *x, AVFrame *f)
 		ef = x->cframe;
 	} else {
 		ef->format = log->conv.dst_fmt; /* yuvj* -> yuv*, same bytes */
+	}
+	ret = sample_frame(x, ef, (double)(pts - log->pts[0]) * av_q2d(xs->dec->pkt_timebase));
+	if (ret) {
+		av_frame_unref(x->cframe);
+		return ret;
 	}
 	ef->pts = pts - xs->shift;
 	ef->pict_type = AV_PICTURE_TYPE_NONE;
@@ -1319,6 +1463,8 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 	if (ret)
 		goto out_free;
 	ret = open_output(&x, out_path);
+	if (!ret)
+		ret = open_samples(log, out_path);
 	if (ret)
 		goto out_free_output;
 	ret = run(&x);
@@ -1364,6 +1510,7 @@ out_free:
 	av_frame_free(&x.aframe);
 	av_frame_free(&x.sframe);
 	av_free(x.subbuf);
+	free(x.sbuf);
 	av_free(x.src_encoder);
 	return ret;
 }

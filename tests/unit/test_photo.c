@@ -992,6 +992,23 @@ static void test_probe(void)
 	CHECK_EQ(probe_path(tpath("badhdr.heic"), &pr), 0);
 	CHECK(pr.archived == 0 && strstr(pr.reason, "damaged"));
 	heif_context_free(ctx);
+	buf_free(&hf);
+
+	/* a header naming an Exif source the file lacks (found by fuzz_view:
+	 * pointer arithmetic on NULL) renders nothing, cleanly */
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	{
+		struct buf nox = v1_header(640, 480, 1);
+		nox.p[39] = 10; /* Exif source length */
+		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", nox.p,
+				       nox.len),
+			 0);
+		buf_free(&nox);
+	}
+	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
+	write_path(tpath("noexif.heic"), &hf);
+	CHECK_EQ(render(tpath("noexif.heic"), tpath("noexif.view"), &size), -EINVAL);
+	heif_context_free(ctx);
 	fd = open(tpath("probe.jpg.heic"), O_WRONLY);
 	CHECK(fd >= 0 && fstat(fd, &st) == 0);
 	CHECK_EQ(codec_probe_archived(fd, &pr), -EBADF);

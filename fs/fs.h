@@ -43,6 +43,14 @@ void fs_config_init(struct fs_config *cfg);
 int fs_recover(const char *backing);
 
 /*
+ * Rebuild the index of an unmounted BACKING from the tree alone: archived
+ * photos are recognised by their header item, archived videos by their
+ * names and content, everything else is queued to be looked at again on the
+ * next mount. Returns 0 or -errno (-EBUSY when mounted).
+ */
+int fs_rebuild(const char *backing);
+
+/*
  * Mount and serve until unmounted. argc/argv are the FUSE arguments left after
  * hevcfs's own (mountpoint, -f, -d, -o ...). Returns the exit status.
  */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -328,6 +329,121 @@ static int recover(struct fs *fs, int fresh)
 		free(path);
 	}
 	return idx_sync(fs->idx);
+}
+
+/* Containers whose files get ".mp4" or ".mkv" appended when archived. */
+static int video_name(const char *name, size_t len)
+{
+	static const char *const exts[] = {".avi", ".mkv", ".webm", ".mts", ".m2ts", ".ts",
+					   ".mpg", ".mpeg", ".vob", ".ogv", ".ogg", ".wmv",
+					   ".asf", ".flv", ".3gp", ".mp4", ".mov", ".m4v"};
+
+	for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
+		size_t n = strlen(exts[i]);
+		if (len > n && !strncasecmp(name + len - n, exts[i], n))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Rebuild's visit: what the tree alone says of a file. A HEIC that
+ * codec_probe_archived recognises is an archived photo (its header item has
+ * the figures); "NAME.EXT.mp4"/".mkv" holding video, where NAME.EXT names a
+ * video container, is an archived video; anything else is staged and queued,
+ * so it is looked at again (and kept, or archived, as on first write).
+ */
+static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
+			const char *path)
+{
+	struct fs *fs = arg;
+	struct idx_entry e = {0};
+	struct codec_result r;
+	size_t n = strlen(name);
+	struct idx_txn *txn;
+	int fd, archived = 0;
+
+	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	if (n > 5 && !strcmp(name + n - 5, ".heic") && codec_probe_archived(fd, &r) == 0 &&
+	    r.archived) {
+		archived = 1;
+		e.orig_bytes = r.orig_bytes;
+		e.view_bytes = r.view_bytes;
+		e.quality = (uint32_t)r.quality;
+		e.ssim = r.ssim;
+		e.view_ssim = r.view_ssim;
+		snprintf(e.suffix, sizeof(e.suffix), ".heic");
+	} else if (n > 4 && (!strcmp(name + n - 4, ".mp4") || !strcmp(name + n - 4, ".mkv")) &&
+		   video_name(name, n - 4) && codec_sniff(fd) == CODEC_KIND_VIDEO) {
+		archived = 1;
+		e.orig_bytes = e.view_bytes = (uint64_t)st->st_size;
+		snprintf(e.suffix, sizeof(e.suffix), "%s", name + n - 4);
+	}
+	close(fd);
+	if (!archived) {
+		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
+		return 0;
+	}
+	e.state = IDX_ARCHIVED;
+	e.stored_bytes = (uint64_t)st->st_size;
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		if (idx_put(txn, st->st_ino, &e) == 0)
+			idx_commit(txn);
+		else
+			idx_abort(txn);
+	}
+	return 0;
+}
+
+int fs_rebuild(const char *backing)
+{
+	struct fs_config cfg;
+	struct fs fs = {.cfg = &cfg};
+	char *path = NULL, *index = NULL, *old = NULL;
+	int lock_fd, fresh = 0, rc;
+
+	fs_config_init(&cfg);
+	rc = fs_open_state(&fs, backing, &lock_fd, &fresh);
+	if (rc)
+		goto out;
+	/* finish or undo interrupted commits with the old index first */
+	rc = recover(&fs, 0);
+	idx_close(fs.idx);
+	fs.idx = NULL;
+	if (rc)
+		goto out;
+	index = join(backing, FS_STATE_DIR "/" INDEX_NAME);
+	old = join(backing, FS_STATE_DIR "/" INDEX_NAME ".old");
+	path = calloc(1, 4352);
+	if (!index || !old || !path) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* the old index stays aside until the new one is complete */
+	if (rename(index, old) == -1 && errno != ENOENT) {
+		rc = -errno;
+		goto out;
+	}
+	rc = idx_open(index, 0, &fs.idx);
+	if (rc)
+		goto out;
+	walk(fs.root_fd, path, 0, 0, rebuild_file, &fs);
+	rc = idx_sync(fs.idx);
+	if (!rc) {
+		unlinkat(fs.state_fd, INDEX_NAME ".old/data.mdb", 0);
+		unlinkat(fs.state_fd, INDEX_NAME ".old/lock.mdb", 0);
+		unlinkat(fs.state_fd, INDEX_NAME ".old", AT_REMOVEDIR);
+	}
+out:
+	free(path);
+	free(index);
+	free(old);
+	fs_close_state(&fs);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return rc;
 }
 
 int fs_recover(const char *backing)

@@ -23,7 +23,7 @@ static const char usage_text[] =
 	"       hevcfs mount BACKING MOUNTPOINT [...]\n"
 	"       hevcfs status BACKING [--json] [--files]\n"
 	"       hevcfs wait BACKING [--timeout SECONDS]\n"
-	"       hevcfs fsck BACKING\n"
+	"       hevcfs fsck BACKING [--rebuild]\n"
 	"       hevcfs --help | --version\n";
 
 static const char help_text[] =
@@ -39,7 +39,8 @@ static const char help_text[] =
 	"            --json: one JSON object\n"
 	"  wait      return 0 once nothing is staged or pending, 1 on timeout\n"
 	"            (69 at once when BACKING is not mounted and work is waiting)\n"
-	"  fsck      finish or roll back interrupted work, index files it does not know\n"
+	"  fsck      finish or roll back interrupted work, index files it does not know;\n"
+	"            --rebuild: a new index from the backing tree alone\n"
 	"\n"
 	"Mount options (-o):\n"
 	"  workers=N          transcoding threads (default: number of cores)\n"
@@ -431,13 +432,25 @@ static int cmd_wait(int argc, char *argv[])
 
 static int cmd_fsck(int argc, char *argv[])
 {
-	int rc;
+	const char *backing = NULL;
+	int rebuild = 0, rc;
 
-	if (argc != 2) {
-		fprintf(stderr, "%s", usage_text);
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--rebuild"))
+			rebuild = 1;
+		else if (!backing && argv[i][0] != '-')
+			backing = argv[i];
+		else {
+			fprintf(stderr, "hevcfs fsck: unexpected %s\n%s", argv[i], usage_text);
+			return EX_USAGE;
+		}
+	}
+	if (!backing) {
+		fprintf(stderr, "hevcfs fsck: missing BACKING\n%s", usage_text);
 		return EX_USAGE;
 	}
-	rc = fs_recover(argv[1]);
+	argv[1] = (char *)backing;
+	rc = rebuild ? fs_rebuild(backing) : fs_recover(backing);
 	if (rc == -EBUSY) {
 		fprintf(stderr, "hevcfs fsck: %s is mounted: unmount it first\n", argv[1]);
 		return EX_TEMPFAIL;

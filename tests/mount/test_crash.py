@@ -207,3 +207,43 @@ def test_existing_tree_is_indexed_and_fsck(dirs, tmp_path):
                                                     "old/photo.jpg.heic"]
     finally:
         m.stop()
+
+
+def test_fsck_rebuild_from_the_tree_alone(dirs, tmp_path):
+    """Lose .hevcfs entirely: `hevcfs fsck --rebuild` finds the archived
+    photos and videos again; the mount shows the same files, same views."""
+    import json
+    import shutil
+    m = Mount(*dirs, opts="preset=ultrafast,crf=18").start()
+    try:
+        make_jpeg(os.path.join(m.mnt, "p.jpg"), seed=50)
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc2=size=160x120:rate=25", "-t", "1", "-c:v", "mjpeg", "-q:v", "2",
+                        os.path.join(str(tmp_path), "v.avi")], check=True)
+        shutil.copy(os.path.join(str(tmp_path), "v.avi"), os.path.join(m.mnt, "v.avi"))
+        with open(os.path.join(m.mnt, "t.txt"), "w") as f:
+            f.write("text")
+        m.wait_idle()
+        before = {e["path"]: e for e in json.loads(
+            hevcfs("status", m.backing, "--files", "--json").stdout)["entries"]}
+        view = open(os.path.join(m.mnt, "p.jpg"), "rb").read()
+    finally:
+        m.stop()
+    assert before["p.jpg"]["state"] == before["v.avi"]["state"] == "archived", before
+    shutil.rmtree(os.path.join(dirs[0], ".hevcfs"))
+    hevcfs("fsck", dirs[0], "--rebuild")
+    m = Mount(*dirs).start()
+    try:
+        m.wait_idle()
+        after = {e["path"]: e for e in json.loads(
+            hevcfs("status", m.backing, "--files", "--json").stdout)["entries"]}
+        assert sorted(after) == ["p.jpg", "t.txt", "v.avi"]
+        for k in ("p.jpg", "v.avi"):
+            assert after[k]["state"] == "archived"
+            assert after[k]["view_bytes"] == before[k]["view_bytes"]
+        assert after["p.jpg"]["bytes_original"] == before["p.jpg"]["bytes_original"]
+        assert after["t.txt"]["state"] == "kept"
+        assert open(os.path.join(m.mnt, "p.jpg"), "rb").read() == view
+        assert sorted(os.listdir(m.mnt)) == ["p.jpg", "t.txt", "v.avi"]
+    finally:
+        m.stop()

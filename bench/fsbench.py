@@ -75,7 +75,7 @@ def main():
     backing, mnt = os.path.join(work, "backing"), os.path.join(work, "mnt")
     os.mkdir(backing)
     os.mkdir(mnt)
-    subprocess.run([BIN, backing, mnt, "-o", "settle_ms=1000"], check=True)
+    subprocess.run([BIN, backing, mnt, "-o", os.environ.get("BENCH_MOUNT_OPTS", "settle_ms=1000")], check=True)
     try:
         res = {}
         for label, root in (("direct", os.path.join(backing, "d")), ("mount", os.path.join(mnt, "m"))):

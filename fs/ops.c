@@ -612,7 +612,9 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 		} else if (!strcmp(lk.e.suffix, ".heic")) {
 			fd = fs_view_open(fs, lk.parent, lk.name, lk.st.st_ino, &lk.e);
 			if (fd < 0) {
-				rc = fd;
+				/* a view that cannot be made is an I/O error to the
+				 * reader (ENOSPC aside); the stored file is untouched */
+				rc = fd == -ENOSPC || fd == -EMFILE || fd == -ENFILE ? fd : -EIO;
 				goto out_close;
 			}
 			rc = handle_new(fs, fd, path, 0, fi);

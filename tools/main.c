@@ -107,7 +107,7 @@ static int cmd_mount(int argc, char *argv[])
 	struct fs_config cfg;
 	struct cli c = {.workers = -1, .settle_ms = -1, .view_quality = -1, .crf = -1,
 			.cache_mb = -1, .min_ssim = -1, .min_video_ssim = -1};
-	char fsname[PATH_MAX + 64];
+	char fsname[PATH_MAX + 128];
 	int rc = EX_USAGE;
 
 	if (fuse_opt_parse(&args, &c, cli_opts, cli_proc) == -1)
@@ -170,8 +170,12 @@ static int cmd_mount(int argc, char *argv[])
 	for (char *p = shown; *p; p++)
 		if (*p == ',')
 			*p = '_';
-	snprintf(fsname, sizeof(fsname), "-odefault_permissions,subtype=hevcfs,fsname=%s", shown);
-	if (fuse_opt_add_arg(&args, fsname) == -1)
+	/* max_threads: libfuse 3.14's fuse_main warns about its own unset
+	 * default otherwise; 16 request threads are plenty for 2-8 cores. An
+	 * -o max_threads given by the user comes later and wins. */
+	snprintf(fsname, sizeof(fsname),
+		 "-odefault_permissions,max_threads=16,max_idle_threads=8,subtype=hevcfs,fsname=%s", shown);
+	if (fuse_opt_insert_arg(&args, 1, fsname) == -1)
 		goto out;
 	rc = fs_mount(&cfg, args.argc, args.argv) ? EX_SOFTWARE : EX_OK;
 out:

@@ -66,6 +66,22 @@ deps:
 demo:
 	@sh tools/demo.sh
 
+# Fuzzers (clang's libFuzzer): the photo entry points on hostile bytes.
+FUZZ_CC    ?= clang-14
+FUZZ_PKGS  := libheif libavformat libavcodec libavutil libswscale libswresample libturbojpeg
+FUZZ_SRC   := $(wildcard codec/*.c) tools/log.c
+FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) codec/codec.h codec/internal.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c17 $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) \
+	  -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs $(FUZZ_PKGS)) -lpthread -lm
+
+fuzz:
+	@sh tools/deps.sh fuzz
+	@$(MAKE) -s build/fuzz/fuzz_jpeg build/fuzz/fuzz_view
+	@FUZZ_TIME=$${FUZZ_TIME:-60} sh tests/fuzz/run.sh
+
 format:
 	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c)
 

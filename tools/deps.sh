@@ -13,6 +13,8 @@ liblmdb-dev lmdb-utils
 python3 python3-pytest libimage-exiftool-perl attr rsync"
 # the equal-quality shell pipeline the photo benchmark measures against
 [ "${1:-}" = bench ] && PKGS="$PKGS imagemagick time"
+# libFuzzer for `make fuzz`
+[ "${1:-}" = fuzz ] && PKGS="$PKGS clang-14 libclang-rt-14-dev"
 
 missing=""
 for p in $PKGS; do

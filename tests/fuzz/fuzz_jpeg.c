@@ -13,10 +13,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct codec_opts opts = {
-		.photo_quality = FUZZ_QUALITY,
-		.preset = "ultrafast",
-		.threads = 1,
-		.max_pixels = FUZZ_MAX_PIXELS,
+	    .photo_quality = FUZZ_QUALITY,
+	    .preset = "ultrafast",
+	    .threads = 1,
+	    .max_pixels = FUZZ_MAX_PIXELS,
 	};
 	struct codec_result res = {0};
 	const char *out = fuzz_path("heic"), *view = fuzz_path("view.jpg");
@@ -37,6 +37,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	if (!res.archived && !res.reason[0])
 		abort();
+	/* FUZZ_SAVE_HEIC=dir keeps what was archived: seeds for fuzz_view */
+	if (res.archived && getenv("FUZZ_SAVE_HEIC")) {
+		char dst[512];
+		snprintf(dst, sizeof(dst), "%s/%zu-%llu.heic", getenv("FUZZ_SAVE_HEIC"), size,
+			 (unsigned long long)res.stored_bytes);
+		if (rename(out, dst) != 0)
+			abort();
+	}
 	close(fd);
 	unlink(out);
 	unlink(view);

@@ -4,6 +4,7 @@
  *
  * Lock order (take left before right, never the reverse):
  *   fs.ns_lock -> fs.nodes_lock -> fs.jobs_lock
+ * links_lock and render_lock are leaves: nothing is taken while holding them.
  * An index transaction may be opened while holding any of them; it is never
  * held across slow work (transcoding, fsync of data).
  */
@@ -82,6 +83,14 @@ struct fs {
 	int nworkers;
 	pthread_t settle_thread;
 	int threads_started;
+
+	pthread_mutex_t links_lock; /* names of hard-linked files (links.c) */
+	pthread_cond_t links_cond;
+	struct link_name *links;
+	size_t nlinks;
+	int links_stop;
+	uint64_t links_queued, links_done; /* invalidations asked for, done */
+	pthread_t links_thread;
 
 	pthread_mutex_t render_lock; /* one render of a given view at a time */
 	pthread_cond_t render_cond;
@@ -176,6 +185,15 @@ int fs_copy_attrs(int src, int dst);
  * child keeps the file with the reason, and opts->cancel kills it. */
 int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *result);
+
+/* --- links.c: attribute caching and hard links -------------------------- */
+
+/* Remember path (with its leading '/') as a name of ino, which has several. */
+void fs_links_note(struct fs *fs, uint64_t ino, const char *path);
+/* ino changed: have the kernel forget what it cached for its other names. */
+void fs_links_changed(struct fs *fs, uint64_t ino, const char *except);
+int fs_links_start(struct fs *fs);
+void fs_links_stop(struct fs *fs);
 
 /* --- cache.c: rendered views -------------------------------------------- */
 

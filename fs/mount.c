@@ -511,6 +511,8 @@ int fs_mount(struct fs_config *cfg, int argc, char *argv[])
 	pthread_mutex_init(&fs.nodes_lock, NULL);
 	pthread_mutex_init(&fs.jobs_lock, NULL);
 	pthread_cond_init(&fs.jobs_cond, NULL);
+	pthread_mutex_init(&fs.links_lock, NULL);
+	pthread_cond_init(&fs.links_cond, NULL);
 	pthread_mutex_init(&fs.render_lock, NULL);
 	pthread_cond_init(&fs.render_cond, NULL);
 	fs.nodes_size = 4096;

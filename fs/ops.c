@@ -35,6 +35,8 @@ struct handle {
 	struct node *node; /* writers only */
 	int writable;
 	int staged;        /* the index already says "staged" */
+	int linked;        /* the file has other names (links.c) */
+	uint64_t ino;
 };
 
 /* An open directory, read in a stream. */
@@ -70,6 +72,23 @@ static int attr_fd(struct fuse_file_info *fi)
 	if (*kind == HANDLE_FILE)
 		return ((struct handle *)kind)->bfd;
 	return dirfd(((struct dirh *)kind)->dir);
+}
+
+/* A file that changed, seen through st: if it has other names, the kernel
+ * must forget what it cached for them. */
+static void changed(struct fs *fs, const struct stat *st, const char *path)
+{
+	if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+		fs_links_changed(fs, st->st_ino, path);
+}
+
+/* The same through an fd. */
+static void changed_fd(struct fs *fs, int fd, const char *path)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0)
+		changed(fs, &st, path);
 }
 
 /* Strip leading slashes: index and queue paths are relative. */
@@ -135,6 +154,8 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 		return rc;
 	close(lk.parent);
 	logical_stat(&lk, st);
+	if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+		fs_links_note(fs, st->st_ino, path);
 	return 0;
 }
 
@@ -255,6 +276,8 @@ static int op_unlink(const char *path)
 		rc = -errno;
 	else if (S_ISREG(lk.st.st_mode) && lk.st.st_nlink <= 1)
 		forget_file(fs, lk.st.st_ino);
+	else
+		changed(fs, &lk.st, path);
 	close(lk.parent);
 out_unlock:
 	pthread_mutex_unlock(&fs->ns_lock);
@@ -356,6 +379,8 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 	} else if (have_dst && !(flags & RENAME_EXCHANGE) && S_ISREG(dst.st.st_mode) &&
 		   dst.st.st_nlink <= 1 && dst.st.st_ino != src.st.st_ino) {
 		forget_file(fs, dst.st.st_ino);
+	} else if (have_dst && dst.st.st_ino != src.st.st_ino) {
+		changed(fs, &dst.st, NULL);
 	}
 	if (have_dst)
 		close(dst.parent);
@@ -409,6 +434,11 @@ static int op_link(const char *from, const char *to)
 		rc = -ENAMETOOLONG;
 	else if (linkat(src.parent, src.name, parent, target, 0) == -1)
 		rc = -errno;
+	if (!rc) {
+		fs_links_note(fs, src.st.st_ino, from);
+		fs_links_note(fs, src.st.st_ino, to);
+		fs_links_changed(fs, src.st.st_ino, to);
+	}
 	close(src.parent);
 out_close:
 	close(parent);
@@ -422,12 +452,18 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	struct fs_lookup lk;
 	int rc;
 
-	if (attr_fd(fi) >= 0)
-		return fchmod(attr_fd(fi), mode) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0) {
+		if (fchmod(attr_fd(fi), mode) == -1)
+			return -errno;
+		changed_fd(fs_get(), attr_fd(fi), path);
+		return 0;
+	}
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
 	rc = fchmodat(lk.parent, lk.name, mode, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	if (!rc)
+		changed(fs_get(), &lk.st, path);
 	close(lk.parent);
 	return rc;
 }
@@ -437,12 +473,18 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
 	struct fs_lookup lk;
 	int rc;
 
-	if (attr_fd(fi) >= 0)
-		return fchown(attr_fd(fi), uid, gid) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0) {
+		if (fchown(attr_fd(fi), uid, gid) == -1)
+			return -errno;
+		changed_fd(fs_get(), attr_fd(fi), path);
+		return 0;
+	}
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
 	rc = fchownat(lk.parent, lk.name, uid, gid, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	if (!rc)
+		changed(fs_get(), &lk.st, path);
 	close(lk.parent);
 	return rc;
 }
@@ -452,12 +494,18 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 	struct fs_lookup lk;
 	int rc;
 
-	if (attr_fd(fi) >= 0)
-		return futimens(attr_fd(fi), tv) == -1 ? -errno : 0;
+	if (attr_fd(fi) >= 0) {
+		if (futimens(attr_fd(fi), tv) == -1)
+			return -errno;
+		changed_fd(fs_get(), attr_fd(fi), path);
+		return 0;
+	}
 	rc = fs_lookup(fs_get(), path, &lk);
 	if (rc)
 		return rc;
 	rc = utimensat(lk.parent, lk.name, tv, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	if (!rc)
+		changed(fs_get(), &lk.st, path);
 	close(lk.parent);
 	return rc;
 }
@@ -568,6 +616,8 @@ static int handle_new(struct fs *fs, int fd, const char *path, int writable,
 			free(h);
 			return -ENOMEM;
 		}
+		h->ino = st.st_ino;
+		h->linked = st.st_nlink > 1;
 		fs_node_writer_open(fs, h->node, path);
 	}
 	fi->fh = (uintptr_t)h;
@@ -581,6 +631,8 @@ static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
 	if (!h->staged) {
 		struct stat st;
 		h->staged = 1;
+		if (h->linked)
+			fs_links_changed(fs, h->ino, path);
 		if (fstat(h->fd, &st) == 0) {
 			pthread_mutex_lock(&fs->nodes_lock);
 			char *p = path ? strdup(path) : (h->node->path ? strdup(h->node->path) : NULL);
@@ -622,6 +674,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 				close(fd);
 				goto out_close;
 			}
+			fi->keep_cache = 1; /* a view never changes while archived */
 			/* attribute changes through this handle go to the stored file */
 			int bfd = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 			if (bfd >= 0)
@@ -806,6 +859,8 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 			forget_file(fs, st.st_ino);
 		} else {
 			fs_node_writer_close(fs, h->node, path);
+			if (h->linked && h->staged)
+				fs_links_changed(fs, h->ino, path);
 		}
 		fs_node_put(fs, h->node);
 	}
@@ -860,6 +915,8 @@ static int op_setxattr(const char *path, const char *name, const char *value, si
 	if ((rc = xattr_fd(path, &fd)))
 		return rc;
 	rc = fsetxattr(fd, name, value, size, flags) == -1 ? -errno : 0;
+	if (!rc)
+		changed_fd(fs_get(), fd, path);
 	close(fd);
 	return rc;
 }
@@ -899,6 +956,8 @@ static int op_removexattr(const char *path, const char *name)
 	if ((rc = xattr_fd(path, &fd)))
 		return rc;
 	rc = fremovexattr(fd, name) == -1 ? -errno : 0;
+	if (!rc)
+		changed_fd(fs_get(), fd, path);
 	close(fd);
 	return rc;
 }
@@ -1047,11 +1106,12 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 1;
 	cfg->nullpath_ok = 1;
 	cfg->hard_remove = 1;
-	/* Names may be cached. Attributes are not: the library
-	 * gives each name of a hard-linked file its own kernel inode, so a
-	 * cached link count or size could go stale through another name. */
+	/* Names and attributes are cached for a second; the other names of a
+	 * hard-linked file are invalidated when it changes (links.c). Views
+	 * and unchanged files keep their page cache across opens. */
 	cfg->entry_timeout = 30.0;
-	cfg->attr_timeout = 0;
+	cfg->attr_timeout = 1.0;
+	cfg->auto_cache = 1;
 	cfg->negative_timeout = 0;
 	conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
 				       FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS);
@@ -1063,7 +1123,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		fuse_exit(fs->fuse);
 		return fs;
 	}
-	if (fs_settle_start(fs) || fs_workers_start(fs))
+	if (fs_links_start(fs) || fs_settle_start(fs) || fs_workers_start(fs))
 		log_msg(LOG_ERR, "cannot start background threads: files stay staged");
 	fs->threads_started = 1;
 	if (fs_queue_load(fs))
@@ -1078,6 +1138,7 @@ static void op_destroy(void *data)
 	if (fs->threads_started) {
 		fs_settle_stop(fs);
 		fs_workers_stop(fs);
+		fs_links_stop(fs);
 	}
 	idx_close(fs->idx);
 	fs->idx = NULL;

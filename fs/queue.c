@@ -226,6 +226,20 @@ int fs_copy_attrs(int src, int dst)
 	return fsync(dst) == -1 ? -errno : 0;
 }
 
+/* Put a directory's access and modification times back (its ctime moves,
+ * as it must). parent may be an O_PATH fd. */
+static void restore_dir_times(int parent, const struct stat *before)
+{
+	struct timespec t[2] = {before->st_atim, before->st_mtim};
+	int fd = openat(parent, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (futimens(fd, t) == -1)
+		log_msg(LOG_WARNING, "commit: directory times not kept: %s", strerror(errno));
+	close(fd);
+}
+
 /* Does a video's name already say MP4/MOV, so an MP4 can keep it? */
 static int name_says_mp4(const char *name)
 {
@@ -310,6 +324,11 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out, struct 
 		goto out_close;
 	fs_crash_point("commit-intent");
 
+	/* the directory's times are the user's (cp -a set them): archiving
+	 * must not move them */
+	struct stat dst_before;
+	int have_dir_times = fstat(parent, &dst_before) == 0;
+
 	/* 3. into place, never over another file (except the original when
 	 * the name is kept) */
 	if (renameat2(fs->work_fd, out, parent, target, e->suffix[0] ? RENAME_NOREPLACE : 0) ==
@@ -347,6 +366,8 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out, struct 
 		fs_fsync_dir(parent);
 	}
 	fs_crash_point("commit-unlinked");
+	if (have_dir_times)
+		restore_dir_times(parent, &dst_before);
 
 	/* 6. done */
 	if (idx_begin(fs->idx, 1, &txn) == 0) {

@@ -307,7 +307,30 @@ def sc_setgid_dir(root):
     return [st(j("g", "f"))[:5], st(j("g", "sub"))[:5]]
 
 
-SCENARIOS = [sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
+def sc_hardlink_attrs(root):
+    """Changes through one name show at once through the others."""
+    t = []
+    j = lambda *p: os.path.join(root, *p)
+    write(j("a"), b"1")
+    os.link(j("a"), j("b"))
+    os.link(j("a"), j("c"))
+    t.append([st(j(n))[:6] for n in "abc"])
+    write(j("b"), b"longer content", os.O_WRONLY | os.O_TRUNC)
+    t.append([st(j(n))[:6] for n in "abc"])
+    os.chmod(j("c"), 0o600)
+    t.append([st(j(n))[:6] for n in "abc"])
+    os.utime(j("a"), ns=(7, 8))
+    t.append([st(j(n)) for n in "abc"])
+    os.truncate(j("b"), 3)
+    t.append([st(j(n))[:6] for n in "abc"])
+    os.unlink(j("c"))
+    t.append([st(j(n))[:6] for n in "ab"])
+    os.rename(j("a"), j("b"))
+    t.append([st(j(n))[:6] for n in "ab"])
+    return t
+
+
+SCENARIOS = [sc_hardlink_attrs, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
              sc_sparse, sc_fallocate, sc_setgid_dir]
 
 

@@ -296,3 +296,20 @@ def test_real_camera_corpus(mount):
             assert data == open(src, "rb").read()
         else:
             assert e["ssim"] >= 0.99 and e["view_ssim"] >= 0.985
+
+
+def test_archiving_keeps_directory_times(mount, tmp_path):
+    """cp -a sets a folder's times after its files: archiving them later
+    must not move them."""
+    src = tmp_path / "DCIM"
+    src.mkdir()
+    for i in range(2):
+        make_jpeg(str(src / f"IMG_{i}.JPG"), seed=60 + i)
+    os.utime(src, ns=(1_100_000_000_000_000_000, 1_200_000_000_000_000_000))
+    subprocess.run(["cp", "-a", str(src), os.path.join(mount.mnt, "DCIM")], check=True)
+    mount.wait_idle()
+    assert mount.status()["archived"] == 2
+    for d in (mount.mnt, mount.backing):
+        st = os.stat(os.path.join(d, "DCIM"))
+        assert (st.st_atime_ns, st.st_mtime_ns) == (1_100_000_000_000_000_000,
+                                                    1_200_000_000_000_000_000)

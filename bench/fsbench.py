@@ -77,21 +77,28 @@ def main():
     os.mkdir(mnt)
     subprocess.run([BIN, backing, mnt, "-o", os.environ.get("BENCH_MOUNT_OPTS", "settle_ms=1000")], check=True)
     try:
-        res = {}
-        for label, root in (("direct", os.path.join(backing, "d")), ("mount", os.path.join(mnt, "m"))):
-            os.makedirs(root, exist_ok=True)
-            big = os.path.join(root, "big")
-            res[label] = {"write": seq_write(big), "read": seq_read(big)}
-            os.unlink(big)
-            subprocess.run([BIN, "wait", backing, "--timeout", "600"], check=True)
-            res[label].update(small_files(os.path.join(root, "small")))
-            subprocess.run([BIN, "wait", backing, "--timeout", "600"], check=True)
+        runs = {"direct": [], "mount": []}
+        reps = int(os.environ.get("BENCH_REPS", "3"))
+        for rep in range(reps):  # interleaved, medians reported
+            for label, root in (("direct", os.path.join(backing, "d")),
+                                ("mount", os.path.join(mnt, "m"))):
+                os.makedirs(root, exist_ok=True)
+                big = os.path.join(root, "big")
+                r = {"write": seq_write(big), "read": seq_read(big)}
+                os.unlink(big)
+                subprocess.run([BIN, "wait", backing, "--timeout", "600"], check=True)
+                r.update(small_files(os.path.join(root, "small")))
+                subprocess.run([BIN, "wait", backing, "--timeout", "600"], check=True)
+                runs[label].append(r)
+        med = lambda label, k: sorted(r[k] for r in runs[label])[len(runs[label]) // 2]
         print(f"{'':8} {'direct':>12} {'mount':>12} {'ratio':>7}")
         for k, unit in (("write", "MB/s"), ("read", "MB/s"), ("create", "op/s"), ("stat", "op/s"),
                         ("unlink", "op/s")):
-            d, m = res["direct"][k], res["mount"][k]
+            d, m = med("direct", k), med("mount", k)
             print(f"{k:8} {d:9.0f} {unit} {m:9.0f} {unit} {m / d:6.0%}")
-        print(f"(big file {SIZE >> 20} MiB written with fsync, read cold; {NSMALL} small files)")
+        print(f"(medians of {reps} interleaved runs; big file {SIZE >> 20} MiB written with "
+              f"fsync, read after dropping caches; {NSMALL} small files of 100 bytes "
+              f"created, stat'ed, unlinked)")
     finally:
         subprocess.run(["fusermount3", "-u", mnt])
         time.sleep(0.5)

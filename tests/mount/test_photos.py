@@ -313,3 +313,16 @@ def test_archiving_keeps_directory_times(mount, tmp_path):
         st = os.stat(os.path.join(d, "DCIM"))
         assert (st.st_atime_ns, st.st_mtime_ns) == (1_100_000_000_000_000_000,
                                                     1_200_000_000_000_000_000)
+
+
+def test_name_too_long_for_suffix_is_kept(mount):
+    """A 255-byte photo name has no room for ".heic": kept, with the reason."""
+    name = "n" * 251 + ".jpg"
+    data = make_jpeg(os.path.join(mount.mnt, name), seed=70)
+    mount.wait_idle()
+    import json
+    e = json.loads(hevcfs("status", mount.backing, "--files", "--json").stdout)["entries"][0]
+    assert e["state"] == "kept" and "too long" in e["reason"], e
+    assert open(os.path.join(mount.mnt, name), "rb").read() == data
+    assert os.listdir(mount.backing) == [".hevcfs", name] or sorted(
+        os.listdir(mount.backing)) == sorted([".hevcfs", name])

@@ -722,6 +722,36 @@ static void test_odd_sizes(void)
 	}
 }
 
+/* A photo large enough for the predicted path (a trial on a mosaic of
+ * tiles, then one full-size encode): archived as any other; and when the
+ * prediction is forced far too low, the full-size encode misses the floor
+ * and a higher quality is encoded, still verified and exact. */
+static void test_predicted(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg_pf(1760, 1320, TJSAMP_420, 0, 100, TJPF_RGB, 90), f;
+	struct codec_result res, forced;
+
+	make_rich(&r, 8);
+	f = splice_segs(&j, &r.segs);
+	CHECK_EQ(archive(&f, "predicted.jpg", &res), 0);
+	if (!res.archived)
+		fprintf(stderr, "  kept: %s\n", res.reason);
+	check_archived(&f, "predicted.jpg", &res, &r.icc, 1, 1);
+
+	photo_test_q_offset = -30;
+	CHECK_EQ(archive(&f, "retry.jpg", &forced), 0);
+	photo_test_q_offset = 0;
+	if (!forced.archived)
+		fprintf(stderr, "  kept: %s\n", forced.reason);
+	check_archived(&f, "retry.jpg", &forced, &r.icc, 1, 1);
+	/* the forced guess was 30 under one that passed: it was not kept */
+	CHECK(forced.quality > res.quality - 30);
+	buf_free(&j);
+	buf_free(&f);
+	rich_free(&r);
+}
+
 /* Patch the first SOF of a JPEG. */
 static uint8_t *find_sof(struct buf *j)
 {
@@ -1168,6 +1198,7 @@ int main(void)
 	RUN(test_orientations);
 	RUN(test_progressive_restart_large);
 	RUN(test_odd_sizes);
+	RUN(test_predicted);
 	RUN(test_kept);
 	RUN(test_options);
 	RUN(test_render_errors);

@@ -3,7 +3,7 @@
  * small clips made at test time with the ffmpeg CLI (preset ultrafast),
  * checked with ffprobe: HEVC/hvc1, every frame and pts, streams, tags,
  * rotation, chapters, cover art, timecode, audio copied byte for byte, and
- * kept files untouched.
+ * kept files untouched; and that verification catches a changed byte.
  */
 #include "../../codec/internal.h"
 #include "check.h"
@@ -590,6 +590,73 @@ static void test_ssim_floor(void)
 	CHECK(r.ssim > 0.9 && r.ssim < 0.99999);
 }
 
+/* The digest of a packet as x265 gives it (Annex B: 4- and 3-byte start
+ * codes) is the digest of the same packet as the muxers write it (4-byte
+ * lengths); one changed byte changes it. */
+static void test_digest(void)
+{
+	static const uint8_t annexb[] = { 0, 0, 0, 1, 0x40, 0x01, 0x0c, 0, 0, 1, 0x42, 0x01,
+					  0x01, 0x60, 0, 0, 1, 0x26, 0x01, 0xaf, 0x00, 0x03 };
+	static const uint8_t mp4[] = { 0, 0, 0, 3, 0x40, 0x01, 0x0c, 0, 0, 0, 4, 0x42,
+				       0x01, 0x01, 0x60, 0, 0, 0, 5, 0x26, 0x01, 0xaf, 0x00, 0x03 };
+	uint8_t copy[sizeof(mp4)];
+	uint64_t h = video_digest_annexb(VIDEO_DIGEST_INIT, 7, annexb, sizeof(annexb));
+
+	CHECK(h == video_digest_packet(VIDEO_DIGEST_INIT, 7, mp4, sizeof(mp4)));
+	CHECK(h != video_digest_packet(VIDEO_DIGEST_INIT, 8, mp4, sizeof(mp4)));
+	for (size_t i = 0; i < sizeof(mp4); i++) {
+		memcpy(copy, mp4, sizeof(mp4));
+		copy[i] ^= 0x10;
+		CHECK(h != video_digest_packet(VIDEO_DIGEST_INIT, 7, copy, sizeof(copy)));
+	}
+}
+
+/* Verification reads the written file: one flipped byte in its video data
+ * (demuxing still fine), or parameter sets other than the encoder's, and
+ * the result is kept. */
+static void test_verify_bytes(void)
+{
+	const char *src = path("basic.mp4"), *dst = path("flip.out.mp4");
+	struct codec_opts o = { .preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.9 };
+	struct codec_result r = { 0 };
+	struct video_log log = { 0 };
+	struct AVFormatContext *in = NULL;
+	long long pos = 0, size = 0;
+	uint8_t b;
+	char *s;
+	int fd = open(src, O_RDONLY), out;
+
+	CHECK(fd >= 0);
+	CHECK_EQ(video_open_input(fd, &in, &r), 0);
+	CHECK_EQ(video_transcode(in, dst, &o, &log, &r), 0);
+	video_close_input(&in);
+	close(fd);
+	CHECK(log.nb_samples >= 8 && log.nb_checked == log.nb_samples);
+	CHECK_EQ(video_verify(dst, &o, &log, &r), 0);
+
+	/* the 20th video packet: a byte in the middle of its payload */
+	s = out_of("ffprobe -v error -select_streams v:0 -show_entries packet=pos,size "
+		   "-of csv=p=0 '%s' | sed -n 20p", dst);
+	CHECK(s && sscanf(s, "%lld,%lld", &pos, &size) == 2 && size > 16);
+	free(s);
+	out = open(dst, O_RDWR);
+	CHECK(out >= 0);
+	CHECK(pread(out, &b, 1, pos + size / 2) == 1);
+	b ^= 0x01;
+	CHECK(pwrite(out, &b, 1, pos + size / 2) == 1);
+	CHECK_EQ(video_verify(dst, &o, &log, &r), VIDEO_KEPT);
+	CHECK(strstr(r.reason, "bytes"));
+	b ^= 0x01;
+	CHECK(pwrite(out, &b, 1, pos + size / 2) == 1);
+	close(out);
+	CHECK_EQ(video_verify(dst, &o, &log, &r), 0);
+
+	log.extradata[log.extradata_size - 2] ^= 0x01; /* in the last parameter set */
+	CHECK_EQ(video_verify(dst, &o, &log, &r), VIDEO_KEPT);
+	CHECK(strstr(r.reason, "hvcC"));
+	video_log_release(&log);
+}
+
 /* A set cancel flag stops the job with -ECANCELED. */
 static void test_cancel(void)
 {
@@ -630,6 +697,8 @@ int main(void)
 	RUN(test_timecode);
 	RUN(test_kept);
 	RUN(test_ssim_floor);
+	RUN(test_digest);
+	RUN(test_verify_bytes);
 	RUN(test_cancel);
 	ret = check_done("test_video");
 	if (getenv("TEST_VIDEO_KEEP")) /* for a post-mortem of the fixtures */

@@ -8,12 +8,14 @@ filter) of both, and speed_hevcfs / speed_ffmpeg.
 Environment: HEVCFS_BIN (default ../hevcfs), BENCH_VIDEO_RUNS (default 1:
 runs alternate hevcfs, ffmpeg, hevcfs, ...), BENCH_VIDEO_SECONDS (default 10).
 Peak RSS and CPU of the archive job are read by polling /proc for the mount's
-`hevcfs __archive` child (VmHWM, utime + stime) every 20 ms.
+`hevcfs __archive` child (VmHWM, utime + stime) every 20 ms, and so is its
+temporary disk: the blocks of deleted files it holds open (peak).
 """
 import json
 import os
 import re
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -59,13 +61,15 @@ def luma_ssim(dist, ref):
 
 class ChildWatch(threading.Thread):
     """Polls /proc for `hevcfs __archive` processes whose command line names
-    our temp dir: peak VmHWM (kB), last seen CPU seconds, lifetime."""
+    our temp dir: peak VmHWM (kB), last seen CPU seconds, lifetime, peak bytes
+    of unlinked files held open (temporary disk)."""
 
     def __init__(self, marker):
         super().__init__(daemon=True)
         self.marker = marker
         self.stop = threading.Event()
         self.hwm_kb = 0
+        self.tmp_bytes = 0
         self.cpu = {}
         self.first = self.last = None
 
@@ -83,6 +87,7 @@ class ChildWatch(threading.Thread):
                     for line in f:
                         if line.startswith("VmHWM:"):
                             self.hwm_kb = max(self.hwm_kb, int(line.split()[1]))
+                self.tmp_bytes = max(self.tmp_bytes, self.unlinked(pid))
                 with open("/proc/%s/stat" % pid) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 self.cpu[pid] = (int(fields[11]) + int(fields[12])) / TICK
@@ -91,6 +96,21 @@ class ChildWatch(threading.Thread):
                 self.last = now
             except (OSError, ValueError, IndexError):
                 continue
+
+    @staticmethod
+    def unlinked(pid):
+        """Bytes on disk of the deleted regular files pid holds open."""
+        total = 0
+        fds = "/proc/%s/fd" % pid
+        for fd in os.listdir(fds):
+            try:
+                if os.readlink(os.path.join(fds, fd)).endswith(" (deleted)"):
+                    st = os.stat(os.path.join(fds, fd))
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_blocks * 512
+            except OSError:
+                continue
+        return total
 
     def run(self):
         while not self.stop.is_set():
@@ -123,6 +143,7 @@ def hevcfs_run(tmp, src, n):
         watch.join()
         fig["cpu"] = sum(watch.cpu.values())
         fig["rss_mb"] = watch.hwm_kb / 1024
+        fig["tmp_mb"] = watch.tmp_bytes / 1e6
         fig["job_wall"] = (watch.last - watch.first) if watch.first else float("nan")
         st = json.loads(subprocess.run([BIN, "status", backing, "--files", "--json"],
                                        capture_output=True, text=True, check=True).stdout)
@@ -183,8 +204,9 @@ def main():
             h = hevcfs_run(tmp, src, n)
             hv.append(h)
             print("  run %d hevcfs: %6.2f s wall (job %.2f s), %6.2f s CPU, %4.0f MB peak "
-                  "RSS, %s, load %s" % (n + 1, h["wall"], h["job_wall"], h["cpu"],
-                                        h["rss_mb"], h["state"], h["load"]))
+                  "RSS, %.1f MB temp disk, %s, load %s" % (
+                      n + 1, h["wall"], h["job_wall"], h["cpu"], h["rss_mb"], h["tmp_mb"],
+                      h["state"], h["load"]))
             f = ffmpeg_run(tmp, src, n)
             ff.append(f)
             print("  run %d ffmpeg: %6.2f s wall,            %6.2f s CPU, %4.0f MB peak "

@@ -6,13 +6,11 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -74,7 +72,7 @@ struct xcode {
 	AVFrame *frame, *cframe, *aframe, *sframe;
 	AVPacket *pkt;
 	uint8_t *subbuf;
-	uint8_t *sbuf;          /* one sampled luma plane on its way to the file */
+	struct video_check *check; /* the in-flight check of the video */
 	char *src_encoder;      /* the source's "encoder" tag, restored on output */
 	uint64_t frames, total;
 	struct timespec t0, last_progress;
@@ -402,8 +400,7 @@ void video_conv_release(struct video_conv *conv)
 
 void video_log_release(struct video_log *log)
 {
-	if (log->sample_open)
-		close(log->sample_fd);
+	av_free(log->extradata);
 	free(log->samples);
 	free(log->pts);
 	free(log->out);
@@ -565,6 +562,15 @@ static int setup_video(struct xcode *x, AVStream *ist, AVStream *ost)
 	ret = avcodec_open2(enc, codec, NULL);
 	if (ret < 0)
 		return video_averr(ret, "open libx265");
+	if (enc->extradata_size > 0) {
+		x->log->extradata = av_memdup(enc->extradata, (size_t)enc->extradata_size);
+		if (!x->log->extradata)
+			return -ENOMEM;
+		x->log->extradata_size = enc->extradata_size;
+	}
+	ret = video_check_new(enc, conv->width, conv->height, &x->check);
+	if (ret)
+		return ret;
 
 	ret = avcodec_parameters_from_context(ost->codecpar, enc);
 	if (ret < 0)
@@ -587,9 +593,6 @@ static int setup_video(struct xcode *x, AVStream *ist, AVStream *ost)
 	else if (x->in->duration > 0)
 		x->total = (uint64_t)(x->in->duration * av_q2d(enc->framerate) / AV_TIME_BASE);
 	x->log->sample_period = sample_period(x->in, ist);
-	x->sbuf = malloc(video_sample_bytes(x->log));
-	if (!x->sbuf)
-		return -ENOMEM;
 	return copy_side_data(ist, ost);
 }
 
@@ -878,6 +881,21 @@ static int mux(struct xcode *x, struct xstream *xs, AVPacket *pkt, AVRational tb
 	return ret < 0 ? video_averr(ret, "write packet") : 0;
 }
 
+/* Index of pts in the source's frames (log->pts), or -1. */
+static long find_pts(const struct video_log *log, int64_t pts)
+{
+	size_t lo = 0, hi = log->nb_pts;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (log->pts[mid] < pts)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < log->nb_pts && log->pts[lo] == pts ? (long)lo : -1;
+}
+
 /* Take every packet enc has ready and mux it. 0 or -errno. */
 static int drain_encoder(struct xcode *x, struct xstream *xs)
 {
@@ -895,6 +913,14 @@ static int drain_encoder(struct xcode *x, struct xstream *xs)
 		if (ret < 0) {
 			ret = video_averr(ret, "encode");
 			break;
+		}
+		if (xs->mode == XM_VIDEO) {
+			/* pts as given to x265: the source's, shifted */
+			long i = find_pts(x->log, pkt->pts + xs->shift);
+			ret = video_check_packet(x->check, pkt, i < 0 ? SIZE_MAX : (size_t)i,
+						 x->opts->cancel, x->result);
+			if (ret)
+				break;
 		}
 		ret = mux(x, xs, pkt, xs->enc->time_base);
 		if (ret)
@@ -928,76 +954,20 @@ static int cancelled(const struct xcode *x)
 	return x->opts->cancel && atomic_load(x->opts->cancel);
 }
 
-/* Write all of buf at off. 0 or -errno. */
-static int pwrite_all(int fd, const uint8_t *buf, size_t len, off_t off)
-{
-	while (len) {
-		ssize_t n = pwrite(fd, buf, len, off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1)
-			return -errno;
-		buf += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 /*
- * Create the unlinked file the sampled planes go to, in out_path's directory
- * (the disk the output is on, not a tmpfs in RAM). 0 or -errno.
- */
-static int open_samples(struct video_log *log, const char *out_path)
-{
-	const char *slash = strrchr(out_path, '/');
-	size_t dlen = slash ? (size_t)(slash - out_path) : 0;
-	char *tmpl = malloc(dlen + 32);
-	int fd;
-
-	if (!tmpl)
-		return -ENOMEM;
-	if (slash)
-		snprintf(tmpl, dlen + 32, "%.*s", (int)(dlen ? dlen : 1), dlen ? out_path : "/");
-	else
-		snprintf(tmpl, dlen + 32, ".");
-	fd = open(tmpl, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd == -1 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
-		/* no O_TMPFILE on this filesystem: a name, unlinked at once */
-		size_t used = strlen(tmpl);
-		snprintf(tmpl + used, dlen + 32 - used, "/.ssim.XXXXXX");
-		fd = mkostemp(tmpl, O_CLOEXEC);
-		if (fd != -1)
-			unlink(tmpl);
-	}
-	if (fd == -1) {
-		int err = errno;
-		free(tmpl);
-		return -err;
-	}
-	free(tmpl);
-	log->sample_fd = fd;
-	log->sample_open = 1;
-	return 0;
-}
-
-/*
- * Keep the luma of frame f (as x265 gets it, display index log->nb_pts - 1,
- * t seconds from the first frame) when a sample is due: brought to 8 bits
- * and appended to the samples file. 0 or -errno.
+ * Hold the luma of frame f (as x265 gets it, display index log->nb_pts - 1,
+ * t seconds from the first frame) for the in-flight check when a sample is
+ * due. A sample that finds every plane held waits for a later frame, but
+ * never a whole period: then the job is kept rather than checked more
+ * thinly. 0, VIDEO_KEPT or -errno.
  */
 static int sample_frame(struct xcode *x, const AVFrame *f, double t)
 {
 	struct video_log *log = x->log;
-	const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(f->format);
-	int w = log->conv.width, h = log->conv.height, depth = d->comp[0].depth;
-	size_t bytes = video_sample_bytes(log);
 	int ret;
 
 	if (t < log->next_sample)
 		return 0;
-	while (log->next_sample <= t)
-		log->next_sample += log->sample_period;
 	if (log->nb_samples == log->cap_samples) {
 		size_t cap = log->cap_samples ? 2 * log->cap_samples : 64;
 		size_t *p = realloc(log->samples, cap * sizeof(*p));
@@ -1006,20 +976,18 @@ static int sample_frame(struct xcode *x, const AVFrame *f, double t)
 		log->samples = p;
 		log->cap_samples = cap;
 	}
-	for (int y = 0; y < h; y++) {
-		const uint8_t *row = f->data[0] + (ptrdiff_t)y * f->linesize[0];
-		uint8_t *o = x->sbuf + (size_t)y * w;
-
-		if (depth <= 8) {
-			memcpy(o, row, (size_t)w);
-			continue;
-		}
-		for (int i = 0; i < w; i++)
-			o[i] = (uint8_t)FFMIN(((const uint16_t *)row)[i] >> (depth - 8), 255);
-	}
-	ret = pwrite_all(log->sample_fd, x->sbuf, bytes, (off_t)(log->nb_samples * bytes));
-	if (ret)
+	ret = video_check_hold(x->check, f, log->nb_pts - 1, x->opts->cancel);
+	if (ret < 0)
 		return ret;
+	if (!ret) {
+		if (t < log->next_sample + log->sample_period)
+			return 0;
+		codec_keep(x->result, "cannot hold SSIM samples: %d frames' planes in flight",
+			   VIDEO_CHECK_PLANES);
+		return VIDEO_KEPT;
+	}
+	while (log->next_sample <= t)
+		log->next_sample += log->sample_period;
 	log->samples[log->nb_samples++] = log->nb_pts - 1;
 	return 0;
 }
@@ -1071,12 +1039,12 @@ static int encode_video_frame(struct xcode *x, AVFrame *f)
 	} else {
 		ef->format = log->conv.dst_fmt; /* yuvj* -> yuv*, same bytes */
 	}
+	ef->pts = pts - xs->shift;
 	ret = sample_frame(x, ef, (double)(pts - log->pts[0]) * av_q2d(xs->dec->pkt_timebase));
 	if (ret) {
 		av_frame_unref(x->cframe);
 		return ret;
 	}
-	ef->pts = pts - xs->shift;
 	ef->pict_type = AV_PICTURE_TYPE_NONE;
 	ef->color_range = xs->enc->color_range;
 	ret = avcodec_send_frame(xs->enc, ef);
@@ -1369,6 +1337,8 @@ static int run(struct xcode *x)
 				ret = avcodec_send_frame(xs->enc, NULL) < 0 ? -EIO : 0;
 			if (!ret)
 				ret = drain_encoder(x, xs);
+			if (!ret)
+				video_check_eof(x->check);
 		} else if (xs->mode == XM_AUDIO) {
 			ret = decode(x, xs, NULL, on_audio_frame);
 			if (!ret)
@@ -1463,8 +1433,6 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 	if (ret)
 		goto out_free;
 	ret = open_output(&x, out_path);
-	if (!ret)
-		ret = open_samples(log, out_path);
 	if (ret)
 		goto out_free_output;
 	ret = run(&x);
@@ -1475,11 +1443,23 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 		ret = VIDEO_KEPT;
 		goto out_free_output;
 	}
+	if (log->next_sample <= (double)(log->pts[log->nb_pts - 1] - log->pts[0]) *
+					  av_q2d(x.xs[x.vi].dec->pkt_timebase)) {
+		/* the last sample due found no plane free before the end */
+		codec_keep(result, "cannot hold SSIM samples: %d frames' planes in flight",
+			   VIDEO_CHECK_PLANES);
+		ret = VIDEO_KEPT;
+		goto out_free_output;
+	}
+	/* the helper decodes its last packets while faststart moves the index */
 	ret = av_write_trailer(x.out);
 	if (ret < 0) {
 		ret = video_averr(ret, "write trailer");
 		goto out_free_output;
 	}
+	ret = video_check_end(x.check, opts->cancel, log, result);
+	if (ret)
+		goto out_free_output;
 	fill_log(&x);
 	if (x.opts->progress) {
 		x.last_progress.tv_sec = 0; /* force the last call */
@@ -1487,6 +1467,7 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 	}
 
 out_free_output:
+	video_check_free(&x.check);
 	if (ret == VIDEO_KEPT)
 		drop_encoders(&x);
 	if (x.out) {
@@ -1510,7 +1491,6 @@ out_free:
 	av_frame_free(&x.aframe);
 	av_frame_free(&x.sframe);
 	av_free(x.subbuf);
-	free(x.sbuf);
 	av_free(x.src_encoder);
 	return ret;
 }

@@ -23,6 +23,11 @@
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result);
 
+/* Test hook (photo.c): added to the quality photo_archive predicts for a
+ * large photo, so tests can force a miss and the re-encode that follows.
+ * 0 in the product; set only while no archive job runs. */
+extern int photo_test_q_offset;
+
 /* Render the JPEG view of a HEIC written by photo_archive (photo.c). */
 int photo_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
 		      uint64_t *size);
@@ -163,6 +168,9 @@ struct heic_params {
 	const char *preset; /* x265 preset */
 	const char *tune;   /* x265 tune, or NULL */
 	int threads;        /* x265 worker threads, 0 = x265 decides */
+	int no_thumbnail;   /* 1: no thumbnail (trial encodes) */
+	const char *x265;   /* more x265 settings, "key=value,key=value", or
+			       NULL: applied after libheif's own */
 };
 
 /*
@@ -277,14 +285,26 @@ struct video_out {
 #define VIDEO_SAMPLES_MIN 8
 
 /*
+ * Source planes held at once for the in-flight SSIM check (video_check.c).
+ * A plane is held from the frame's going to x265 until the helper has
+ * decoded it: x265's delay (rc-lookahead + bframes + frame threads, about
+ * 30 frames at preset medium, at most ~280 whatever the params) plus the
+ * packet queue and the decoder's reorder, so about 2 planes a second of a
+ * long clip at 30 fps and at most VIDEO_SAMPLES_MIN + 1 for a short one;
+ * no more than this many ever (a deferred sample waits for a free one):
+ * 66 MB of 1080p, 265 MB of 2160p at worst, 6 MB / 25 MB at the defaults.
+ */
+#define VIDEO_CHECK_PLANES 32
+
+/*
  * What video_transcode did, for video_verify. Owned: video_log_release.
  *
- * The source is decoded once, by the transcode: the luma of each sampled
- * frame, as x265 got it, is brought to 8 bits and appended to sample_fd, an
- * unlinked temporary file beside the output (sample k at k * width * height,
- * rows packed). Memory holds one plane at a time; the file grows by one
- * plane per sample (2 MB a second of 1080p, 8.3 MB of 2160p) and vanishes
- * with its descriptor.
+ * The source is decoded once, by the transcode, and so is the result: a
+ * helper thread decodes x265's packets as they go to the muxer and compares
+ * the luma of each sampled frame (as x265 got it, brought to 8 bits) with
+ * its decoded twin, so nothing is kept on disk; the digest of the packets,
+ * as the muxer writes them, lets verify tell that the file holds those
+ * bytes without decoding it again.
  */
 struct video_log {
 	int vi, out_vi;     /* the re-encoded video: source and output index */
@@ -299,18 +319,90 @@ struct video_log {
 	size_t *samples;    /* display index of each sampled frame, increasing */
 	size_t nb_samples, cap_samples;
 	double sample_period, next_sample; /* seconds from the first frame */
-	int sample_fd;      /* the sampled planes; valid when sample_open */
-	int sample_open;
+	/* filled when the transcode ends (video_check_end) */
+	uint64_t digest;    /* video_digest_annexb over x265's packets, in order */
+	size_t nb_packets;
+	uint8_t *extradata; /* x265's parameter sets, Annex B (av_malloc'd) */
+	int extradata_size;
+	size_t nb_checked;  /* samples compared */
+	double min_ssim;    /* the lowest of their SSIMs */
+	size_t min_at;      /* display index of the frame it was measured on */
 };
 
 /* Free what the log owns (zeroed logs are fine). */
 void video_log_release(struct video_log *log);
 
-/* Bytes of one sampled plane in log->sample_fd. */
-static inline size_t video_sample_bytes(const struct video_log *log)
-{
-	return (size_t)log->conv.width * (size_t)log->conv.height;
-}
+/* ---- the in-flight check (video_check.c) ---- */
+
+struct AVCodecContext;
+struct AVPacket;
+struct video_check;
+
+/* FNV-1a (64 bits) offset basis: the digest of nothing. */
+#define VIDEO_DIGEST_INIT 0xcbf29ce484222325ull
+
+/* Go on with FNV-1a digest h over len bytes. Any one changed byte changes
+ * the result. */
+uint64_t video_digest(uint64_t h, const void *data, size_t len);
+
+/* One video packet of the file in the digest: the display index of its
+ * frame, its bytes, its size. */
+uint64_t video_digest_packet(uint64_t h, uint64_t index, const uint8_t *data, size_t size);
+
+/* The same for a packet as x265 gives it (Annex B): digested as the MP4
+ * and Matroska muxers write it, each NAL unit behind a 4-byte big-endian
+ * length instead of its start code. */
+uint64_t video_digest_annexb(uint64_t h, uint64_t index, const uint8_t *data, size_t size);
+
+/* The NAL units of Annex B data, cut where libavformat's muxers cut them
+ * (ff_avc_parse_nal_units). */
+struct video_nals {
+	const uint8_t *pos, *end;
+};
+void video_nals_begin(struct video_nals *it, const uint8_t *data, size_t size);
+/* The next unit (borrowed from the data): 1, or 0 at the end. */
+int video_nals_next(struct video_nals *it, const uint8_t **nal, size_t *len);
+
+/*
+ * Start checking the output of enc (libx265, open: its extradata and time
+ * base are used) on a helper thread: an HEVC decoder, one thread. Luma is
+ * compared over width x height. 0 or -errno; *vc is freed with
+ * video_check_free.
+ */
+int video_check_new(const struct AVCodecContext *enc, int width, int height,
+		    struct video_check **vc);
+
+/*
+ * Hold the luma of f (a frame about to go to x265, f->pts set as x265 gets
+ * it; display index index) until its decoded twin is compared. 1 when held;
+ * 0 when all VIDEO_CHECK_PLANES are held even after the helper has used up
+ * every packet given so far (try again with a later frame); -ECANCELED,
+ * -ENOMEM.
+ */
+int video_check_hold(struct video_check *vc, const struct AVFrame *f, size_t index,
+		     const atomic_int *cancel);
+
+/*
+ * A packet from x265 (before the muxer has it): digest it, and queue a
+ * reference for the helper, waiting while the queue is full. 0; VIDEO_KEPT
+ * with result's reason when the helper found fault; -ECANCELED, -errno.
+ */
+int video_check_packet(struct video_check *vc, const struct AVPacket *pkt, size_t index,
+		       const atomic_int *cancel, struct codec_result *result);
+
+/* x265 is flushed: no more packets (the helper drains its decoder). */
+void video_check_eof(struct video_check *vc);
+
+/*
+ * Wait for the helper to finish and put what it found in log (digest,
+ * samples compared, lowest SSIM). 0, VIDEO_KEPT with result's reason,
+ * -ECANCELED or -errno.
+ */
+int video_check_end(struct video_check *vc, const atomic_int *cancel, struct video_log *log,
+		    struct codec_result *result);
+
+/* Stop the helper (at once), join it and free everything (NULL is fine). */
+void video_check_free(struct video_check **vc);
 
 /* Transcode in (opened by video_open_input) to out_path, filling log.
  * 0, VIDEO_KEPT (reason in result), or -errno (-ECANCELED). */
@@ -318,10 +410,11 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 		    const struct codec_opts *opts, struct video_log *log,
 		    struct codec_result *result);
 
-/* Check out_path against log: demux it whole (every frame with the source's
- * pts, every stream's span) and decode what the sampled frames need to
- * compare their luma with the source's planes in log. Sets result->ssim.
- * 0 when the result is good, VIDEO_KEPT with the reason, or -errno. */
+/* Check out_path against log without decoding it: demux it whole (every
+ * frame with the source's pts, once; the digest of the video packets and
+ * the parameter sets in hvcC are x265's; every stream's span), and judge
+ * the SSIM the transcode measured. Sets result->ssim. 0 when the result is
+ * good, VIDEO_KEPT with the reason, or -errno. */
 int video_verify(const char *out_path, const struct codec_opts *opts, struct video_log *log,
 		 struct codec_result *result);
 

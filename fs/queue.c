@@ -500,8 +500,15 @@ static int run_job(struct fs *fs, struct job *j)
 		}
 		video = 1;
 		break;
-	default:
+	case CODEC_KIND_JPEG: {
+		/* no room for ".heic" after the name: do not encode for nothing */
+		const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+		if (strlen(base) + strlen(".heic") > 255) {
+			finish_kept(fs, j, IDX_KEPT, "name too long to append .heic", &st);
+			goto out;
+		}
 		break;
+	}
 	}
 	opts.progress = on_progress;
 	opts.progress_arg = &prog;

@@ -106,6 +106,31 @@ static int set_colour(struct heif_image *img, const struct jpeg_info *ji)
 			  "setting the ICC profile");
 }
 
+/* Pass each "key=value" of list (comma separated) to x265 as "x265:key":
+ * libheif 1.15's x265 plugin applies those after its own settings. */
+static int set_x265(struct heif_encoder *enc, const char *list)
+{
+	char name[64], value[64];
+
+	while (*list) {
+		size_t k = strcspn(list, "="), v;
+
+		if (list[k] != '=' || k + 5 >= sizeof(name))
+			return -EINVAL;
+		v = strcspn(list + k + 1, ",");
+		if (v >= sizeof(value))
+			return -EINVAL;
+		snprintf(name, sizeof(name), "x265:%.*s", (int)k, list);
+		snprintf(value, sizeof(value), "%.*s", (int)v, list + k + 1);
+		if (heif_errno(heif_encoder_set_parameter(enc, name, value), name))
+			return -EINVAL;
+		list += k + 1 + v;
+		if (*list == ',')
+			list++;
+	}
+	return 0;
+}
+
 /* An x265 encoder configured from hp. */
 static int get_encoder(struct heif_context *ctx, const struct heic_params *hp, int subsamp,
 		       struct heif_encoder **out)
@@ -137,6 +162,8 @@ static int get_encoder(struct heif_context *ctx, const struct heic_params *hp, i
 		ret = heif_errno(heif_encoder_set_parameter(enc, "x265:pools", threads),
 				 "x265 pools");
 	}
+	if (!ret && hp->x265)
+		ret = set_x265(enc, hp->x265);
 	/* one picture: more frame encoders only cost memory */
 	if (!ret)
 		ret = heif_errno(heif_encoder_set_parameter(enc, "x265:frame-threads", "1"),
@@ -203,7 +230,7 @@ int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
 	if (ret)
 		goto out_release_encoder;
 	/* libheif 1.15 refuses a thumbnail that would not be smaller */
-	if (pl->width > THUMB_BOX || pl->height > THUMB_BOX) {
+	if (!hp->no_thumbnail && (pl->width > THUMB_BOX || pl->height > THUMB_BOX)) {
 		ret = heif_errno(heif_context_encode_thumbnail(ctx, img, h, enc, eo, THUMB_BOX,
 							       &th),
 				 "encoding the thumbnail");

@@ -23,11 +23,6 @@
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result);
 
-/* Test hook (photo.c): added to the quality photo_archive predicts for a
- * large photo, so tests can force a miss and the re-encode that follows.
- * 0 in the product; set only while no archive job runs. */
-extern int photo_test_q_offset;
-
 /* Render the JPEG view of a HEIC written by photo_archive (photo.c). */
 int photo_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
 		      uint64_t *size);
@@ -60,6 +55,11 @@ double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_
 
 struct heif_context;
 struct heif_image_handle;
+
+/* Test hook (photo.c): added to the quality photo_archive predicts for a
+ * large photo, so tests can force a miss and the re-encode that follows.
+ * 0 in the product; set only while no archive job runs. */
+extern int photo_test_q_offset;
 
 /* Largest JPEG we read whole into memory; bigger files are kept. */
 #define PHOTO_MAX_JPEG_BYTES (512ull << 20)

@@ -1,5 +1,6 @@
-/* photo — JPEG -> HEIC archiving (quality search, verification, keep
- * decisions) and the legacy JPEG view rendered back from the HEIC. */
+/* photo — JPEG -> HEIC archiving (quality prediction, one measured encode,
+ * verification, keep decisions) and the legacy JPEG view rendered back from
+ * the HEIC. */
 #include "internal.h"
 
 #include <errno.h>
@@ -73,27 +74,63 @@
 
 /*
  * x265 settings for photos, measured on the corpus phone photos (jpg/mobile,
- * jpg/hdr: 4 photos, 2-12 MP) on 2 cores, auto quality at SSIM >= 0.99:
- * see PHOTO_DEF_PRESET. opts->preset overrides the preset.
+ * jpg/hdr: 6 photos, 3-9 MP) on 2 cores, each at the lowest quality with
+ * luma SSIM >= 0.99. libheif's x265 plugin overrides much of what a preset
+ * sets for a single intra picture (it forces rskip 0, rect, amp, aq-mode 1,
+ * psy-rd 1): medium, fast, faster and veryfast land within 0.1% of each
+ * other's bytes and 6% of their time; superfast and ultrafast need lower
+ * CRFs for the same SSIM and cost 5-25% more bytes. What costs the time is
+ * the 8x8 CUs (and their 4x4 intra partitions): min-cu-size=16 takes 2.8x
+ * less CPU for 1% more bytes. rdoq-level=2 (what "slow" adds) then takes
+ * 3-8% off the bytes at the same quality for twice the encode time, which
+ * one encode per photo affords (slow itself: the same bytes, 15% slower;
+ * without min-cu-size=16: 1% fewer bytes, 2.5x the time). opts->preset
+ * overrides the preset.
  */
 #ifndef PHOTO_DEF_PRESET
-#define PHOTO_DEF_PRESET "medium"
+#define PHOTO_DEF_PRESET "fast"
 #endif
 #ifndef PHOTO_DEF_TUNE
 #define PHOTO_DEF_TUNE "ssim"
 #endif
+#ifndef PHOTO_X265
+#define PHOTO_X265 "min-cu-size=16,rdoq-level=2"
+#endif
 
-/* Auto quality: first guess (the issue measured ~0.39x the JPEG at SSIM
- * ~0.99 on phone photos around q60), search bounds and at most this many
- * encodes. libheif 1.15 turns quality q into x265 CRF (100 - q) / 2 in whole
- * steps, so q 2k-1 and 2k give the same bytes: search on even qualities.
- * d log(1 - SSIM) / dq is about -0.08 on the corpus phone photos. */
-#define Q_START 60
+/* Auto quality. libheif 1.15 turns quality q into x265 CRF (100 - q) / 2 in
+ * whole steps, so q 2k-1 and 2k give the same bytes: qualities are searched
+ * on even values. (A fractional CRF through "x265:crf" changes nothing: x265
+ * rounds a single picture's QP to a whole step.) log(1 - SSIM) is close to
+ * linear in q, with a slope of about -0.08 on the corpus phone photos. The
+ * first guess is the quality that met the floor on most of them. */
+#define Q_START 54
 #define Q_GRID 2
 #define Q_PRIOR_SLOPE (-0.08)
 #define Q_MIN 10
 #define Q_MAX 96
+/* Full-size encodes at most (one when the prediction holds). */
 #define Q_MAX_TRIES 4
+
+/*
+ * The prediction: trial encodes of a mosaic of MOSAIC_TILE-square tiles
+ * taken on a regular grid across the photo (about 1/MOSAIC_SHARE of its
+ * pixels, so each trial costs that share of a full encode) find the lowest
+ * quality whose mosaic meets the floor, and the photo is encoded full size
+ * at that quality plus MOSAIC_MARGIN. On the bench's 9 photos (corpus phone
+ * photos and generated 12 MP ones) the mosaic's SSIM was within 0.0005 of
+ * the photo's at every quality from 46 to 60, and 64-sample tiles named
+ * the photo's own lowest passing quality on all 7 whose pass/fail step lay
+ * in that range (128-sample tiles: one step high on one); all 9 were
+ * archived with one full-size encode. A miss costs one more full encode,
+ * one step too high ~9% of that photo's bytes: no margin is added. Photos
+ * under MOSAIC_MIN_PIXELS are searched full size: they are cheap, and too
+ * few tiles would not represent them.
+ */
+#define MOSAIC_TILE 64
+#define MOSAIC_SHARE 16
+#define MOSAIC_MARGIN 0
+#define MOSAIC_MIN_PIXELS 2000000
+#define PROBE_MAX_TRIES 6
 
 /* Keep the JPEG unless the HEIC is at most this fraction of it. */
 #define MAX_SIZE_RATIO 0.90
@@ -114,13 +151,16 @@ struct view_hdr {
 	size_t recs_len;
 };
 
-/* One encode of the auto-quality search. */
+/* One full-size encode: the HEIC as it will be written (but for the
+ * header item's measured fields, patched in place at the end) and its
+ * decoded planes, which the SSIM and the view are computed from. */
 struct attempt {
 	int q;
 	double ssim;
-	size_t bytes;             /* serialised HEIC, before the header item */
-	struct heif_context *ctx; /* kept to add the header item and write */
-	struct photo_planes dec;  /* its decoded planes, for the view */
+	uint8_t *heic; /* serialised HEIC, malloc'd */
+	size_t heic_len;
+	size_t hdr_off; /* offset of the header item's bytes in heic */
+	struct photo_planes dec;
 };
 
 /* Everything photo_archive holds, released in one place. */
@@ -128,18 +168,21 @@ struct photo_job {
 	uint8_t *src;
 	size_t src_len;
 	struct jpeg_info ji;
-	struct photo_planes orig;
+	struct photo_planes orig, mosaic;
+	struct view_hdr vh; /* the header item's fields */
+	uint8_t *hdr;	    /* vh packed with the segment records */
+	size_t hdr_len;
 	struct attempt best, cur;
-	uint8_t *view, *hdr, *heic, *check_view, *check_item;
-	size_t view_len, hdr_len, heic_len, check_view_len;
-	struct photo_planes check;
+	uint8_t *view, *check, *check_item, *check_segs;
+	size_t view_len, check_len, check_segs_len;
 	struct heif_context *check_ctx;
 	struct heif_image_handle *check_handle;
+	int encodes, probes; /* full-size and mosaic encodes made */
 };
 
 static void attempt_release(struct attempt *a)
 {
-	heif_context_free(a->ctx);
+	free(a->heic);
 	photo_planes_release(&a->dec);
 	memset(a, 0, sizeof(*a));
 }
@@ -149,14 +192,14 @@ static void job_release(struct photo_job *j)
 	free(j->src);
 	jpeg_info_release(&j->ji);
 	photo_planes_release(&j->orig);
+	photo_planes_release(&j->mosaic);
+	free(j->hdr);
 	attempt_release(&j->best);
 	attempt_release(&j->cur);
 	free(j->view);
-	free(j->hdr);
-	free(j->heic);
-	free(j->check_view);
+	free(j->check);
 	free(j->check_item);
-	photo_planes_release(&j->check);
+	free(j->check_segs);
 	heif_image_handle_release(j->check_handle);
 	heif_context_free(j->check_ctx);
 }
@@ -532,130 +575,292 @@ static double now(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Encode the photo at quality q into a, decode it back and measure its luma
- * SSIM against the original. 0 or -errno. */
-static int try_quality(struct photo_job *j, const struct heic_params *base, int q,
+/* log(1 - SSIM): the scale on which SSIM is about linear in quality. */
+static double ldist(double ssim)
+{
+	return log(fmax(1.0 - ssim, 1e-6));
+}
+
+/* Decode the primary image of the serialised HEIC in buf into dec (at
+ * subsamp, w x h). 0 or -errno. */
+static int decode_mem(const uint8_t *buf, size_t len, int threads, int subsamp, int w, int h,
+		      struct photo_planes *dec)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *handle;
+	int ret;
+
+	ret = heic_open(buf, len, threads, &ctx, &handle);
+	if (ret)
+		return ret;
+	ret = heic_decode_planes(handle, subsamp, w, h, dec);
+	heif_image_handle_release(handle);
+	heif_context_free(ctx);
+	return ret;
+}
+
+/* Lay the mosaic tiles of o side by side in m: nx x ny tiles centred on a
+ * regular grid, their origins on a 16-sample grid so that chroma tiles line
+ * up at any subsampling. 0, -ENOMEM, or -ERANGE when o is too small to
+ * sample. */
+static int make_mosaic(const struct photo_planes *o, struct photo_planes *m)
+{
+	const int t = MOSAIC_TILE;
+	int hf = o->subsamp == TJSAMP_444 || o->subsamp == TJSAMP_GRAY ? 1 : 2;
+	int vf = o->subsamp == TJSAMP_420 ? 2 : 1;
+	double n = (double)o->width * o->height / MOSAIC_SHARE / (t * t);
+	int nx, ny, ret;
+
+	if ((uint64_t)o->width * (uint64_t)o->height < MOSAIC_MIN_PIXELS || o->width < 2 * t ||
+	    o->height < 2 * t)
+		return -ERANGE;
+	/* as many tiles across and down as the photo's aspect asks */
+	nx = (int)lround(sqrt(n * o->width / o->height));
+	nx = nx < 1 ? 1 : nx > o->width / t ? o->width / t : nx;
+	ny = (int)lround(n / nx);
+	ny = ny < 1 ? 1 : ny > o->height / t ? o->height / t : ny;
+	ret = photo_planes_alloc(m, nx * t, ny * t, o->subsamp);
+	if (ret)
+		return ret;
+	for (int ty = 0; ty < ny; ty++)
+		for (int tx = 0; tx < nx; tx++) {
+			int sx = (int)((int64_t)(o->width - t) * (2 * tx + 1) / (2 * nx)) & ~15;
+			int sy = (int)((int64_t)(o->height - t) * (2 * ty + 1) / (2 * ny)) & ~15;
+
+			for (int i = 0; i < m->nplanes; i++) {
+				int tw = i ? t / hf : t, th = i ? t / vf : t;
+				int x0 = i ? sx / hf : sx, y0 = i ? sy / vf : sy;
+
+				for (int y = 0; y < th; y++)
+					memcpy(m->plane[i] + (size_t)(ty * th + y) * m->stride[i] +
+						   (size_t)tx * tw,
+					       o->plane[i] + (size_t)(y0 + y) * o->stride[i] + x0,
+					       (size_t)tw);
+			}
+		}
+	return 0;
+}
+
+/* Encode the mosaic at quality q (no metadata, no thumbnail), decode it
+ * and measure its luma SSIM. 0 or -errno. */
+static int probe_quality(struct photo_job *j, const struct heic_params *base, int q, double *ssim)
+{
+	static const struct jpeg_info bare = {.orientation = 1};
+	const struct photo_planes *m = &j->mosaic;
+	struct heic_params hp = *base;
+	struct heif_context *ctx = NULL;
+	struct photo_planes dec = {0};
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int ret;
+
+	hp.quality = q;
+	hp.no_thumbnail = 1;
+	ret = heic_encode(m, &bare, &hp, &ctx);
+	if (ret)
+		return ret;
+	j->probes++;
+	ret = heic_write_mem(ctx, &buf, &len);
+	heif_context_free(ctx);
+	if (ret)
+		return ret;
+	ret = decode_mem(buf, len, hp.threads, m->subsamp, m->width, m->height, &dec);
+	if (!ret) {
+		*ssim = luma_ssim(m, &dec);
+		log_msg(LOG_DEBUG, "photo: mosaic q%d luma SSIM %.5f, %zu bytes", q, *ssim, len);
+	}
+	photo_planes_release(&dec);
+	free(buf);
+	return ret;
+}
+
+/*
+ * Encode the photo at quality q as it will be written (metadata, thumbnail
+ * and the provisional header item j->hdr), decode that once and measure its
+ * luma SSIM. The header item's bytes are found in the output, where they
+ * are patched with the measured values at the end. 0, -EINVAL when they are
+ * not found exactly once (logged), or -errno.
+ */
+static int encode_full(struct photo_job *j, const struct heic_params *base, int q,
 		       struct attempt *a)
 {
 	struct heic_params hp = *base;
-	struct heif_context *rctx = NULL;
-	struct heif_image_handle *h = NULL;
-	uint8_t *buf = NULL;
+	struct heif_context *ctx = NULL;
+	const uint8_t *at;
 	int ret;
 
 	memset(a, 0, sizeof(*a));
 	a->q = q;
 	hp.quality = q;
-	ret = heic_encode(&j->orig, &j->ji, &hp, &a->ctx);
+	ret = heic_encode(&j->orig, &j->ji, &hp, &ctx);
 	if (ret)
 		return ret;
-	ret = heic_write_mem(a->ctx, &buf, &a->bytes);
+	j->encodes++;
+	ret = heic_add_item(ctx, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, j->hdr, j->hdr_len);
+	if (!ret)
+		ret = heic_write_mem(ctx, &a->heic, &a->heic_len);
+	heif_context_free(ctx);
 	if (ret)
 		goto out_release_attempt;
-	ret = heic_open(buf, a->bytes, hp.threads, &rctx, &h);
+	at = memmem(a->heic, a->heic_len, j->hdr, j->hdr_len);
+	if (!at || memmem(at + 1, a->heic_len - (size_t)(at - a->heic) - 1, j->hdr, j->hdr_len)) {
+		log_msg(LOG_ERR, "photo: the hevcfs header item is not once in the HEIC");
+		ret = -EINVAL;
+		goto out_release_attempt;
+	}
+	a->hdr_off = (size_t)(at - a->heic);
+	ret = decode_mem(a->heic, a->heic_len, hp.threads, j->orig.subsamp, j->orig.width,
+			 j->orig.height, &a->dec);
 	if (ret)
-		goto out_free_buf;
-	ret = heic_decode_planes(h, j->orig.subsamp, j->orig.width, j->orig.height, &a->dec);
-	if (ret)
-		goto out_close;
+		goto out_release_attempt;
 	a->ssim = luma_ssim(&j->orig, &a->dec);
-	log_msg(LOG_DEBUG, "photo: q%d luma SSIM %.5f, %zu bytes", q, a->ssim, a->bytes);
-out_close:
-	heif_image_handle_release(h);
-	heif_context_free(rctx);
-out_free_buf:
-	free(buf);
+	log_msg(LOG_DEBUG, "photo: q%d luma SSIM %.5f, %zu bytes", q, a->ssim, a->heic_len);
 out_release_attempt:
 	if (ret)
 		attempt_release(a);
 	return ret;
 }
 
-/*
- * Find the lowest quality whose luma SSIM reaches min_ssim in at most
- * Q_MAX_TRIES encodes. log(1 - SSIM) is close to linear in the quality: the
- * first step uses Q_PRIOR_SLOPE (measured on phone photos), later ones a
- * secant through the last two encodes, aiming at the floor and rounding up
- * to the libheif quality grid. The search stops when the model says the
- * best passing quality is the answer, when passing and failing qualities
- * are adjacent on the grid, or when a failing encode is already over the size
- * limit (higher qualities only grow). On return j->best holds the lowest
- * passing attempt (ctx NULL when none passed), *fail_q and *fail_ssim the
- * highest failing one.
- */
-static int search_quality(struct photo_job *j, const struct codec_opts *opts,
-			  const struct heic_params *hp, double min_ssim, int *tries,
-			  int *fail_q, double *fail_ssim, size_t *fail_bytes)
-{
-	double limit = MAX_SIZE_RATIO * (double)j->src_len, target = log(1.0 - min_ssim);
-	int q = opts->photo_quality > 0 ? opts->photo_quality : Q_START;
-	int q_pass = INT32_MAX, q_fail = INT32_MIN, ret;
-	double lq[2] = {0}, ld[2] = {0};
+/* A quality search: the lowest passing and the highest failing quality
+ * (with that one's SSIM and bytes), and the last two measures. */
+struct search {
+	int q_pass, q_fail, tries;
+	double fail_ssim;
+	size_t fail_bytes;
+	double lq[2], ld[2];
+};
 
-	if (q > 100)
-		q = 100;
-	*fail_q = 0;
-	*fail_ssim = 0;
-	*fail_bytes = 0;
-	for (*tries = 0; *tries < Q_MAX_TRIES;) {
-		double b, est;
-		int next;
+static void search_init(struct search *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->q_pass = INT32_MAX;
+	s->q_fail = INT32_MIN;
+}
+
+static void search_note(struct search *s, int q, double ssim, int pass)
+{
+	s->lq[s->tries & 1] = q;
+	s->ld[s->tries & 1] = ldist(ssim);
+	s->tries++;
+	if (pass && q < s->q_pass)
+		s->q_pass = q;
+	if (!pass && q > s->q_fail)
+		s->q_fail = q;
+}
+
+/* The quality to try after s's last measure (at q): where a line through
+ * the last two measures (the prior slope after one) meets the floor,
+ * rounded up to the grid, strictly between the failing and passing
+ * qualities. 0 when none is left. */
+static int next_quality(const struct search *s, int q, double target)
+{
+	double b = Q_PRIOR_SLOPE, est;
+	int next;
+
+	if (s->tries >= 2 && s->lq[0] != s->lq[1] &&
+	    (s->ld[1] - s->ld[0]) / (s->lq[1] - s->lq[0]) < 0)
+		b = (s->ld[1] - s->ld[0]) / (s->lq[1] - s->lq[0]);
+	est = fmin(fmax(q + (target - s->ld[(s->tries - 1) & 1]) / b, Q_MIN), Q_MAX);
+	next = (int)ceil(est / Q_GRID) * Q_GRID;
+	if (next <= s->q_fail)
+		next = s->q_fail + Q_GRID;
+	if (next >= s->q_pass || next > Q_MAX)
+		return 0;
+	return next;
+}
+
+/* Predict the lowest quality that meets min_ssim from trial encodes of the
+ * mosaic (a secant search on it). *q: the prediction. 0 or -errno. */
+static int predict_quality(struct photo_job *j, const struct codec_opts *opts,
+			   const struct heic_params *hp, double min_ssim, int *q)
+{
+	double target = ldist(min_ssim);
+	struct search s;
+	int cur = Q_START, ret;
+
+	search_init(&s);
+	*q = Q_MAX;
+	while (cur && s.tries < PROBE_MAX_TRIES) {
+		double ssim = 0;
 
 		if (cancelled(opts))
 			return -ECANCELED;
-		ret = try_quality(j, hp, q, &j->cur);
+		ret = probe_quality(j, hp, cur, &ssim);
 		if (ret)
 			return ret;
-		lq[*tries & 1] = q;
-		ld[*tries & 1] = log(fmax(1.0 - j->cur.ssim, 1e-6));
-		(*tries)++;
-		if (j->cur.ssim >= min_ssim) {
-			q_pass = q;
-			attempt_release(&j->best);
-			j->best = j->cur;
-			memset(&j->cur, 0, sizeof(j->cur));
-		} else {
-			size_t bytes = j->cur.bytes;
-
-			q_fail = q;
-			*fail_q = q;
-			*fail_ssim = j->cur.ssim;
-			*fail_bytes = bytes;
-			attempt_release(&j->cur);
-			if ((double)bytes > limit)
-				break;
-		}
-		if (opts->photo_quality > 0)
-			break;
-		b = Q_PRIOR_SLOPE;
-		if (*tries >= 2 && lq[0] != lq[1] && (ld[1] - ld[0]) / (lq[1] - lq[0]) < 0)
-			b = (ld[1] - ld[0]) / (lq[1] - lq[0]);
-		est = q + (target - ld[(*tries - 1) & 1]) / b;
-		next = (int)ceil(est / Q_GRID) * Q_GRID;
-		if (next > Q_MAX)
-			next = Q_MAX;
-		if (next < Q_MIN)
-			next = Q_MIN;
-		if (next <= q_fail)
-			next = q_fail + Q_GRID;
-		if (next >= q_pass || next > Q_MAX)
-			break;
-		q = next;
+		search_note(&s, cur, ssim, ssim >= min_ssim);
+		cur = next_quality(&s, cur, target);
+		/* trials are cheap: settle the step under the lowest pass too,
+		 * which the model's rounding up may skip */
+		if (!cur && s.q_pass != INT32_MAX && s.q_pass - Q_GRID > s.q_fail &&
+		    s.q_pass - Q_GRID >= Q_MIN)
+			cur = s.q_pass - Q_GRID;
+		/* out of trials without a pass: the next guess is the best one */
+		*q = s.q_pass != INT32_MAX ? s.q_pass : cur ? cur : Q_MAX;
 	}
 	return 0;
 }
 
 /*
- * Decode the HEIC whose primary image handle is h into *dec and render its
- * JPEG view from the hevcfs header item (*item holds the item; vh points
- * into it). Shared by photo_render_view and the archive-time check.
+ * Encode full size from quality q until one meets min_ssim: at most
+ * max_tries encodes; with settle, the first that passes is taken, else the
+ * search goes on down while the model says a lower quality may pass. A
+ * failing encode already over the size limit ends it (higher qualities only
+ * grow). On return j->best holds the lowest passing attempt (heic NULL when
+ * none passed) and s the failing one. 0 or -errno.
  */
-static int render_from_handle(const struct heif_image_handle *h, uint8_t **item,
-			      struct view_hdr *vh, struct photo_planes *dec, uint8_t **view,
-			      size_t *view_len)
+static int search_full(struct photo_job *j, const struct codec_opts *opts,
+		       const struct heic_params *hp, double min_ssim, int q, int max_tries,
+		       int settle, struct search *s)
 {
-	uint8_t *segs = NULL;
-	size_t item_len, segs_len = 0;
+	double limit = MAX_SIZE_RATIO * (double)j->src_len, target = ldist(min_ssim);
+	int ret;
+
+	search_init(s);
+	while (q && s->tries < max_tries) {
+		if (cancelled(opts))
+			return -ECANCELED;
+		ret = encode_full(j, hp, q, &j->cur);
+		if (ret)
+			return ret;
+		search_note(s, q, j->cur.ssim, j->cur.ssim >= min_ssim);
+		if (j->cur.ssim >= min_ssim) {
+			attempt_release(&j->best);
+			j->best = j->cur;
+			memset(&j->cur, 0, sizeof(j->cur));
+			if (settle)
+				break;
+		} else {
+			s->fail_ssim = j->cur.ssim;
+			s->fail_bytes = j->cur.heic_len;
+			attempt_release(&j->cur);
+			if ((double)s->fail_bytes > limit)
+				break;
+		}
+		q = next_quality(s, q, target);
+	}
+	return 0;
+}
+
+/* The view of decoded planes: what photo_render_view encodes from its
+ * decode of the file, and photo_archive from the decode it measured, so the
+ * two agree byte for byte when the planes and the header item do. */
+static int view_encode(const struct photo_planes *dec, const struct view_hdr *vh,
+		       const uint8_t *segs, size_t segs_len, uint8_t **view, size_t *view_len)
+{
+	return jpeg_encode_view(dec, vh->view_quality, segs, segs_len, view, view_len);
+}
+
+/*
+ * What the view of the HEIC whose primary image handle is h needs besides
+ * its pixels: the hevcfs header item (*item holds it; vh points into it),
+ * checked against the picture's size, and the original's APPn/COM segments
+ * rebuilt from it (*segs, malloc'd). Reads metadata items only.
+ */
+static int view_source(const struct heif_image_handle *h, uint8_t **item, struct view_hdr *vh,
+		       uint8_t **segs, size_t *segs_len)
+{
+	size_t item_len;
 	int ret, w, hgt;
 
 	ret = heic_get_item(h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, item, &item_len);
@@ -677,22 +882,13 @@ static int render_from_handle(const struct heif_image_handle *h, uint8_t **item,
 			vh->width, vh->height);
 		return -EINVAL;
 	}
-	ret = rebuild_segs(h, vh, &segs, &segs_len);
-	if (ret)
-		return ret;
-	ret = heic_decode_planes(h, vh->subsamp, vh->width, vh->height, dec);
-	if (!ret)
-		ret = jpeg_encode_view(dec, vh->view_quality, segs, segs_len, view, view_len);
-	else if (ret != -ENOMEM)
-		ret = -EINVAL;
-	free(segs);
-	return ret;
+	return rebuild_segs(h, vh, segs, segs_len);
 }
 
 /* Render the view of the best attempt, raising its quality until its luma
- * SSIM against the original reaches the floor. 0 with *ok set, or -errno. */
-static int make_view(struct photo_job *j, const struct codec_opts *opts, int *view_q,
-		     double *view_ssim, int *ok)
+ * SSIM against the original reaches the floor (j->vh.view_quality: the
+ * quality used). 0 with *ok set, or -errno. */
+static int make_view(struct photo_job *j, const struct codec_opts *opts, double *view_ssim, int *ok)
 {
 	double floor_ = opts->min_view_ssim > 0 ? opts->min_view_ssim : CODEC_DEF_MIN_VIEW_SSIM;
 	int q = opts->view_quality > 0 ? opts->view_quality : CODEC_DEF_VIEW_QUALITY;
@@ -707,8 +903,9 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, int *vi
 
 		free(j->view);
 		j->view = NULL;
-		ret = jpeg_encode_view(&j->best.dec, q, j->ji.segs, j->ji.segs_len, &j->view,
-				       &j->view_len);
+		j->vh.view_quality = q;
+		ret = view_encode(&j->best.dec, &j->vh, j->ji.segs, j->ji.segs_len, &j->view,
+				  &j->view_len);
 		if (ret)
 			return ret;
 		ret = jpeg_decode_planes(j->view, j->view_len, &vp, why, sizeof(why));
@@ -718,7 +915,6 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, int *vi
 		}
 		*view_ssim = luma_ssim(&j->orig, &vp);
 		photo_planes_release(&vp);
-		*view_q = q;
 		if (*view_ssim >= floor_) {
 			*ok = 1;
 			return 0;
@@ -729,12 +925,38 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, int *vi
 	}
 }
 
-/* Read out_path back and check what it promises: the metadata items are
- * there, the ICC profile is intact, orientation is expressed, the pixels
- * meet the floor, and it renders exactly the view measured. 0, -EIO when
- * the file does not hold up (logged), or -errno. */
-static int verify_written(struct photo_job *j, const char *out_path, int threads,
-			  double min_ssim, double *ssim)
+/* Put the measured values (j->vh) into the best attempt's header item, in
+ * place: the header's length does not depend on them, so nothing else in
+ * the file moves. 0, -ENOMEM or -EIO. */
+static int patch_header(struct photo_job *j)
+{
+	uint8_t *hdr;
+	size_t len;
+	int ret;
+
+	ret = hdr_pack(&j->vh, &j->ji, &hdr, &len);
+	if (ret)
+		return ret;
+	if (len != j->hdr_len) {
+		log_msg(LOG_ERR, "photo: header item changed size (%zu, %zu)", len, j->hdr_len);
+		free(hdr);
+		return -EIO;
+	}
+	memcpy(j->best.heic + j->best.hdr_off, hdr, len);
+	free(hdr);
+	return 0;
+}
+
+/*
+ * Read out_path back and check it without decoding it: it must be byte for
+ * byte the HEIC whose decode was measured (the header item patched since
+ * holds no pixels), its metadata items must be there (Exif, XMP, the ICC
+ * profile intact), its size must express the orientation, and its header
+ * item must rebuild the original's segments and name the view quality and
+ * size measured, so photo_render_view's decode of it renders exactly
+ * j->view. 0, -EIO when the file does not hold up (logged), or -errno.
+ */
+static int verify_written(struct photo_job *j, const char *out_path)
 {
 	const struct jpeg_info *ji = &j->ji;
 	struct view_hdr vh;
@@ -744,15 +966,19 @@ static int verify_written(struct photo_job *j, const char *out_path, int threads
 	fd = open(out_path, O_RDONLY | O_CLOEXEC);
 	if (fd == -1)
 		return -errno;
-	ret = codec_read_all(fd, PHOTO_MAX_HEIC_BYTES, &j->heic, &j->heic_len);
+	ret = codec_read_all(fd, PHOTO_MAX_HEIC_BYTES, &j->check, &j->check_len);
 	close(fd);
 	if (ret)
 		return ret;
-	ret = heic_open(j->heic, j->heic_len, threads, &j->check_ctx, &j->check_handle);
+	if (j->check_len != j->best.heic_len || memcmp(j->check, j->best.heic, j->check_len) != 0) {
+		log_msg(LOG_ERR, "photo: %s does not read back as written", out_path);
+		return -EIO;
+	}
+	ret = heic_open(j->check, j->check_len, 0, &j->check_ctx, &j->check_handle);
 	if (ret)
 		return ret == -ENOMEM ? ret : -EIO;
-	if (ji->exif && heif_image_handle_get_number_of_metadata_blocks(j->check_handle,
-									"Exif") < 1) {
+	if (ji->exif &&
+	    heif_image_handle_get_number_of_metadata_blocks(j->check_handle, "Exif") < 1) {
 		log_msg(LOG_ERR, "photo: %s lacks its Exif item", out_path);
 		return -EIO;
 	}
@@ -788,15 +1014,16 @@ static int verify_written(struct photo_job *j, const char *out_path, int threads
 			out_path, w, h, ji->orientation, j->orig.width, j->orig.height);
 		return -EIO;
 	}
-	ret = render_from_handle(j->check_handle, &j->check_item, &vh, &j->check,
-				 &j->check_view, &j->check_view_len);
+	ret = view_source(j->check_handle, &j->check_item, &vh, &j->check_segs, &j->check_segs_len);
 	if (ret)
 		return ret == -ENOMEM ? ret : -EIO;
-	*ssim = luma_ssim(&j->orig, &j->check);
-	if (*ssim < min_ssim || j->check_view_len != j->view_len ||
-	    vh.view_bytes != j->view_len || memcmp(j->check_view, j->view, j->view_len) != 0) {
-		log_msg(LOG_ERR, "photo: %s does not decode as encoded (SSIM %.5f, view %zu/%zu)",
-			out_path, *ssim, j->check_view_len, j->view_len);
+	if (vh.view_quality != j->vh.view_quality || vh.view_bytes != j->view_len ||
+	    vh.subsamp != j->orig.subsamp || vh.width != j->orig.width ||
+	    vh.height != j->orig.height || vh.quality != j->best.q ||
+	    j->check_segs_len != ji->segs_len ||
+	    (ji->segs_len && memcmp(j->check_segs, ji->segs, ji->segs_len) != 0)) {
+		log_msg(LOG_ERR, "photo: %s: its header item does not describe the view measured",
+			out_path);
 		return -EIO;
 	}
 	return 0;
@@ -825,20 +1052,22 @@ static int check_size(const struct jpeg_info *ji, const struct codec_opts *opts,
 	return 1;
 }
 
+int photo_test_q_offset;
+
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result)
 {
 	static const struct codec_opts defaults;
 	struct photo_job j = {0};
 	struct heic_params hp = {0};
-	struct view_hdr vh = {0};
-	double min_ssim, fail_ssim, view_ssim = 0, check_ssim = 0, t0 = now();
-	int ret, tries = 0, fail_q, view_q = 0, view_ok;
-	size_t fail_bytes;
+	struct search s;
+	double min_ssim, view_ssim = 0, t0 = now();
+	int ret, q, predicted = 0, view_ok;
 	char why[128];
 
 	if (!opts)
 		opts = &defaults;
+	search_init(&s);
 	min_ssim = opts->min_ssim > 0 ? opts->min_ssim : CODEC_DEF_MIN_SSIM;
 	ret = codec_read_all(src_fd, PHOTO_MAX_JPEG_BYTES, &j.src, &j.src_len);
 	if (ret == -EFBIG) {
@@ -874,10 +1103,44 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		goto out_release_job;
 	}
 
+	/* the header item, provisional in its measured fields (view quality
+	 * and size, quality, SSIMs) but already its final length */
+	j.vh.view_quality = CODEC_DEF_VIEW_QUALITY;
+	j.vh.subsamp = j.orig.subsamp;
+	j.vh.orientation = j.ji.orientation;
+	j.vh.width = j.orig.width;
+	j.vh.height = j.orig.height;
+	j.vh.orig_bytes = j.src_len;
+	j.vh.src_len[JPEG_SRC_EXIF] = j.ji.exif ? (uint32_t)j.ji.exif_len : 0;
+	j.vh.src_len[JPEG_SRC_XMP] = j.ji.xmp ? (uint32_t)j.ji.xmp_len : 0;
+	j.vh.src_len[JPEG_SRC_XMP_EXT] = j.ji.xmp_ext ? (uint32_t)j.ji.xmp_ext_len : 0;
+	j.vh.src_len[JPEG_SRC_ICC] = j.ji.icc ? (uint32_t)j.ji.icc_len : 0;
+	ret = hdr_pack(&j.vh, &j.ji, &j.hdr, &j.hdr_len);
+	if (ret)
+		goto out_release_job;
+
 	hp.preset = opts->preset ? opts->preset : PHOTO_DEF_PRESET;
 	hp.tune = PHOTO_DEF_TUNE;
+	hp.x265 = PHOTO_X265;
 	hp.threads = opts->threads;
-	ret = search_quality(&j, opts, &hp, min_ssim, &tries, &fail_q, &fail_ssim, &fail_bytes);
+	if (opts->photo_quality > 0) {
+		/* one encode at the quality asked for */
+		q = opts->photo_quality > 100 ? 100 : opts->photo_quality;
+		ret = search_full(&j, opts, &hp, min_ssim, q, 1, 1, &s);
+	} else {
+		ret = make_mosaic(&j.orig, &j.mosaic);
+		if (ret == -ERANGE) {
+			/* small: searched full size, down as well as up */
+			ret = search_full(&j, opts, &hp, min_ssim, Q_START, Q_MAX_TRIES, 0, &s);
+		} else if (!ret) {
+			ret = predict_quality(&j, opts, &hp, min_ssim, &q);
+			q += MOSAIC_MARGIN + photo_test_q_offset;
+			q = q < Q_MIN ? Q_MIN : q > Q_MAX ? Q_MAX : q;
+			predicted = q;
+			if (!ret)
+				ret = search_full(&j, opts, &hp, min_ssim, q, Q_MAX_TRIES, 1, &s);
+		}
+	}
 	if (ret == -EIO || ret == -EINVAL || ret == -ENOTSUP) {
 		/* libheif said why in the log; retrying would fail the same way */
 		codec_keep(result, "HEIC encoding failed (%s)", strerror(-ret));
@@ -886,68 +1149,47 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	}
 	if (ret)
 		goto out_release_job;
-	if (!j.best.ctx && (double)fail_bytes > MAX_SIZE_RATIO * (double)j.src_len) {
-		codec_keep(result, "not smaller (%.0f%% of the JPEG at q%d, still under the SSIM "
-				   "floor)",
-			   100.0 * (double)fail_bytes / (double)j.src_len, fail_q);
+	if (!j.best.heic && (double)s.fail_bytes > MAX_SIZE_RATIO * (double)j.src_len) {
+		codec_keep(result,
+			   "not smaller (%.0f%% of the JPEG at q%d, still under the SSIM "
+			   "floor)",
+			   100.0 * (double)s.fail_bytes / (double)j.src_len, s.q_fail);
 		goto out_release_job;
 	}
-	if (!j.best.ctx) {
-		codec_keep(result, "luma SSIM %.4f under %.3f even at q%d", fail_ssim, min_ssim,
-			   fail_q);
+	if (!j.best.heic) {
+		codec_keep(result, "luma SSIM %.4f under %.3f even at q%d", s.fail_ssim, min_ssim,
+			   s.q_fail);
 		goto out_release_job;
 	}
-	/* the header item adds at most its fixed part and the segments */
-	if ((double)(j.best.bytes + HDR_FIXED) > MAX_SIZE_RATIO * (double)j.src_len) {
+	if ((double)j.best.heic_len > MAX_SIZE_RATIO * (double)j.src_len) {
 		codec_keep(result, "not smaller (%.0f%% of the JPEG at q%d)",
-			   100.0 * (double)j.best.bytes / (double)j.src_len, j.best.q);
+			   100.0 * (double)j.best.heic_len / (double)j.src_len, j.best.q);
 		goto out_release_job;
 	}
 	if (cancelled(opts)) {
 		ret = -ECANCELED;
 		goto out_release_job;
 	}
-	ret = make_view(&j, opts, &view_q, &view_ssim, &view_ok);
+	ret = make_view(&j, opts, &view_ssim, &view_ok);
 	if (ret)
 		goto out_release_job;
 	if (!view_ok) {
 		codec_keep(result, "JPEG view luma SSIM %.4f under the floor even at quality %d",
-			   view_ssim, view_q);
+			   view_ssim, j.vh.view_quality);
 		goto out_release_job;
 	}
 
-	vh.view_quality = view_q;
-	vh.subsamp = j.orig.subsamp;
-	vh.orientation = j.ji.orientation;
-	vh.width = j.orig.width;
-	vh.height = j.orig.height;
-	vh.orig_bytes = j.src_len;
-	vh.view_bytes = j.view_len;
-	vh.quality = j.best.q;
-	vh.ssim = j.best.ssim;
-	vh.view_ssim = view_ssim;
-	vh.src_len[JPEG_SRC_EXIF] = j.ji.exif ? (uint32_t)j.ji.exif_len : 0;
-	vh.src_len[JPEG_SRC_XMP] = j.ji.xmp ? (uint32_t)j.ji.xmp_len : 0;
-	vh.src_len[JPEG_SRC_XMP_EXT] = j.ji.xmp_ext ? (uint32_t)j.ji.xmp_ext_len : 0;
-	vh.src_len[JPEG_SRC_ICC] = j.ji.icc ? (uint32_t)j.ji.icc_len : 0;
-	ret = hdr_pack(&vh, &j.ji, &j.hdr, &j.hdr_len);
-	if (!ret)
-		ret = heic_add_item(j.best.ctx, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, j.hdr, j.hdr_len);
-	if (!ret)
-		ret = heic_write_mem(j.best.ctx, &j.heic, &j.heic_len);
+	j.vh.view_bytes = j.view_len;
+	j.vh.quality = j.best.q;
+	j.vh.ssim = j.best.ssim;
+	j.vh.view_ssim = view_ssim;
+	ret = patch_header(&j);
 	if (ret)
 		goto out_release_job;
-	if ((double)j.heic_len > MAX_SIZE_RATIO * (double)j.src_len) {
-		codec_keep(result, "not smaller (%.0f%% of the JPEG at q%d)",
-			   100.0 * (double)j.heic_len / (double)j.src_len, j.best.q);
-		goto out_release_job;
-	}
-	ret = write_file(out_path, j.heic, j.heic_len);
+	ret = write_file(out_path, j.best.heic, j.best.heic_len);
 	if (ret)
 		goto out_release_job;
-	free(j.heic);
-	j.heic = NULL;
-	ret = verify_written(&j, out_path, opts->threads, min_ssim, &check_ssim);
+	ret = verify_written(&j, out_path);
 	if (ret)
 		goto out_release_job;
 	if (view_path) {
@@ -959,17 +1201,17 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	result->archived = 1;
 	result->reason[0] = '\0';
 	memcpy(result->suffix, ".heic", sizeof(".heic"));
-	result->stored_bytes = j.heic_len;
+	result->stored_bytes = j.best.heic_len;
 	result->view_bytes = j.view_len;
 	result->quality = j.best.q;
-	result->ssim = check_ssim;
+	result->ssim = j.best.ssim;
 	result->view_ssim = view_ssim;
 	log_msg(LOG_INFO,
-		"photo: %dx%d q%d SSIM %.4f, %zu -> %zu bytes (%.0f%%), view q%d SSIM %.4f, "
-		"%d encodes, %.1f s",
-		j.orig.width, j.orig.height, j.best.q, check_ssim, j.src_len, j.heic_len,
-		100.0 * (double)j.heic_len / (double)j.src_len, view_q, view_ssim, tries,
-		now() - t0);
+		"photo: %dx%d q%d (predicted q%d) SSIM %.4f, %zu -> %zu bytes (%.0f%%), view q%d "
+		"SSIM %.4f, %d encodes + %d of the mosaic, %.1f s",
+		j.orig.width, j.orig.height, j.best.q, predicted, j.best.ssim, j.src_len,
+		j.best.heic_len, 100.0 * (double)j.best.heic_len / (double)j.src_len,
+		j.vh.view_quality, view_ssim, j.encodes, j.probes, now() - t0);
 out_release_job:
 	job_release(&j);
 	return ret;
@@ -982,8 +1224,8 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 	struct heif_image_handle *h = NULL;
 	struct photo_planes dec = {0};
 	struct view_hdr vh;
-	uint8_t *buf = NULL, *item = NULL, *view = NULL;
-	size_t len, view_len;
+	uint8_t *buf = NULL, *item = NULL, *segs = NULL, *view = NULL;
+	size_t len, segs_len = 0, view_len;
 	int ret;
 
 	/* the view quality is the one recorded at archive time, whatever
@@ -996,18 +1238,28 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 		log_msg(LOG_ERR, "photo: not an archived photo (not a HEIF file)");
 		goto out_free_buf;
 	}
-	ret = render_from_handle(h, &item, &vh, &dec, &view, &view_len);
+	ret = view_source(h, &item, &vh, &segs, &segs_len);
+	if (ret)
+		goto out_release;
+	ret = heic_decode_planes(h, vh.subsamp, vh.width, vh.height, &dec);
+	if (ret) {
+		ret = ret == -ENOMEM ? ret : -EINVAL;
+		goto out_release;
+	}
+	ret = view_encode(&dec, &vh, segs, segs_len, &view, &view_len);
 	if (ret)
 		goto out_release;
 	if (view_len != vh.view_bytes)
-		log_msg(LOG_WARNING, "photo: view renders to %zu bytes, %llu recorded at archive "
-				     "time (TurboJPEG changed?)",
+		log_msg(LOG_WARNING,
+			"photo: view renders to %zu bytes, %llu recorded at archive "
+			"time (TurboJPEG changed?)",
 			view_len, (unsigned long long)vh.view_bytes);
 	ret = write_file(out_path, view, view_len);
 	if (!ret)
 		*size = view_len;
 out_release:
 	free(view);
+	free(segs);
 	free(item);
 	photo_planes_release(&dec);
 	heif_image_handle_release(h);

@@ -750,6 +750,21 @@ static void test_predicted(void)
 	buf_free(&j);
 	buf_free(&f);
 	rich_free(&r);
+
+	/* the mosaic at the other subsamplings (chroma tiles, grayscale) */
+	{
+		static const int ss[] = {TJSAMP_422, TJSAMP_444, TJSAMP_GRAY};
+		for (int i = 0; i < 3; i++) {
+			char name[32];
+			j = make_jpeg_pf(1704, 1240, ss[i], 0, 100, TJPF_RGB, 91 + (unsigned)i);
+			snprintf(name, sizeof(name), "predicted%d.jpg", ss[i]);
+			CHECK_EQ(archive(&j, name, &res), 0);
+			if (!res.archived)
+				fprintf(stderr, "  kept %s: %s\n", name, res.reason);
+			check_archived(&j, name, &res, NULL, 0, 0);
+			buf_free(&j);
+		}
+	}
 }
 
 /* Patch the first SOF of a JPEG. */

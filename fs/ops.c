@@ -445,69 +445,76 @@ out_close:
 	return rc;
 }
 
-/* Apply fn to a file by handle when there is one, else by name with no
- * symlink followed. */
-static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+/* An attribute change: chmod, chown or utimens. */
+struct attr_change {
+	enum { SET_MODE, SET_OWNER, SET_TIMES } what;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	const struct timespec *tv;
+};
+
+/* Apply c through an open fd (a handle's backing file or directory). */
+static int change_fd(int fd, const struct attr_change *c)
 {
+	int r = c->what == SET_MODE    ? fchmod(fd, c->mode)
+		: c->what == SET_OWNER ? fchown(fd, c->uid, c->gid)
+				       : futimens(fd, c->tv);
+	return r == -1 ? -errno : 0;
+}
+
+/* Apply c to dir/name, never following a symlink. */
+static int change_at(int dir, const char *name, const struct attr_change *c)
+{
+	int r = c->what == SET_MODE    ? fchmodat(dir, name, c->mode, AT_SYMLINK_NOFOLLOW)
+		: c->what == SET_OWNER ? fchownat(dir, name, c->uid, c->gid, AT_SYMLINK_NOFOLLOW)
+				       : utimensat(dir, name, c->tv, AT_SYMLINK_NOFOLLOW);
+	return r == -1 ? -errno : 0;
+}
+
+/* Apply c by handle when there is one, else by name; then tell the other
+ * names of a hard-linked file. */
+static int set_attr(const char *path, struct fuse_file_info *fi, const struct attr_change *c)
+{
+	struct fs *fs = fs_get();
 	struct fs_lookup lk;
 	int rc;
 
 	if (attr_fd(fi) >= 0) {
-		if (fchmod(attr_fd(fi), mode) == -1)
-			return -errno;
-		changed_fd(fs_get(), attr_fd(fi), path);
-		return 0;
+		rc = change_fd(attr_fd(fi), c);
+		if (!rc)
+			changed_fd(fs, attr_fd(fi), path);
+		return rc;
 	}
-	rc = fs_lookup(fs_get(), path, &lk);
+	rc = fs_lookup(fs, path, &lk);
 	if (rc)
 		return rc;
-	rc = fchmodat(lk.parent, lk.name, mode, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
+	rc = change_at(lk.parent, lk.name, c);
 	if (!rc)
-		changed(fs_get(), &lk.st, path);
+		changed(fs, &lk.st, path);
 	close(lk.parent);
 	return rc;
+}
+
+static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	struct attr_change c = {.what = SET_MODE, .mode = mode};
+
+	return set_attr(path, fi, &c);
 }
 
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
-	struct fs_lookup lk;
-	int rc;
+	struct attr_change c = {.what = SET_OWNER, .uid = uid, .gid = gid};
 
-	if (attr_fd(fi) >= 0) {
-		if (fchown(attr_fd(fi), uid, gid) == -1)
-			return -errno;
-		changed_fd(fs_get(), attr_fd(fi), path);
-		return 0;
-	}
-	rc = fs_lookup(fs_get(), path, &lk);
-	if (rc)
-		return rc;
-	rc = fchownat(lk.parent, lk.name, uid, gid, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
-	if (!rc)
-		changed(fs_get(), &lk.st, path);
-	close(lk.parent);
-	return rc;
+	return set_attr(path, fi, &c);
 }
 
 static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
 {
-	struct fs_lookup lk;
-	int rc;
+	struct attr_change c = {.what = SET_TIMES, .tv = tv};
 
-	if (attr_fd(fi) >= 0) {
-		if (futimens(attr_fd(fi), tv) == -1)
-			return -errno;
-		changed_fd(fs_get(), attr_fd(fi), path);
-		return 0;
-	}
-	rc = fs_lookup(fs_get(), path, &lk);
-	if (rc)
-		return rc;
-	rc = utimensat(lk.parent, lk.name, tv, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
-	if (!rc)
-		changed(fs_get(), &lk.st, path);
-	close(lk.parent);
-	return rc;
+	return set_attr(path, fi, &c);
 }
 
 /* Copy all of src into dst from offset 0 (at most limit bytes). */

@@ -71,6 +71,8 @@ struct fs {
 	size_t nodes_size;
 	struct node *settle; /* list of settling nodes */
 	pthread_cond_t settle_cond;
+	int64_t settle_wake_at; /* when the settle thread next looks (ms) */
+	int settle_kick;        /* a node joined that is due before that */
 
 	pthread_mutex_t jobs_lock;
 	pthread_cond_t jobs_cond;

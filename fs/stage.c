@@ -124,7 +124,12 @@ void fs_node_writer_close(struct fs *fs, struct node *n, const char *path)
 		n->refs++;
 		n->settle_next = fs->settle;
 		fs->settle = n;
-		pthread_cond_signal(&fs->settle_cond);
+		/* the thread looks at the list when it planned to, and that is
+		 * soon enough unless this node is due earlier */
+		if (n->settle_at < fs->settle_wake_at) {
+			fs->settle_kick = 1;
+			pthread_cond_signal(&fs->settle_cond);
+		}
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
@@ -225,7 +230,11 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 	pthread_mutex_lock(&fs->nodes_lock);
 }
 
-/* The settle thread: wakes when a node starts settling or one is due. */
+/* Settling is a pause of settle_ms: a few ms later does not matter. */
+#define SETTLE_TICK_MS 20
+
+/* The settle thread: wakes when a node is due, or when one joins the list
+ * that is due before the thread's planned look. */
 static void *settle_main(void *arg)
 {
 	struct fs *fs = arg;
@@ -233,14 +242,25 @@ static void *settle_main(void *arg)
 	pthread_mutex_lock(&fs->nodes_lock);
 	while (!fs->stopping) {
 		int64_t now = fs_now_ms(), next = now + 1000;
+		/* nodes that join while the look has the lock released are
+		 * not in next: they kick, and the thread looks again */
+		fs->settle_wake_at = INT64_MAX;
+		fs->settle_kick = 0;
 		settle_due(fs, now, &next);
 		if (fs->stopping)
 			break;
+		if (fs->settle_kick)
+			continue;
+		/* each look walks the whole list: with thousands of files
+		 * settling (a folder being copied in), looking at most every
+		 * SETTLE_TICK_MS keeps that walk off the write path's lock */
+		now = fs_now_ms();
+		if (next < now + SETTLE_TICK_MS)
+			next = now + SETTLE_TICK_MS;
+		fs->settle_wake_at = next;
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		int64_t wait = next - fs_now_ms();
-		if (wait < 1)
-			wait = 1;
+		int64_t wait = next - now;
 		ts.tv_sec += wait / 1000;
 		ts.tv_nsec += (wait % 1000) * 1000000;
 		if (ts.tv_nsec >= 1000000000) {

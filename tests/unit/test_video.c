@@ -8,6 +8,9 @@
 #include "../../codec/internal.h"
 #include "check.h"
 
+#include <libavformat/avformat.h>
+#include <libavutil/mastering_display_metadata.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -361,6 +364,99 @@ static void test_10bit(void)
 	free(s);
 }
 
+/* Remux src into a Matroska dst whose video track carries HDR10
+ * mastering-display (BT.2020 primaries, D65, 1000 / 0.005 cd/m2) and
+ * content-light (1000 / 400) metadata, as a container holds them (ffmpeg's
+ * command line cannot set them). 0 or a libav error. */
+static int remux_with_hdr(const char *src, const char *dst)
+{
+	AVFormatContext *in = NULL, *out = NULL;
+	AVPacket *pkt = av_packet_alloc();
+	AVMasteringDisplayMetadata *md;
+	AVContentLightMetadata *cl;
+	int ret = pkt ? avformat_open_input(&in, src, NULL, NULL) : AVERROR(ENOMEM);
+
+	if (ret >= 0)
+		ret = avformat_find_stream_info(in, NULL);
+	if (ret >= 0)
+		ret = avformat_alloc_output_context2(&out, NULL, "matroska", dst);
+	for (unsigned i = 0; ret >= 0 && i < in->nb_streams; i++) {
+		AVStream *os = avformat_new_stream(out, NULL);
+		ret = os ? avcodec_parameters_copy(os->codecpar, in->streams[i]->codecpar)
+			 : AVERROR(ENOMEM);
+		if (ret >= 0)
+			os->codecpar->codec_tag = 0;
+	}
+	if (ret >= 0) {
+		md = (void *)av_stream_new_side_data(out->streams[0],
+						     AV_PKT_DATA_MASTERING_DISPLAY_METADATA,
+						     sizeof(*md));
+		cl = (void *)av_stream_new_side_data(out->streams[0],
+						     AV_PKT_DATA_CONTENT_LIGHT_LEVEL, sizeof(*cl));
+		if (!md || !cl)
+			ret = AVERROR(ENOMEM);
+	}
+	if (ret >= 0) {
+		static const int prim[3][2] = { { 708, 292 }, { 170, 797 }, { 131, 46 } };
+		for (int c = 0; c < 3; c++)
+			for (int k = 0; k < 2; k++)
+				md->display_primaries[c][k] = av_make_q(prim[c][k], 1000);
+		md->white_point[0] = av_make_q(3127, 10000);
+		md->white_point[1] = av_make_q(3290, 10000);
+		md->max_luminance = av_make_q(1000, 1);
+		md->min_luminance = av_make_q(50, 10000);
+		md->has_primaries = md->has_luminance = 1;
+		cl->MaxCLL = 1000;
+		cl->MaxFALL = 400;
+		ret = avio_open(&out->pb, dst, AVIO_FLAG_WRITE);
+	}
+	if (ret >= 0)
+		ret = avformat_write_header(out, NULL);
+	while (ret >= 0 && (ret = av_read_frame(in, pkt)) >= 0) {
+		av_packet_rescale_ts(pkt, in->streams[pkt->stream_index]->time_base,
+				     out->streams[pkt->stream_index]->time_base);
+		ret = av_interleaved_write_frame(out, pkt);
+	}
+	if (ret == AVERROR_EOF)
+		ret = av_write_trailer(out);
+	if (out)
+		avio_closep(&out->pb);
+	avformat_free_context(out);
+	avformat_close_input(&in);
+	av_packet_free(&pkt);
+	return ret < 0 ? ret : 0;
+}
+
+/* HDR10: the mastering display and content light level reach the HEVC
+ * stream (x265 writes them as SEI), with the BT.2020/PQ colour. */
+static void test_hdr(void)
+{
+	const char *raw = path("hdr.raw.mkv"), *src = path("hdr.mkv"), *dst = path("hdr.out.mp4");
+	struct codec_result r;
+	char *s;
+
+	MAKE("-f lavfi -i testsrc2=size=128x96:rate=25 -t 1 " X264 ""
+	     "-pix_fmt yuv420p10le -color_primaries bt2020 -color_trc smpte2084 "
+	     "-colorspace bt2020nc '%s'", raw);
+	CHECK_EQ(remux_with_hdr(raw, src), 0);
+	s = out_of("ffprobe -v error -show_streams '%s'", src);
+	CHECK(s && strstr(s, "max_luminance=1000/1") && strstr(s, "max_content=1000"));
+	free(s);
+	CHECK_EQ(archive(src, dst, &r), 0);
+	CHECK(r.archived);
+	s = probe(dst, "v:0", "stream=codec_name,pix_fmt,color_primaries,color_transfer");
+	CHECK(s && !strcmp(s, "hevc,yuv420p10le,smpte2084,bt2020\n"));
+	free(s);
+	/* the first frame's side data, from the SEI x265 wrote */
+	s = out_of("ffprobe -v error -select_streams v:0 -read_intervals %%+#1 -show_frames '%s'",
+		   dst);
+	CHECK(s && strstr(s, "red_x=35400/50000") && strstr(s, "green_y=39850/50000") &&
+	      strstr(s, "white_point_x=15635/50000") && strstr(s, "max_luminance=10000000/10000") &&
+	      strstr(s, "min_luminance=50/10000") && strstr(s, "max_content=1000") &&
+	      strstr(s, "max_average=400"));
+	free(s);
+}
+
 /* MPEG-2 + MP2 in MPEG-PS: video to HEVC, MP2 to AAC (MP4 players lack it). */
 static void test_mpeg_ps(void)
 {
@@ -688,6 +784,7 @@ int main(void)
 	RUN(test_mp4_basic);
 	RUN(test_vfr_multi);
 	RUN(test_10bit);
+	RUN(test_hdr);
 	RUN(test_mpeg_ps);
 	RUN(test_ogg);
 	RUN(test_mkv_ass);

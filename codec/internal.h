@@ -194,6 +194,11 @@ int heic_write_mem(struct heif_context *ctx, uint8_t **buf, size_t *len);
 int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context **ctx,
 	      struct heif_image_handle **handle);
 
+/* Has the primary image (width x height samples, before irot) the one
+ * thumbnail inside the thumbnail box that heic_encode gives a photo larger
+ * than the box, and none otherwise? 0 or -EIO. */
+int heic_check_thumbnail(const struct heif_image_handle *handle, int width, int height);
+
 /* A HEIF file read in place from a file descriptor (heic_open_fd). Must
  * outlive the context opened on it. err: -errno of a failed read, else 0. */
 struct heic_fd {

@@ -1014,6 +1014,10 @@ static int verify_written(struct photo_job *j, const char *out_path)
 			out_path, w, h, ji->orientation, j->orig.width, j->orig.height);
 		return -EIO;
 	}
+	if (heic_check_thumbnail(j->check_handle, j->orig.width, j->orig.height)) {
+		log_msg(LOG_ERR, "photo: %s lacks its thumbnail", out_path);
+		return -EIO;
+	}
 	ret = view_source(j->check_handle, &j->check_item, &vh, &j->check_segs, &j->check_segs_len);
 	if (ret)
 		return ret == -ENOMEM ? ret : -EIO;

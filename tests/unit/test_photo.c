@@ -673,6 +673,64 @@ static void test_progressive_restart_large(void)
 	buf_free(&l);
 }
 
+/* The thumbnail is the photo scaled by area, linked as its thumbnail:
+ * 1-sample black and white stripes average to mid-grey (sampling the
+ * nearest pixel, as libheif's own thumbnail does, gives one of the two),
+ * the primary image stays the photo, and the sides fit the 320 box. */
+static void test_thumbnail(void)
+{
+	static const struct jpeg_info ji = {.orientation = 6};
+	struct heic_params hp = {.quality = 90, .preset = "ultrafast"};
+	struct photo_planes pl = {0};
+	struct heif_context *ctx = NULL, *rd = NULL;
+	struct heif_image_handle *h = NULL, *th = NULL;
+	struct heif_image *img = NULL;
+	heif_item_id id;
+	uint8_t *heic = NULL;
+	size_t len = 0;
+	const uint8_t *y;
+	int stride;
+	double sum = 0, sq = 0;
+
+	CHECK_EQ(photo_planes_alloc(&pl, 640, 480, TJSAMP_444), 0);
+	for (int r = 0; r < 480; r++)
+		for (int x = 0; x < 640; x++) {
+			pl.plane[0][(size_t)r * pl.stride[0] + x] = x & 1 ? 235 : 20;
+			pl.plane[1][(size_t)r * pl.stride[1] + x] = 128;
+			pl.plane[2][(size_t)r * pl.stride[2] + x] = 128;
+		}
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	CHECK_EQ(heic_write_mem(ctx, &heic, &len), 0);
+	heif_context_free(ctx);
+	photo_planes_release(&pl);
+	CHECK_EQ(heic_open(heic, len, 0, &rd, &h), 0);
+	CHECK_EQ(heif_image_handle_get_width(h), 480); /* irot: a quarter turn */
+	CHECK_EQ(heif_image_handle_get_height(h), 640);
+	CHECK_EQ(heic_check_thumbnail(h, 640, 480), 0);
+	CHECK_EQ(heif_image_handle_get_list_of_thumbnail_IDs(h, &id, 1), 1);
+	CHECK_EQ(heif_image_handle_get_thumbnail(h, id, &th).code, heif_error_Ok);
+	CHECK_EQ(heif_image_handle_get_width(th), 240); /* turned like the photo */
+	CHECK_EQ(heif_image_handle_get_height(th), 320);
+	CHECK_EQ(heif_decode_image(th, &img, heif_colorspace_YCbCr, heif_chroma_444, NULL).code,
+		 heif_error_Ok);
+	y = heif_image_get_plane_readonly(img, heif_channel_Y, &stride);
+	for (int r = 0; r < 320; r++)
+		for (int x = 0; x < 240; x++) {
+			double v = y[(size_t)r * stride + x];
+			sum += v;
+			sq += v * v;
+		}
+	sum /= 240 * 320;
+	sq = sqrt(sq / (240 * 320) - sum * sum);
+	CHECK(fabs(sum - 127.5) < 4);
+	CHECK(sq < 4);
+	heif_image_release(img);
+	heif_image_handle_release(th);
+	heif_image_handle_release(h);
+	heif_context_free(rd);
+	free(heic);
+}
+
 /* Odd sizes: archived and correct, or kept as not smaller (tiny files);
  * the codec path itself must round-trip them either way. */
 static void test_odd_sizes(void)
@@ -1212,6 +1270,7 @@ int main(void)
 	RUN(test_subsamplings);
 	RUN(test_orientations);
 	RUN(test_progressive_restart_large);
+	RUN(test_thumbnail);
 	RUN(test_odd_sizes);
 	RUN(test_predicted);
 	RUN(test_kept);

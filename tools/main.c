@@ -52,7 +52,7 @@ static const char help_text[] =
 	"  min_ssim=X         photo luma SSIM floor (0.99)\n"
 	"  view_quality=N     JPEG view quality (92)\n"
 	"  crf=N              x265 CRF for videos (22)\n"
-	"  preset=NAME        x265 preset for videos (medium)\n"
+	"  preset=NAME        x265 preset for videos (medium) and photos (fast)\n"
 	"  x265_params=K=V:.. extra x265 parameters\n"
 	"  min_video_ssim=X   video luma SSIM floor (0.97)\n"
 	"  Standard FUSE options pass through (allow_other, ro, ...);\n"

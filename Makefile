@@ -2,7 +2,7 @@
 # test (release and ASan+UBSan builds); `make bench` measures; `make deps`
 # installs the Debian packages the build and the tests need.
 
-PKGS      := fuse3 libheif libavformat libavcodec libavutil libswscale libswresample libturbojpeg lmdb
+PKGS      := fuse3 libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg lmdb
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
 

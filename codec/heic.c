@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <libheif/heif.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -587,74 +588,113 @@ int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
 	return ret;
 }
 
-int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
-		       int height, struct photo_planes *pl)
+/* Repeat the last sample of each filled row (rw x rh of plane i) into the
+ * padding, and the last row below it, as jpeg_decode_planes does. */
+static void pad_plane(struct photo_planes *pl, int i, int rw, int rh)
 {
-	enum heif_chroma ch = subsamp == TJSAMP_444   ? heif_chroma_444
-			      : subsamp == TJSAMP_422 ? heif_chroma_422
-						      : heif_chroma_420;
+	for (int y = 0; y < rh; y++)
+		for (int x = rw; x < pl->pw[i]; x++)
+			pl->plane[i][(size_t)y * pl->stride[i] + x] =
+				pl->plane[i][(size_t)y * pl->stride[i] + rw - 1];
+	for (int y = rh; y < pl->ph[i]; y++)
+		memcpy(pl->plane[i] + (size_t)y * pl->stride[i],
+		       pl->plane[i] + (size_t)(rh - 1) * pl->stride[i], (size_t)pl->pw[i]);
+}
+
+/* Decodes take turns: a capture (hevcdec_capture) is for the whole
+ * process, and libheif may decode on a thread of its own. */
+static pthread_mutex_t decode_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The picture as the decoder made it, through hevcdec_capture. */
+static int decode_raw(const struct heif_image_handle *handle, enum heif_chroma ch,
+		      struct heif_decoding_options *dopt, struct photo_planes *pl)
+{
+	struct hevcdec_capture cap = {.pl = pl};
+	struct heif_image *img = NULL;
+	struct heif_error e;
+
+	pthread_mutex_lock(&decode_lock);
+	hevcdec_capture(&cap);
+	e = heif_decode_image(handle, &img, heif_colorspace_YCbCr, ch, dopt);
+	hevcdec_capture(NULL);
+	pthread_mutex_unlock(&decode_lock);
+	heif_image_release(img);
+	if (!cap.done) {
+		log_msg(LOG_ERR, "heic: decoding: %s", e.code ? e.message : "no picture taken");
+		return e.code == heif_error_Memory_allocation_error ? -ENOMEM : -EINVAL;
+	}
+	for (int i = 0; i < pl->nplanes; i++)
+		pad_plane(pl, i, cap.w[i], cap.h[i]);
+	return 0;
+}
+
+/* The picture as libheif hands it out (through RGB and back). */
+static int decode_libheif(const struct heif_image_handle *handle, enum heif_chroma ch,
+			  struct heif_decoding_options *dopt, struct photo_planes *pl)
+{
 	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
 						  heif_channel_Cr};
-	struct heif_decoding_options *dopt;
 	struct heif_image *img = NULL;
-	int ret, rw[3], rh[3];
+	int ret;
 
-	memset(pl, 0, sizeof(*pl));
-	dopt = heif_decoding_options_alloc();
-	if (!dopt)
-		return -ENOMEM;
-	/* the stored pixels, unrotated: the EXIF orientation still applies */
-	dopt->ignore_transformations = 1;
+	pthread_mutex_lock(&decode_lock);
 	ret = heif_errno(heif_decode_image(handle, &img, heif_colorspace_YCbCr, ch, dopt),
 			 "decoding");
+	pthread_mutex_unlock(&decode_lock);
 	if (ret)
-		goto out_free_options;
-	if (heif_image_get_width(img, heif_channel_Y) != width ||
-	    heif_image_get_height(img, heif_channel_Y) != height ||
+		return ret;
+	if (heif_image_get_width(img, heif_channel_Y) != pl->width ||
+	    heif_image_get_height(img, heif_channel_Y) != pl->height ||
 	    heif_image_get_chroma_format(img) != ch ||
 	    heif_image_get_bits_per_pixel(img, heif_channel_Y) != 8) {
 		log_msg(LOG_ERR, "heic: decoded %dx%d chroma %d, expected %dx%d chroma %d",
 			heif_image_get_width(img, heif_channel_Y),
 			heif_image_get_height(img, heif_channel_Y), heif_image_get_chroma_format(img),
-			width, height, ch);
+			pl->width, pl->height, ch);
 		ret = -EINVAL;
-		goto out_release_image;
+		goto out;
 	}
-	ret = photo_planes_alloc(pl, width, height, subsamp);
-	if (ret)
-		goto out_release_image;
-	rw[0] = width, rh[0] = height;
 	for (int i = 0; i < pl->nplanes; i++) {
-		int stride;
+		int stride, rw = heif_image_get_width(img, chan[i]);
+		int rh = heif_image_get_height(img, chan[i]);
 		const uint8_t *src = heif_image_get_plane_readonly(img, chan[i], &stride);
-		rw[i] = heif_image_get_width(img, chan[i]);
-		rh[i] = heif_image_get_height(img, chan[i]);
-		if (!src || rw[i] > pl->pw[i] || rh[i] > pl->ph[i] || rw[i] < 1 || rh[i] < 1) {
-			log_msg(LOG_ERR, "heic: unexpected plane %d size %dx%d", i, rw[i], rh[i]);
-			ret = -EINVAL;
-			goto out_free_planes;
-		}
-		for (int y = 0; y < rh[i]; y++)
-			memcpy(pl->plane[i] + (size_t)y * pl->stride[i], src + (size_t)y * stride,
-			       (size_t)rw[i]);
-		/* repeat the edge into the padding, as jpeg_decode_planes does */
-		for (int y = 0; y < rh[i]; y++)
-			for (int x = rw[i]; x < pl->pw[i]; x++)
-				pl->plane[i][(size_t)y * pl->stride[i] + x] =
-					pl->plane[i][(size_t)y * pl->stride[i] + rw[i] - 1];
-		for (int y = rh[i]; y < pl->ph[i]; y++)
-			memcpy(pl->plane[i] + (size_t)y * pl->stride[i],
-			       pl->plane[i] + (size_t)(rh[i] - 1) * pl->stride[i], (size_t)pl->pw[i]);
-	}
-	heif_image_release(img);
-	heif_decoding_options_free(dopt);
-	return 0;
 
-out_free_planes:
-	photo_planes_release(pl);
-out_release_image:
+		if (!src || rw > pl->pw[i] || rh > pl->ph[i] || rw < 1 || rh < 1) {
+			log_msg(LOG_ERR, "heic: unexpected plane %d size %dx%d", i, rw, rh);
+			ret = -EINVAL;
+			goto out;
+		}
+		for (int y = 0; y < rh; y++)
+			memcpy(pl->plane[i] + (size_t)y * pl->stride[i], src + (size_t)y * stride,
+			       (size_t)rw);
+		pad_plane(pl, i, rw, rh);
+	}
+out:
 	heif_image_release(img);
-out_free_options:
+	return ret;
+}
+
+int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
+		       int height, int raw, struct photo_planes *pl)
+{
+	enum heif_chroma ch = subsamp == TJSAMP_444   ? heif_chroma_444
+			      : subsamp == TJSAMP_422 ? heif_chroma_422
+						      : heif_chroma_420;
+	struct heif_decoding_options *dopt;
+	int ret;
+
+	memset(pl, 0, sizeof(*pl));
+	hevcdec_init();
+	dopt = heif_decoding_options_alloc();
+	if (!dopt)
+		return -ENOMEM;
+	/* the stored pixels, unrotated: the EXIF orientation still applies */
+	dopt->ignore_transformations = 1;
+	ret = photo_planes_alloc(pl, width, height, subsamp);
+	if (!ret)
+		ret = raw ? decode_raw(handle, ch, dopt, pl) : decode_libheif(handle, ch, dopt, pl);
+	if (ret)
+		photo_planes_release(pl);
 	heif_decoding_options_free(dopt);
 	return ret;
 }

@@ -188,6 +188,29 @@ int heic_add_item(struct heif_context *ctx, const char *item_type, const char *c
 /* Serialise ctx into a malloc'd buffer. 0 or -errno. */
 int heic_write_mem(struct heif_context *ctx, uint8_t **buf, size_t *len);
 
+/* Make libheif decode HEVC with libde265 on every core (hevcdec.c): once
+ * per process, before the first decode (heic_decode_planes calls it). */
+void hevcdec_init(void);
+
+/* A picture taken from the decoder as it decoded it, into planes allocated
+ * for the picture expected (see hevcdec_capture). */
+struct hevcdec_capture {
+	struct photo_planes *pl; /* allocated at the expected size and subsampling */
+	int w[3], h[3];          /* the samples of each plane the picture filled */
+	int done;                /* 1: pl holds the picture */
+};
+
+/* While c is set (for the whole process: one decode at a time), the
+ * decoder copies the next picture it decodes into c->pl (when it has the expected size and format) and ends
+ * that decode with an error: libheif 1.15 would turn the picture into RGB
+ * and back (decode_image_planar), which moves ~2% of luma and ~5% of chroma
+ * samples by up to 6 and 21 levels, and costs a quarter of the decode
+ * time. NULL ends the capture. */
+void hevcdec_capture(struct hevcdec_capture *c);
+
+/* Pictures the threaded decoder has decoded in this process. */
+unsigned long hevcdec_pictures(void);
+
 /* Open a HEIF file held in buf (borrowed until *ctx is freed) and get its
  * primary image; threads > 0 caps libheif's decoding threads. 0, -ENOMEM or
  * -EINVAL. */
@@ -226,9 +249,12 @@ int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
 
 /* Decode the primary image without applying irot/imir into planes at
  * subsamp, which must match how it was encoded; the size must be
- * width x height. 0 or -errno. */
+ * width x height. raw: the planes as the HEVC decoder produced them
+ * (hevcdec_capture); else as libheif 1.15 hands them out, through RGB and
+ * back (what views of archives written before raw planes were made of).
+ * 0 or -errno. */
 int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
-		       int height, struct photo_planes *pl);
+		       int height, int raw, struct photo_planes *pl);
 
 /* ---- video half (video.c, video_xcode.c, video_verify.c) ---- */
 

@@ -19,7 +19,7 @@
  * Stored as a metadata item of type "mime" with the content type below,
  * attached to the primary image. Layout (integers big-endian):
  *   0  8  magic "HVFSJPEG"
- *   8  1  version (1)
+ *   8  1  version (3; 1 and 2 are read too, see below)
  *   9  1  view quality (TurboJPEG 1..100)
  *  10  1  subsampling of the original (TJSAMP_444/422/420/GRAY: 0/1/2/3)
  *  11  1  EXIF orientation of the original (informational)
@@ -40,6 +40,10 @@
  *         u16 prefix length P, P payload bytes (e.g. "ICC_PROFILE\0", seq,
  *         count), u32 offset and u16 length of the source bytes that end
  *         the payload. So Exif, XMP and ICC are not stored twice.
+ * Version 3 has the layout of version 2; its view (and the SSIMs) are made
+ * of the planes as the HEVC decoder produced them. Versions 1 and 2 were
+ * made of the planes libheif 1.15 hands out, converted to RGB and back: their
+ * views are rendered that way still, so that they keep the size recorded.
  * Version 1 (written before the quality and SSIMs were recorded) is the same
  * without bytes 56..67: its records start at 56. A reader that sees another
  * version refuses the file (-EINVAL).
@@ -47,7 +51,9 @@
 #define HDR_ITEM_TYPE "mime"
 #define HDR_CONTENT_TYPE "application/x-hevcfs-jpeg-header"
 #define HDR_MAGIC "HVFSJPEG"
-#define HDR_VERSION 2
+#define HDR_VERSION 3
+/* The first version whose view is made of the decoder's own planes. */
+#define HDR_VERSION_RAW 3
 #define HDR_FIXED 68
 #define HDR_FIXED_V1 56
 #define HDR_SSIM_SCALE 1e6
@@ -308,7 +314,7 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	return 0;
 }
 
-/* Parse and check a header item (version 1 or 2). 0 or -EINVAL (logged). */
+/* Parse and check a header item (versions 1 to 3). 0 or -EINVAL (logged). */
 static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 {
 	size_t fixed;
@@ -318,7 +324,7 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 		log_msg(LOG_ERR, "photo: hevcfs header item is malformed");
 		return -EINVAL;
 	}
-	if (p[8] != 1 && p[8] != HDR_VERSION) {
+	if (p[8] < 1 || p[8] > HDR_VERSION) {
 		log_msg(LOG_ERR, "photo: hevcfs header version %u not supported", p[8]);
 		return -EINVAL;
 	}
@@ -593,7 +599,7 @@ static int decode_mem(const uint8_t *buf, size_t len, int threads, int subsamp, 
 	ret = heic_open(buf, len, threads, &ctx, &handle);
 	if (ret)
 		return ret;
-	ret = heic_decode_planes(handle, subsamp, w, h, dec);
+	ret = heic_decode_planes(handle, subsamp, w, h, 1, dec);
 	heif_image_handle_release(handle);
 	heif_context_free(ctx);
 	return ret;
@@ -1245,7 +1251,8 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 	ret = view_source(h, &item, &vh, &segs, &segs_len);
 	if (ret)
 		goto out_release;
-	ret = heic_decode_planes(h, vh.subsamp, vh.width, vh.height, &dec);
+	ret = heic_decode_planes(h, vh.subsamp, vh.width, vh.height,
+				 vh.version >= HDR_VERSION_RAW, &dec);
 	if (ret) {
 		ret = ret == -ENOMEM ? ret : -EINVAL;
 		goto out_release;

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential pkg-config
 libfuse3-dev fuse3
-libheif-dev libheif-examples
+libheif-dev libheif-examples libde265-dev
 libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
 libturbojpeg0-dev libjpeg-turbo-progs
 liblmdb-dev lmdb-utils

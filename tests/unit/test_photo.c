@@ -416,7 +416,7 @@ static void check_archived(const struct buf *jpeg, const char *name,
 	/* the HEIC: pixels, metadata, colour */
 	CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
 	CHECK_EQ(y_plane(jpeg, &orig), 0);
-	CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, &dec), 0);
+	CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, 1, &dec), 0);
 	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], dec.plane[0], dec.stride[0],
 			       orig.width, orig.height) >= 0.99);
 	photo_planes_release(&dec);
@@ -433,7 +433,7 @@ static void check_archived(const struct buf *jpeg, const char *name,
 		size_t il;
 		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-header", &item, &il),
 			 0);
-		CHECK(il >= 68 && memcmp(item, "HVFSJPEG\2", 9) == 0);
+		CHECK(il >= 68 && memcmp(item, "HVFSJPEG\3", 9) == 0);
 		free(item);
 	}
 	if (icc) {
@@ -673,6 +673,163 @@ static void test_progressive_restart_large(void)
 	buf_free(&l);
 }
 
+/* Decode a HEIC's primary image (no transformations) with whichever HEVC
+ * decoder libheif has chosen. */
+static struct heif_image *decode_primary(const struct buf *heic)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	struct heif_decoding_options *o = heif_decoding_options_alloc();
+	struct heif_image *img = NULL;
+
+	o->ignore_transformations = 1;
+	CHECK_EQ(heic_open(heic->p, heic->len, 0, &ctx, &h), 0);
+	CHECK_EQ(heif_decode_image(h, &img, heif_colorspace_YCbCr, heif_chroma_420, o).code,
+		 heif_error_Ok);
+	heif_decoding_options_free(o);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	return img;
+}
+
+/* The threaded decoder (hevcdec.c) gives libheif's own decoder's pixels,
+ * sample for sample, and is the one used once registered. Runs first: the
+ * registration lasts for the process. */
+static void test_threaded_decoder(void)
+{
+	static const struct jpeg_info ji = {.orientation = 1};
+	struct heic_params hp = {.quality = 60, .preset = "ultrafast"};
+	struct photo_planes pl = {0};
+	struct heif_context *ctx = NULL;
+	struct heif_image *a, *b;
+	struct buf heic = {0};
+	unsigned long before;
+	uint8_t *p = NULL;
+	size_t len = 0;
+	struct buf j = make_jpeg(1280, 720, TJSAMP_420, 0, 7);
+	tjhandle tj = tjInitDecompress();
+	int w, h, ss, cs;
+
+	CHECK(tjDecompressHeader3(tj, j.p, j.len, &w, &h, &ss, &cs) == 0);
+	CHECK_EQ(photo_planes_alloc(&pl, w, h, ss), 0);
+	CHECK(tjDecompressToYUVPlanes(tj, j.p, j.len, pl.plane, w, pl.stride, h, 0) == 0);
+	tjDestroy(tj);
+	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+	CHECK_EQ(heic_write_mem(ctx, &p, &len), 0);
+	heif_context_free(ctx);
+	heic.p = p;
+	heic.len = len;
+
+	a = decode_primary(&heic); /* libheif's own libde265 plugin */
+	before = hevcdec_pictures();
+	hevcdec_init();
+	b = decode_primary(&heic);
+	CHECK_EQ(hevcdec_pictures(), before + 1);
+	for (int c = 0; c < 3; c++) {
+		enum heif_channel ch = c == 0 ? heif_channel_Y : c == 1 ? heif_channel_Cb
+									: heif_channel_Cr;
+		int sa, sb, pw = heif_image_get_width(a, ch), ph = heif_image_get_height(a, ch);
+		const uint8_t *pa = heif_image_get_plane_readonly(a, ch, &sa);
+		const uint8_t *pb = heif_image_get_plane_readonly(b, ch, &sb);
+		CHECK_EQ(heif_image_get_width(b, ch), pw);
+		CHECK_EQ(heif_image_get_height(b, ch), ph);
+		for (int y = 0; y < ph; y++)
+			CHECK(memcmp(pa + (size_t)y * sa, pb + (size_t)y * sb, (size_t)pw) == 0);
+	}
+	heif_image_release(a);
+	heif_image_release(b);
+	photo_planes_release(&pl);
+	buf_free(&heic);
+	buf_free(&j);
+}
+
+/* Raw planes are the decoder's: a lossless HEIC (x265 lossless=1) decodes
+ * to the very planes it was made of, at each subsampling and at odd sides
+ * (which libheif codes padded), where at 4:2:0 the planes libheif hands out
+ * (through RGB and back) do not. */
+static void test_raw_planes(void)
+{
+	static const int ss[] = {TJSAMP_420, TJSAMP_422, TJSAMP_444};
+	static const struct jpeg_info ji = {.orientation = 1};
+	struct heic_params hp = {.quality = 90, .preset = "ultrafast", .x265 = "lossless=1",
+				 .no_thumbnail = 1};
+
+	for (size_t k = 0; k < sizeof(ss) / sizeof(ss[0]); k++) {
+		struct buf j = make_jpeg(333, 211, ss[k], 0, 11 + (unsigned)k);
+		struct photo_planes pl = {0}, raw = {0}, conv = {0};
+		struct heif_context *ctx = NULL, *rd = NULL;
+		struct heif_image_handle *h = NULL;
+		tjhandle tj = tjInitDecompress();
+		uint8_t *heic = NULL;
+		size_t len = 0;
+		int w, hh, sub, cs, same_raw = 1, same_conv = 1;
+
+		CHECK(tjDecompressHeader3(tj, j.p, j.len, &w, &hh, &sub, &cs) == 0);
+		CHECK_EQ(photo_planes_alloc(&pl, w, hh, sub), 0);
+		CHECK(tjDecompressToYUVPlanes(tj, j.p, j.len, pl.plane, w, pl.stride, hh, 0) == 0);
+		tjDestroy(tj);
+		CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+		CHECK_EQ(heic_write_mem(ctx, &heic, &len), 0);
+		heif_context_free(ctx);
+		CHECK_EQ(heic_open(heic, len, 0, &rd, &h), 0);
+		CHECK_EQ(heic_decode_planes(h, sub, w, hh, 1, &raw), 0);
+		CHECK_EQ(heic_decode_planes(h, sub, w, hh, 0, &conv), 0);
+		for (int i = 0; i < 3; i++) {
+			/* TurboJPEG pads planes to whole MCUs: compare the picture */
+			int cw = i && sub != TJSAMP_444 ? (w + 1) / 2 : w;
+			int ch = i && sub == TJSAMP_420 ? (hh + 1) / 2 : hh;
+			for (int y = 0; y < ch; y++) {
+				const uint8_t *o = pl.plane[i] + (size_t)y * pl.stride[i];
+				same_raw &= !memcmp(o, raw.plane[i] + (size_t)y * raw.stride[i], (size_t)cw);
+				same_conv &= !memcmp(o, conv.plane[i] + (size_t)y * conv.stride[i],
+						     (size_t)cw);
+			}
+		}
+		CHECK(same_raw);
+		/* the chroma resampling of the RGB round trip shows at 4:2:0 */
+		if (sub == TJSAMP_420)
+			CHECK(!same_conv);
+		heif_image_handle_release(h);
+		heif_context_free(rd);
+		free(heic);
+		photo_planes_release(&pl);
+		photo_planes_release(&raw);
+		photo_planes_release(&conv);
+		buf_free(&j);
+	}
+}
+
+/* A photo archived before raw planes (header version 2) still renders its
+ * view from the planes libheif hands out, the ones its recorded size was
+ * measured on; version 3 renders from the decoder's planes. The same HEIC
+ * with only the version byte changed renders both ways. */
+static void test_view_versions(void)
+{
+	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 21), heic, v2, v3;
+	struct codec_result res;
+	uint64_t n2 = 0, n3 = 0;
+	uint8_t *at;
+
+	CHECK_EQ(archive(&j, "versions.jpg", &res), 0);
+	CHECK(res.archived);
+	heic = read_path(tpath("versions.jpg.heic"));
+	at = memmem(heic.p, heic.len, "HVFSJPEG\3", 9);
+	CHECK(at != NULL);
+	CHECK_EQ(render(tpath("versions.jpg.heic"), tpath("versions.v3.jpg"), &n3), 0);
+	CHECK_EQ(n3, res.view_bytes);
+	at[8] = 2;
+	write_path(tpath("versions.v2.heic"), &heic);
+	CHECK_EQ(render(tpath("versions.v2.heic"), tpath("versions.v2.jpg"), &n2), 0);
+	v2 = read_path(tpath("versions.v2.jpg"));
+	v3 = read_path(tpath("versions.v3.jpg"));
+	CHECK(v2.len == n2 && v3.len == n3);
+	CHECK(v2.len != v3.len || memcmp(v2.p, v3.p, v2.len) != 0);
+	buf_free(&heic);
+	buf_free(&v2);
+	buf_free(&v3);
+	buf_free(&j);
+}
+
 /* The thumbnail is the photo scaled by area, linked as its thumbnail:
  * 1-sample black and white stripes average to mid-grey (sampling the
  * nearest pixel, as libheif's own thumbnail does, gives one of the two),
@@ -764,7 +921,7 @@ static void test_odd_sizes(void)
 		CHECK_EQ(heic_encode(&orig, &ji, &hp, &ctx), 0);
 		CHECK_EQ(heic_write_mem(ctx, &mem, &ml), 0);
 		CHECK_EQ(heic_open(mem, ml, 0, &rctx, &h), 0);
-		CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, &dec), 0);
+		CHECK_EQ(heic_decode_planes(h, orig.subsamp, orig.width, orig.height, 1, &dec), 0);
 		CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], dec.plane[0], dec.stride[0],
 				       orig.width, orig.height) >= 0.97);
 		CHECK_EQ(jpeg_encode_view(&dec, 92, ji.segs, ji.segs_len, &view, &vl), 0);
@@ -1266,6 +1423,9 @@ int main(void)
 	log_set_level(LOG_WARNING);
 	opts.preset = TEST_PRESET;
 	opts.threads = getenv("THREADS") ? atoi(getenv("THREADS")) : 2;
+	RUN(test_threaded_decoder);
+	RUN(test_raw_planes);
+	RUN(test_view_versions);
 	RUN(test_rich_420);
 	RUN(test_subsamplings);
 	RUN(test_orientations);

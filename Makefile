@@ -68,7 +68,7 @@ demo:
 
 # Fuzzers (clang's libFuzzer): the photo entry points on hostile bytes.
 FUZZ_CC    ?= clang-14
-FUZZ_PKGS  := libheif libavformat libavcodec libavutil libswscale libswresample libturbojpeg
+FUZZ_PKGS  := libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg
 FUZZ_SRC   := $(wildcard codec/*.c) tools/log.c
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 

@@ -1,5 +1,6 @@
 /*
- * hevcdec — an HEVC decoder for libheif: libde265 with worker threads.
+ * hevcdec — an HEVC decoder for libheif: libde265 with worker threads, and
+ * a way to take the decoded picture as it is.
  *
  * libheif 1.15's own libde265 plugin starts one worker thread, so a 12 MP
  * HEIC decodes on one core: most of a cold view's time. x265 writes its
@@ -7,6 +8,10 @@
  * in parallel when it has threads. The pixels are the same (HEVC decoding
  * is exact); only the time changes. Registered once, above libheif's own
  * plugin, for every decode this process does.
+ *
+ * libheif then converts what a decoder returns to RGB and back; a capture
+ * (hevcdec_capture, for heic_decode_planes) copies the picture out before
+ * that and stops the decode there.
  */
 #include "internal.h"
 
@@ -43,10 +48,10 @@ void hevcdec_capture(struct hevcdec_capture *c)
 
 /* Copy pic into c->pl if it is the picture expected: 8 bits, the chroma
  * format of pl's subsampling (grayscale photos are coded 4:2:0), at least
- * pl's size. libheif 1.15 codes a picture larger than it is, and crops it
- * back after decoding: an odd side of a 4:2:0 or 4:2:2 picture one sample
- * longer, a side under 64 samples as 64; the samples it adds are on the
- * right and at the bottom, and are not copied. */
+ * pl's size. libheif 1.15 codes some pictures larger than they are and
+ * crops them back after decoding (an odd side of a 4:2:0 picture is one
+ * sample longer); the samples it adds are on the right and at the bottom,
+ * and are not copied. */
 #define CAPTURE_MAX_PAD 64
 static int capture(const struct de265_image *pic, struct hevcdec_capture *c)
 {

@@ -525,6 +525,12 @@ int fs_mount(struct fs_config *cfg, int argc, char *argv[])
 	sprintf(index, "%s/%s/%s", cfg->backing, FS_STATE_DIR, INDEX_NAME);
 	fs.index_path = index;
 
+	/* The kernel has applied the caller's umask to every mode it hands us
+	 * (no FUSE_CAP_DONT_MASK): the daemon's own must not mask it again, or
+	 * a 0664 file made under umask 002 would land as 0644. Files of our
+	 * own are created with explicit modes (0600/0700 in .hevcfs), and an
+	 * archived copy takes its original's mode. */
+	umask(0);
 	rc = fuse_main(argc, argv, &fs_ops, &fs) ? 1 : 0;
 	/* a return at all is a clean end: everything was recorded */
 	unlinkat(fs.state_fd, DIRTY_NAME, 0);

@@ -5,6 +5,8 @@ import errno
 import os
 import stat
 import pickle
+import shutil
+import tempfile
 
 import pytest
 
@@ -330,8 +332,54 @@ def sc_hardlink_attrs(root):
     return t
 
 
+def sc_umask(root):
+    """New files and directories get the mode asked for less the caller's
+    umask, once: not the daemon's umask on top."""
+    t = []
+    old = os.umask(0)
+    try:
+        for i, m in enumerate((0o000, 0o002, 0o027, 0o077)):
+            os.umask(m)
+            f = os.path.join(root, f"f{i}")
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT, 0o666))
+            os.mkdir(os.path.join(root, f"d{i}"), 0o777)
+            os.mknod(os.path.join(root, f"p{i}"), stat.S_IFIFO | 0o666)
+            t.append([stat.filemode(os.stat(os.path.join(root, n + str(i))).st_mode)
+                      for n in "fdp"])
+        os.umask(0)
+        for mode in (0o4777, 0o2777, 0o6755, 0o1777):
+            f = os.path.join(root, f"s{mode:o}")
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT, mode))
+            t.append(stat.filemode(os.stat(f).st_mode))
+    finally:
+        os.umask(old)
+    return t
+
+
+def sc_write_clears_suid(root):
+    """A write by another user clears set-user-ID and set-group-ID (needs
+    allow_other)."""
+    old = os.umask(0)
+    try:
+        names = []
+        # (not 02767: for a set-group-ID file without group execute the
+        # kernel's FUSE client leaves S_ISGID, where ext4 clears it for a
+        # writer outside the group; README, limits)
+        for mode in (0o4777, 0o2777, 0o6777):
+            f = os.path.join(root, f"x{mode:o}")
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT, mode))
+            names.append(f)
+    finally:
+        os.umask(old)
+
+    def probe():
+        return [rec(write, f, b"x", os.O_WRONLY) for f in names]
+
+    return [as_user(NOBODY, NOBODY, probe)] + [stat.filemode(os.stat(f).st_mode) for f in names]
+
+
 SCENARIOS = [sc_hardlink_attrs, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
-             sc_sparse, sc_fallocate, sc_setgid_dir]
+             sc_sparse, sc_fallocate, sc_setgid_dir, sc_umask]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
@@ -343,21 +391,35 @@ def test_same_as_local_disk(scenario, mount, tmp_path):
     assert got == want
 
 
-def test_permissions_as_other_user(dirs, tmp_path):
+def test_permissions_as_other_user():
     if os.geteuid() != 0:
         pytest.skip("needs root to act as another user")
-    m = Mount(*dirs, opts="allow_other").start()
+    # pytest's own temporary directories are 0700: the other user must be
+    # able to reach both trees, so they live in a directory of their own
+    base = tempfile.mkdtemp(prefix="hevcfs-perm-", dir="/var/tmp")
+    os.chmod(base, 0o755)
+    local, backing, mnt = (os.path.join(base, n) for n in ("local", "backing", "mnt"))
+    for d in (local, backing, mnt):
+        os.mkdir(d)
+    m = Mount(backing, mnt, opts="allow_other").start()
     try:
-        local = tmp_path / "local"
-        local.mkdir()
-        os.chmod(tmp_path, 0o755)
-        want = sc_permissions(str(local))
+        want = sc_permissions(local)
         os.chmod(m.mnt, 0o755)
         got = sc_permissions(m.mnt)
         assert got == want
         assert not any(x == ("exception",) for x in got)
+        # the trace is the other user's, not a wall of EACCES
+        assert want[1] == ("ok", b"p") and want[4] == ("ok", 3)
+        os.mkdir(os.path.join(local, "suid"))
+        os.mkdir(os.path.join(m.mnt, "suid"))
+        want = sc_write_clears_suid(os.path.join(local, "suid"))
+        got = sc_write_clears_suid(os.path.join(m.mnt, "suid"))
+        assert got == want
+        assert want[0] == [("ok", 1)] * 3
+        assert want[1:] == ["-rwxrwxrwx"] * 3
     finally:
         m.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_state_dir_is_invisible_and_untouchable(mount):

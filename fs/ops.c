@@ -74,11 +74,18 @@ static int attr_fd(struct fuse_file_info *fi)
 	return dirfd(((struct dirh *)kind)->dir);
 }
 
+/* Can st have other names the kernel caches apart (a hard link)? Any
+ * file but a directory: FIFOs, sockets, devices and symlinks too. */
+static int linkable(const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1;
+}
+
 /* A file that changed, seen through st: if it has other names, the kernel
  * must forget what it cached for them. */
 static void changed(struct fs *fs, const struct stat *st, const char *path)
 {
-	if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+	if (linkable(st))
 		fs_links_changed(fs, st->st_ino, path);
 }
 
@@ -154,7 +161,7 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 		return rc;
 	close(lk.parent);
 	logical_stat(&lk, st);
-	if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+	if (linkable(st))
 		fs_links_note(fs, st->st_ino, path);
 	return 0;
 }

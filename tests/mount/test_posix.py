@@ -378,7 +378,29 @@ def sc_write_clears_suid(root):
     return [as_user(NOBODY, NOBODY, probe)] + [stat.filemode(os.stat(f).st_mode) for f in names]
 
 
-SCENARIOS = [sc_hardlink_attrs, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
+def sc_hardlink_special(root):
+    """The same for a FIFO and a symlink with several names."""
+    t = []
+    j = lambda *p: os.path.join(root, *p)
+    os.mkfifo(j("a"), 0o644)
+    os.symlink("target", j("s"))
+    os.link(j("a"), j("b"))
+    os.link(j("b"), j("c"))
+    os.link(j("s"), j("s2"), follow_symlinks=False)
+    t.append([st(j(n))[:5] for n in ("a", "b", "c", "s", "s2")])
+    os.chmod(j("b"), 0o201)
+    os.chown(j("b"), NOBODY, NOBODY - 1)
+    os.chown(j("s"), NOBODY, NOBODY, follow_symlinks=False)
+    t.append([st(j(n))[:5] for n in ("a", "b", "c", "s", "s2")])
+    os.unlink(j("a"))
+    t.append([st(j(n))[:5] for n in ("a", "b", "c")])
+    os.unlink(j("c"))
+    os.unlink(j("s"))
+    t.append([st(j(n))[:5] for n in ("b", "c", "s", "s2")])
+    return t
+
+
+SCENARIOS = [sc_hardlink_attrs, sc_hardlink_special, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
              sc_sparse, sc_fallocate, sc_setgid_dir, sc_umask]
 
 

@@ -673,6 +673,19 @@ static void test_progressive_restart_large(void)
 	buf_free(&l);
 }
 
+/* pl encoded as a HEIC (heic_encode with ji and hp), in memory. */
+static struct buf encode_mem(const struct photo_planes *pl, const struct jpeg_info *ji,
+			     const struct heic_params *hp)
+{
+	struct heif_context *ctx = NULL;
+	struct buf b = {0};
+
+	CHECK_EQ(heic_encode(pl, ji, hp, &ctx), 0);
+	CHECK_EQ(heic_write_mem(ctx, &b.p, &b.len), 0);
+	heif_context_free(ctx);
+	return b;
+}
+
 /* Decode a HEIC's primary image (no transformations) with whichever HEVC
  * decoder libheif has chosen. */
 static struct heif_image *decode_primary(const struct buf *heic)
@@ -700,25 +713,13 @@ static void test_threaded_decoder(void)
 	static const struct jpeg_info ji = {.orientation = 1};
 	struct heic_params hp = {.quality = 60, .preset = "ultrafast"};
 	struct photo_planes pl = {0};
-	struct heif_context *ctx = NULL;
 	struct heif_image *a, *b;
-	struct buf heic = {0};
+	struct buf heic;
 	unsigned long before;
-	uint8_t *p = NULL;
-	size_t len = 0;
 	struct buf j = make_jpeg(1280, 720, TJSAMP_420, 0, 7);
-	tjhandle tj = tjInitDecompress();
-	int w, h, ss, cs;
 
-	CHECK(tjDecompressHeader3(tj, j.p, j.len, &w, &h, &ss, &cs) == 0);
-	CHECK_EQ(photo_planes_alloc(&pl, w, h, ss), 0);
-	CHECK(tjDecompressToYUVPlanes(tj, j.p, j.len, pl.plane, w, pl.stride, h, 0) == 0);
-	tjDestroy(tj);
-	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
-	CHECK_EQ(heic_write_mem(ctx, &p, &len), 0);
-	heif_context_free(ctx);
-	heic.p = p;
-	heic.len = len;
+	CHECK_EQ(y_plane(&j, &pl), 0);
+	heic = encode_mem(&pl, &ji, &hp);
 
 	a = decode_primary(&heic); /* libheif's own libde265 plugin */
 	before = hevcdec_pictures();
@@ -757,21 +758,15 @@ static void test_raw_planes(void)
 	for (size_t k = 0; k < sizeof(ss) / sizeof(ss[0]); k++) {
 		struct buf j = make_jpeg(333, 211, ss[k], 0, 11 + (unsigned)k);
 		struct photo_planes pl = {0}, raw = {0}, conv = {0};
-		struct heif_context *ctx = NULL, *rd = NULL;
+		struct heif_context *rd = NULL;
 		struct heif_image_handle *h = NULL;
-		tjhandle tj = tjInitDecompress();
-		uint8_t *heic = NULL;
-		size_t len = 0;
-		int w, hh, sub, cs, same_raw = 1, same_conv = 1;
+		struct buf heic;
+		int w, hh, sub, same_raw = 1, same_conv = 1;
 
-		CHECK(tjDecompressHeader3(tj, j.p, j.len, &w, &hh, &sub, &cs) == 0);
-		CHECK_EQ(photo_planes_alloc(&pl, w, hh, sub), 0);
-		CHECK(tjDecompressToYUVPlanes(tj, j.p, j.len, pl.plane, w, pl.stride, hh, 0) == 0);
-		tjDestroy(tj);
-		CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
-		CHECK_EQ(heic_write_mem(ctx, &heic, &len), 0);
-		heif_context_free(ctx);
-		CHECK_EQ(heic_open(heic, len, 0, &rd, &h), 0);
+		CHECK_EQ(y_plane(&j, &pl), 0);
+		w = pl.width, hh = pl.height, sub = pl.subsamp;
+		heic = encode_mem(&pl, &ji, &hp);
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
 		CHECK_EQ(heic_decode_planes(h, sub, w, hh, 1, &raw), 0);
 		CHECK_EQ(heic_decode_planes(h, sub, w, hh, 0, &conv), 0);
 		for (int i = 0; i < 3; i++) {
@@ -791,7 +786,7 @@ static void test_raw_planes(void)
 			CHECK(!same_conv);
 		heif_image_handle_release(h);
 		heif_context_free(rd);
-		free(heic);
+		buf_free(&heic);
 		photo_planes_release(&pl);
 		photo_planes_release(&raw);
 		photo_planes_release(&conv);
@@ -839,12 +834,11 @@ static void test_thumbnail(void)
 	static const struct jpeg_info ji = {.orientation = 6};
 	struct heic_params hp = {.quality = 90, .preset = "ultrafast"};
 	struct photo_planes pl = {0};
-	struct heif_context *ctx = NULL, *rd = NULL;
+	struct heif_context *rd = NULL;
 	struct heif_image_handle *h = NULL, *th = NULL;
 	struct heif_image *img = NULL;
 	heif_item_id id;
-	uint8_t *heic = NULL;
-	size_t len = 0;
+	struct buf heic;
 	const uint8_t *y;
 	int stride;
 	double sum = 0, sq = 0;
@@ -856,11 +850,9 @@ static void test_thumbnail(void)
 			pl.plane[1][(size_t)r * pl.stride[1] + x] = 128;
 			pl.plane[2][(size_t)r * pl.stride[2] + x] = 128;
 		}
-	CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
-	CHECK_EQ(heic_write_mem(ctx, &heic, &len), 0);
-	heif_context_free(ctx);
+	heic = encode_mem(&pl, &ji, &hp);
 	photo_planes_release(&pl);
-	CHECK_EQ(heic_open(heic, len, 0, &rd, &h), 0);
+	CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
 	CHECK_EQ(heif_image_handle_get_width(h), 480); /* irot: a quarter turn */
 	CHECK_EQ(heif_image_handle_get_height(h), 640);
 	CHECK_EQ(heic_check_thumbnail(h, 640, 480), 0);
@@ -885,7 +877,7 @@ static void test_thumbnail(void)
 	heif_image_handle_release(th);
 	heif_image_handle_release(h);
 	heif_context_free(rd);
-	free(heic);
+	buf_free(&heic);
 }
 
 /* Odd sizes: archived and correct, or kept as not smaller (tiny files);

@@ -56,8 +56,6 @@ static int planes_to_image(const struct photo_planes *pl, struct heif_image **ou
 							  : heif_chroma_420;
 	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
 						  heif_channel_Cr};
-	int cw = pl->subsamp == TJSAMP_444 ? pl->width : (pl->width + 1) / 2;
-	int chh = ch == heif_chroma_420 ? (pl->height + 1) / 2 : pl->height;
 	struct heif_image *img;
 	int ret;
 
@@ -66,9 +64,10 @@ static int planes_to_image(const struct photo_planes *pl, struct heif_image **ou
 	if (ret)
 		return ret;
 	for (int i = 0; i < 3; i++) {
-		int w = i ? cw : pl->width, h = i ? chh : pl->height, stride;
+		int w, h, stride;
 		uint8_t *dst;
 
+		photo_plane_size(pl, i, &w, &h);
 		ret = heif_errno(heif_image_add_plane(img, chan[i], w, h, 8), "heif_image_add_plane");
 		if (ret)
 			goto out_release;
@@ -201,6 +200,19 @@ int heic_add_item(struct heif_context *ctx, const char *item_type, const char *c
 	return ret;
 }
 
+/* The thumbnail's size for a w x h photo: THUMB_BOX on the long side,
+ * even sides (as libheif makes them). 0 when the photo needs none (it fits
+ * the box) or can have none (a side would shrink below 2 samples: a 1000 x 1
+ * strip). A thumbnail side is then never longer than the photo's. */
+static int thumb_size(int w, int h, int *tw, int *th)
+{
+	if (w <= THUMB_BOX && h <= THUMB_BOX)
+		return 0;
+	*tw = (w >= h ? THUMB_BOX : (int)((int64_t)w * THUMB_BOX / h)) & ~1;
+	*th = (w >= h ? (int)((int64_t)h * THUMB_BOX / w) : THUMB_BOX) & ~1;
+	return *tw >= 2 && *th >= 2;
+}
+
 /* Scale a sw x sh plane into a dw x dh one (dw <= sw, dh <= sh), each
  * sample the rounded mean of the source samples its area covers. */
 static void box_scale(const uint8_t *src, int sstride, int sw, int sh, uint8_t *dst,
@@ -231,19 +243,16 @@ static void box_scale(const uint8_t *src, int sstride, int sw, int sh, uint8_t *
  * makes them) by area averaging. libheif 1.15's own thumbnail
  * (heif_context_encode_thumbnail) samples the nearest pixel: aliased, and
  * on the bench's 9 photos 35% more bytes (174 KB against 129 KB, 3.7% of
- * all they store). 0, -EINVAL when pl fits the box already, or -ENOMEM. */
+ * all they store). 0, -EINVAL when pl has no thumbnail (thumb_size), or
+ * -ENOMEM. */
 static int thumb_planes(const struct photo_planes *pl, struct photo_planes *t)
 {
-	int w = pl->width, h = pl->height, tw, th, ret;
+	int w = pl->width, tw, th, ret;
 	uint32_t *acc, *xcount;
 	uint16_t *xmap;
 
-	if (w <= THUMB_BOX && h <= THUMB_BOX)
+	if (!thumb_size(pl->width, pl->height, &tw, &th))
 		return -EINVAL;
-	tw = w >= h ? THUMB_BOX : (int)((int64_t)w * THUMB_BOX / h);
-	th = w >= h ? (int)((int64_t)h * THUMB_BOX / w) : THUMB_BOX;
-	tw = tw < 2 ? 2 : tw & ~1;
-	th = th < 2 ? 2 : th & ~1;
 	ret = photo_planes_alloc(t, tw, th, pl->subsamp);
 	if (ret)
 		return ret;
@@ -256,11 +265,12 @@ static int thumb_planes(const struct photo_planes *pl, struct photo_planes *t)
 		goto out;
 	}
 	for (int i = 0; i < pl->nplanes; i++) {
-		/* chroma: the planes' sizes as planes_to_image reads them */
-		int hf = i && pl->subsamp != TJSAMP_444 ? 2 : 1;
-		int vf = i && pl->subsamp == TJSAMP_420 ? 2 : 1;
-		box_scale(pl->plane[i], pl->stride[i], (w + hf - 1) / hf, (h + vf - 1) / vf,
-			  t->plane[i], t->stride[i], tw / hf, th / vf, acc, xmap, xcount);
+		int sw, sh, dw, dh;
+
+		photo_plane_size(pl, i, &sw, &sh);
+		photo_plane_size(t, i, &dw, &dh);
+		box_scale(pl->plane[i], pl->stride[i], sw, sh, t->plane[i], t->stride[i], dw, dh,
+			  acc, xmap, xcount);
 	}
 out:
 	free(acc);
@@ -445,7 +455,7 @@ int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context *
 
 int heic_check_thumbnail(const struct heif_image_handle *handle, int width, int height)
 {
-	int want = width > THUMB_BOX || height > THUMB_BOX;
+	int tw, tth, want = thumb_size(width, height, &tw, &tth);
 	heif_item_id id;
 	struct heif_image_handle *th;
 	int ok;
@@ -457,8 +467,9 @@ int heic_check_thumbnail(const struct heif_image_handle *handle, int width, int 
 	if (heif_image_handle_get_list_of_thumbnail_IDs(handle, &id, 1) != 1 ||
 	    heif_image_handle_get_thumbnail(handle, id, &th).code != heif_error_Ok)
 		return -EIO;
-	ok = heif_image_handle_get_width(th) <= THUMB_BOX &&
-	     heif_image_handle_get_height(th) <= THUMB_BOX;
+	/* irot turns the thumbnail as it turns the photo */
+	ok = (heif_image_handle_get_width(th) == tw && heif_image_handle_get_height(th) == tth) ||
+	     (heif_image_handle_get_width(th) == tth && heif_image_handle_get_height(th) == tw);
 	heif_image_handle_release(th);
 	return ok ? 0 : -EIO;
 }

@@ -59,16 +59,15 @@ static int capture(const struct de265_image *pic, struct hevcdec_capture *c)
 	enum de265_chroma want = pl->subsamp == TJSAMP_444   ? de265_chroma_444
 				 : pl->subsamp == TJSAMP_422 ? de265_chroma_422
 							     : de265_chroma_420;
-	int hf = pl->subsamp == TJSAMP_444 ? 1 : 2, vf = pl->subsamp == TJSAMP_420 ? 2 : 1;
 
 	if (de265_get_chroma_format(pic) != want)
 		return -EINVAL;
 	for (int i = 0; i < pl->nplanes; i++) {
-		int w = i ? (pl->width + hf - 1) / hf : pl->width;
-		int h = i ? (pl->height + vf - 1) / vf : pl->height;
-		int pw = de265_get_image_width(pic, i), ph = de265_get_image_height(pic, i), stride;
+		int w, h, pw = de265_get_image_width(pic, i), ph = de265_get_image_height(pic, i);
+		int stride;
 		const uint8_t *src = de265_get_image_plane(pic, i, &stride);
 
+		photo_plane_size(pl, i, &w, &h);
 		if (!src || de265_get_bits_per_pixel(pic, i) != 8 || pw < w ||
 		    pw > w + CAPTURE_MAX_PAD || ph < h || ph > h + CAPTURE_MAX_PAD ||
 		    w > pl->pw[i] || h > pl->ph[i])

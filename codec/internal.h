@@ -84,6 +84,11 @@ struct photo_planes {
 /* Allocate planes for a w x h image at subsamp. 0 or -ENOMEM/-EINVAL. */
 int photo_planes_alloc(struct photo_planes *pl, int width, int height, int subsamp);
 
+/* The samples of plane i that hold the picture (no MCU padding): the
+ * luma size, or the chroma size of the subsampling (grayscale is coded as
+ * 4:2:0 with flat chroma). */
+void photo_plane_size(const struct photo_planes *pl, int i, int *w, int *h);
+
 /* Free the planes (NULL and zeroed structs are fine). */
 void photo_planes_release(struct photo_planes *pl);
 
@@ -218,8 +223,8 @@ int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context *
 	      struct heif_image_handle **handle);
 
 /* Has the primary image (width x height samples, before irot) the one
- * thumbnail inside the thumbnail box that heic_encode gives a photo larger
- * than the box, and none otherwise? 0 or -EIO. */
+ * thumbnail heic_encode gives a photo larger than the thumbnail box, of
+ * the size it gives it, and none otherwise? 0 or -EIO. */
 int heic_check_thumbnail(const struct heif_image_handle *handle, int width, int height);
 
 /* A HEIF file read in place from a file descriptor (heic_open_fd). Must

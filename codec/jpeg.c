@@ -90,6 +90,15 @@ int photo_planes_alloc(struct photo_planes *pl, int width, int height, int subsa
 	return 0;
 }
 
+void photo_plane_size(const struct photo_planes *pl, int i, int *w, int *h)
+{
+	int hf = i && pl->subsamp != TJSAMP_444 ? 2 : 1;
+	int vf = i && (pl->subsamp == TJSAMP_420 || pl->subsamp == TJSAMP_GRAY) ? 2 : 1;
+
+	*w = (pl->width + hf - 1) / hf;
+	*h = (pl->height + vf - 1) / vf;
+}
+
 void photo_planes_release(struct photo_planes *pl)
 {
 	if (!pl)

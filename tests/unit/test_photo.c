@@ -880,6 +880,42 @@ static void test_thumbnail(void)
 	buf_free(&heic);
 }
 
+/* Strips and slivers: a thumbnail only where both of its sides keep 2
+ * samples, never a crash (a 1000 x 1 strip once divided by zero). */
+static void test_thumbnail_slivers(void)
+{
+	static const int sz[][4] = {
+		/* width, height, subsampling, has a thumbnail */
+		{1000, 1, TJSAMP_420, 0}, {1, 1000, TJSAMP_444, 0}, {2000, 3, TJSAMP_422, 0},
+		{999, 3, TJSAMP_420, 0},  {999, 7, TJSAMP_GRAY, 1}, {3, 999, TJSAMP_420, 0},
+		{7, 999, TJSAMP_420, 1},
+	};
+	static const struct jpeg_info ji = {.orientation = 1};
+	struct heic_params hp = {.quality = 60, .preset = "ultrafast"};
+
+	for (size_t k = 0; k < sizeof(sz) / sizeof(sz[0]); k++) {
+		struct photo_planes pl = {0};
+		struct heif_context *rd = NULL;
+		struct heif_image_handle *h = NULL;
+		struct buf heic;
+
+		CHECK_EQ(photo_planes_alloc(&pl, sz[k][0], sz[k][1], sz[k][2]), 0);
+		for (int i = 0; i < pl.nplanes; i++)
+			for (int y = 0; y < pl.ph[i]; y++)
+				for (int x = 0; x < pl.pw[i]; x++)
+					pl.plane[i][(size_t)y * pl.stride[i] + x] =
+						(uint8_t)(i ? 128 : (x * 7 + y * 13) & 0xFF);
+		heic = encode_mem(&pl, &ji, &hp);
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
+		CHECK_EQ(heif_image_handle_get_number_of_thumbnails(h), sz[k][3]);
+		CHECK_EQ(heic_check_thumbnail(h, sz[k][0], sz[k][1]), 0);
+		heif_image_handle_release(h);
+		heif_context_free(rd);
+		buf_free(&heic);
+		photo_planes_release(&pl);
+	}
+}
+
 /* Odd sizes: archived and correct, or kept as not smaller (tiny files);
  * the codec path itself must round-trip them either way. */
 static void test_odd_sizes(void)
@@ -1423,6 +1459,7 @@ int main(void)
 	RUN(test_orientations);
 	RUN(test_progressive_restart_large);
 	RUN(test_thumbnail);
+	RUN(test_thumbnail_slivers);
 	RUN(test_odd_sizes);
 	RUN(test_predicted);
 	RUN(test_kept);

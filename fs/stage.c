@@ -215,6 +215,8 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 			pp = &n->settle_next;
 		}
 	}
+	if (!due)
+		return; /* the lock stays held: no window for a kick */
 	pthread_mutex_unlock(&fs->nodes_lock);
 	while (due) {
 		struct node *n = due;

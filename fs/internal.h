@@ -31,6 +31,10 @@ struct node {
 	uint64_t ino;
 	int refs;
 	int writers;         /* open handles that may write */
+	int opens;           /* open handles of any kind */
+	int gone;            /* no name left: writes are not staged again */
+	int hidden_links;    /* names of it in the hidden directory */
+	char hidden_name[32]; /* the latest of them, removed at the last close */
 	int dirty;           /* written since the last enqueue */
 	int settling;        /* on the settle list (holds a reference) */
 	int64_t settle_at;   /* monotonic ms when it may be queued */
@@ -57,6 +61,7 @@ struct fs {
 	int state_fd;  /* BACKING/.hevcfs */
 	int work_fd;   /* BACKING/.hevcfs/work: archive outputs before commit */
 	int cache_fd;  /* BACKING/.hevcfs/cache: rendered views */
+	int hidden_fd; /* BACKING/.hevcfs/hidden: files removed while open */
 	char *work_dir, *cache_dir; /* absolute paths of the above, for codec/ */
 	struct idx *idx;
 	const char *index_path; /* opened in the daemon, after fork */
@@ -126,6 +131,7 @@ struct fs_lookup {
 	struct idx_entry e;  /* valid when has_entry: looked up only for names
 				that carry an archive suffix */
 	int has_entry;
+	int hidden;          /* found in the hidden directory */
 };
 /* Resolve a logical path to its backing file (following the mapping of
  * archived names). Returns 0 (lk->parent open) or -errno (nothing open). */
@@ -137,6 +143,16 @@ int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk);
  * when it is hidden. Writes into buf. */
 const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name, uint64_t ino,
 			    char *buf, size_t size);
+/*
+ * Is name the kind libfuse gives a file removed while open
+ * (".fuse_hidden" and 16 hex digits)? libfuse renames the file to it, asks
+ * for its attributes under it and removes it at the last close; hevcfs keeps
+ * such a file in BACKING/.hevcfs/hidden, out of every listing, and the names
+ * cannot be created from the mount.
+ */
+int fs_hidden_name(const char *name);
+/* The last component of a path. */
+const char *fs_basename(const char *path);
 /* Does backing name end with a suffix used for archived copies? */
 int fs_has_archive_suffix(const char *name);
 
@@ -157,9 +173,23 @@ void fs_node_touch(struct fs *fs, struct node *n);
 void fs_node_writer_open(struct fs *fs, struct node *n, const char *path);
 /* A writer closed: start settling if it was the last and the node is dirty. */
 void fs_node_writer_close(struct fs *fs, struct node *n, const char *path);
+/* A handle of any kind opened or closed on n. When the last closes on a
+ * file with no name left, fs_node_closed copies the hidden name it still
+ * has to buf (size 32) and returns 1: the caller removes it. */
+void fs_node_opened(struct fs *fs, struct node *n);
+int fs_node_closed(struct fs *fs, struct node *n, char *buf);
+/* Does ino have open handles? */
+int fs_node_is_open(struct fs *fs, uint64_t ino);
+/* The link count the mount shows for ino, whose backing count is nlink:
+ * links in the hidden directory do not count, and a file with no name left
+ * has none. Returns nlink when the node is unknown. */
+nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink);
+/* ino got the hidden name (delta 1) or lost it (-1). */
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta);
 /* A rename happened: rewrite the remembered paths at or below from. */
 void fs_nodes_rename(struct fs *fs, const char *from, const char *to);
-/* The file is gone (unlinked): cancel its job, forget settling. */
+/* The file is gone (no name left): cancel its job, forget settling, and
+ * stage nothing for it until a writer opens it under a name again. */
 void fs_node_gone(struct fs *fs, uint64_t ino);
 /* Mark a new or rewritten file as staged in the index, with its path in
  * the queue so recovery finds it if the mount ends before it settles. */

@@ -61,11 +61,13 @@ static void fs_close_state(struct fs *fs)
 		close(fs->cache_fd);
 	if (fs->work_fd >= 0)
 		close(fs->work_fd);
+	if (fs->hidden_fd >= 0)
+		close(fs->hidden_fd);
 	if (fs->state_fd >= 0)
 		close(fs->state_fd);
 	if (fs->root_fd >= 0)
 		close(fs->root_fd);
-	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = -1;
+	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
 	free(fs->work_dir);
 	free(fs->cache_dir);
 	fs->work_dir = fs->cache_dir = NULL;
@@ -83,7 +85,7 @@ static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *
 	struct stat st;
 	int rc;
 
-	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = -1;
+	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
 	*lock_fd = -1;
 	if (!index) {
 		rc = -ENOMEM;
@@ -113,14 +115,17 @@ static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		goto out;
 	}
-	if ((rc = ensure_dir(fs->state_fd, "work")) || (rc = ensure_dir(fs->state_fd, "cache")))
+	if ((rc = ensure_dir(fs->state_fd, "work")) || (rc = ensure_dir(fs->state_fd, "cache")) ||
+	    (rc = ensure_dir(fs->state_fd, "hidden")))
 		goto out;
 	fs->work_fd = openat(fs->state_fd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	fs->cache_fd = openat(fs->state_fd, "cache", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fs->hidden_fd = openat(fs->state_fd, "hidden", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	fs->work_dir = join(state, "work");
 	fs->cache_dir = join(state, "cache");
-	if (fs->work_fd == -1 || fs->cache_fd == -1 || !fs->work_dir || !fs->cache_dir) {
-		rc = fs->work_fd == -1 || fs->cache_fd == -1 ? -errno : -ENOMEM;
+	if (fs->work_fd == -1 || fs->cache_fd == -1 || fs->hidden_fd == -1 || !fs->work_dir ||
+	    !fs->cache_dir) {
+		rc = fs->work_fd == -1 || fs->cache_fd == -1 || fs->hidden_fd == -1 ? -errno : -ENOMEM;
 		goto out;
 	}
 	if (fstatat(fs->state_fd, DIRTY_NAME, &st, 0) == 0)
@@ -174,7 +179,8 @@ out_forget:
 	return 0;
 }
 
-/* Remove every file in the work directory: unfinished outputs. */
+/* Remove every file in a directory of the state: unfinished outputs, and
+ * files removed while open when the last mount ended. */
 static void wipe_dir(int dirfd)
 {
 	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -321,6 +327,7 @@ static int recover(struct fs *fs, int fresh)
 	if (rc)
 		return rc;
 	wipe_dir(fs->work_fd);
+	wipe_dir(fs->hidden_fd);
 	if (fresh) {
 		char *path = calloc(1, 4096);
 		if (!path)

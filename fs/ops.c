@@ -133,6 +133,24 @@ static void logical_stat(const struct fs_lookup *lk, struct stat *st)
 		st->st_size = (off_t)lk->e.view_bytes;
 }
 
+/*
+ * Link counts of files removed while open. libfuse keeps such a file under a
+ * hidden name (hide_file), a link the file does not really have: no name
+ * counts the hidden ones. libfuse itself takes one off when it answers a
+ * getattr of a hidden name but not when it answers an attribute change
+ * (fchmod, ftruncate, ...) through one: a file with no name left shows 0
+ * either way; a hard-linked file that lost one of its names shows one link
+ * too many after such a change, until its attributes are asked for again.
+ */
+static void shown_nlink(struct fs *fs, const struct fs_lookup *lk, struct stat *st)
+{
+	if (!S_ISREG(st->st_mode) || (!lk->hidden && st->st_nlink < 2))
+		return; /* the hot path: nothing of it can be hidden */
+	st->st_nlink = fs_node_nlink(fs, st->st_ino, st->st_nlink);
+	if (lk->hidden && st->st_nlink > 0)
+		st->st_nlink++; /* for libfuse to take off */
+}
+
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_get();
@@ -150,6 +168,8 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 				return -errno;
 			st->st_size = vst.st_size;
 		}
+		if (h && S_ISREG(st->st_mode))
+			st->st_nlink = fs_node_nlink(fs, h->ino, st->st_nlink);
 		return 0;
 	}
 	if (!path)
@@ -161,7 +181,8 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 		return rc;
 	close(lk.parent);
 	logical_stat(&lk, st);
-	if (linkable(st))
+	shown_nlink(fs, &lk, st);
+	if (!lk.hidden && linkable(st))
 		fs_links_note(fs, st->st_ino, path);
 	return 0;
 }
@@ -189,7 +210,7 @@ static int create_parent(struct fs *fs, const char *path, const char **name)
 	struct fs_lookup lk;
 	int rc;
 
-	if (fs_path_reserved(path))
+	if (fs_path_reserved(path) || fs_hidden_name(fs_basename(path)))
 		return -EPERM;
 	rc = fs_lookup_for_create(fs, path, &lk);
 	if (rc == 0) {
@@ -279,12 +300,17 @@ static int op_unlink(const char *path)
 	rc = fs_lookup(fs, path, &lk);
 	if (rc)
 		goto out_unlock;
-	if (unlinkat(lk.parent, lk.name, 0) == -1)
+	if (unlinkat(lk.parent, lk.name, 0) == -1) {
 		rc = -errno;
-	else if (S_ISREG(lk.st.st_mode) && lk.st.st_nlink <= 1)
+	} else if (S_ISREG(lk.st.st_mode) &&
+		   (lk.hidden ? lk.st.st_nlink : fs_node_nlink(fs, lk.st.st_ino, lk.st.st_nlink)) <= 1) {
+		/* the last name; a hidden one is the last link */
 		forget_file(fs, lk.st.st_ino);
-	else
+	} else {
+		if (lk.hidden)
+			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1);
 		changed(fs, &lk.st, path);
+	}
 	close(lk.parent);
 out_unlock:
 	pthread_mutex_unlock(&fs->ns_lock);
@@ -321,6 +347,38 @@ static int op_symlink(const char *target, const char *path)
 	return rc;
 }
 
+/*
+ * libfuse's removal of a file that is still open: it renames the file to a
+ * hidden name, answers fstat() through that name, and removes it at the last
+ * close. The file waits in the hidden directory, out of every listing (its
+ * directory can be removed), and is no longer in the index: nothing is
+ * archived from it. Caller holds ns_lock.
+ */
+static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, const char *to)
+{
+	const char *name = fs_basename(to);
+	nlink_t names = fs_node_nlink(fs, src->st.st_ino, src->st.st_nlink);
+
+	if (renameat2(src->parent, src->name, fs->hidden_fd, name, RENAME_NOREPLACE) == -1) {
+		if (errno == ENOENT)
+			return -ENOENT;
+		/* another filesystem mounted inside BACKING (EXDEV), or no room
+		 * for the name: remove the file now, as a local disk would;
+		 * only fstat() through the mount loses it */
+		log_msg(LOG_WARNING, "cannot keep %s open after its removal: %s", from,
+			strerror(errno));
+		if (unlinkat(src->parent, src->name, 0) == -1)
+			return -errno;
+	} else {
+		fs_node_hidden_link(fs, src->st.st_ino, name, 1);
+	}
+	if (names <= 1)
+		forget_file(fs, src->st.st_ino);
+	else
+		changed(fs, &src->st, from);
+	return 0;
+}
+
 /* The name paths pass through while two are exchanged. */
 #define EXCHANGE_TMP "\x01\x02hevcfs exchange\x02\x01"
 
@@ -340,6 +398,15 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 	rc = fs_lookup(fs, from, &src);
 	if (rc)
 		goto out_unlock;
+	if (fs_hidden_name(fs_basename(to))) {
+		/* only libfuse hides, and only an open file; a name of that
+		 * form cannot be taken otherwise */
+		if (S_ISREG(src.st.st_mode) && !flags && fs_node_is_open(fs, src.st.st_ino))
+			rc = hide_file(fs, &src, from, to);
+		else
+			rc = -EPERM;
+		goto out_src;
+	}
 	to_parent = fs_open_parent(fs, to, &to_name);
 	if (to_parent < 0) {
 		rc = to_parent;
@@ -613,8 +680,9 @@ out_close:
 	return rc;
 }
 
-/* Set up a handle on fd for the logical path; writers get a node. */
-static int handle_new(struct fs *fs, int fd, const char *path, int writable,
+/* Set up a handle on fd for the logical path. Every handle holds its
+ * file's node (ino: the backing file's, 0 to take fd's). */
+static int handle_new(struct fs *fs, int fd, uint64_t ino, const char *path, int writable,
 		      struct fuse_file_info *fi)
 {
 	struct handle *h = calloc(1, sizeof(*h));
@@ -625,17 +693,40 @@ static int handle_new(struct fs *fs, int fd, const char *path, int writable,
 	h->kind = HANDLE_FILE;
 	h->fd = h->bfd = fd;
 	h->writable = writable;
+	if (fstat(fd, &st) == -1) {
+		int rc = -errno;
+		free(h);
+		return rc;
+	}
+	h->ino = ino ? ino : st.st_ino;
+	if (!(h->node = fs_node_get(fs, h->ino))) {
+		free(h);
+		return -ENOMEM;
+	}
+	fs_node_opened(fs, h->node);
 	if (writable) {
-		if (fstat(fd, &st) == -1 || !(h->node = fs_node_get(fs, st.st_ino))) {
-			free(h);
-			return -ENOMEM;
-		}
-		h->ino = st.st_ino;
 		h->linked = st.st_nlink > 1;
 		fs_node_writer_open(fs, h->node, path);
 	}
 	fi->fh = (uintptr_t)h;
 	return 0;
+}
+
+/* Let go of a handle's node: the last writer's close starts settling (path
+ * may be NULL: the node remembers the last name). */
+static void handle_close_node(struct fs *fs, struct handle *h, const char *path)
+{
+	char hidden[32];
+
+	if (h->writable)
+		fs_node_writer_close(fs, h->node, path);
+	/* libfuse removes the hidden name after this, when it can still
+	 * name it (not once its directory is gone): do it here */
+	if (fs_node_closed(fs, h->node, hidden) && unlinkat(fs->hidden_fd, hidden, 0) == -1 &&
+	    errno != ENOENT)
+		log_msg(LOG_WARNING, "cannot remove %s: %s", hidden, strerror(errno));
+	fs_node_put(fs, h->node);
+	h->node = NULL;
 }
 
 /* First change through a handle: new generation, "staged" in the index. */
@@ -649,7 +740,9 @@ static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
 			fs_links_changed(fs, h->ino, path);
 		if (fstat(h->fd, &st) == 0) {
 			pthread_mutex_lock(&fs->nodes_lock);
-			char *p = path ? strdup(path) : (h->node->path ? strdup(h->node->path) : NULL);
+			/* a file without a name (removed while open) is not staged */
+			const char *name = h->node->gone ? NULL : path ? path : h->node->path;
+			char *p = name ? strdup(name) : NULL;
 			pthread_mutex_unlock(&fs->nodes_lock);
 			if (p)
 				fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, p);
@@ -683,7 +776,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 				rc = fd == -ENOSPC || fd == -EMFILE || fd == -ENFILE ? fd : -EIO;
 				goto out_close;
 			}
-			rc = handle_new(fs, fd, path, 0, fi);
+			rc = handle_new(fs, fd, lk.st.st_ino, path, 0, fi);
 			if (rc) {
 				close(fd);
 				goto out_close;
@@ -702,7 +795,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 		rc = -errno;
 		goto out_close;
 	}
-	rc = handle_new(fs, fd, path, writable, fi);
+	rc = handle_new(fs, fd, 0, path, writable, fi);
 	if (rc) {
 		close(fd);
 		goto out_close;
@@ -734,7 +827,7 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		goto out_close;
 	}
 	own_new(parent, name);
-	rc = handle_new(fs, fd, path, 1, fi);
+	rc = handle_new(fs, fd, 0, path, 1, fi);
 	if (rc) {
 		close(fd);
 		goto out_close;
@@ -832,11 +925,10 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 		rc = -errno;
 	} else {
 		struct fuse_file_info tfi = {.flags = O_WRONLY};
-		if (handle_new(fs, fd, path, 1, &tfi) == 0) {
+		if (handle_new(fs, fd, 0, path, 1, &tfi) == 0) {
 			struct handle *h = fh_of(&tfi);
 			handle_dirty(fs, h, path);
-			fs_node_writer_close(fs, h->node, path);
-			fs_node_put(fs, h->node);
+			handle_close_node(fs, h, path);
 			free(h);
 		}
 	}
@@ -860,16 +952,18 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 	struct handle *h = fh_of(fi);
 	struct stat st;
 
-	if (h->node) {
+	if (h->writable) {
 		if (fstat(h->fd, &st) == 0 && st.st_nlink == 0) {
-			fs_node_writer_close(fs, h->node, NULL);
+			handle_close_node(fs, h, NULL);
 			forget_file(fs, st.st_ino);
 		} else {
-			fs_node_writer_close(fs, h->node, path);
-			if (h->linked && h->staged)
+			int staged_linked = h->linked && h->staged;
+			handle_close_node(fs, h, path);
+			if (staged_linked)
 				fs_links_changed(fs, h->ino, path);
 		}
-		fs_node_put(fs, h->node);
+	} else {
+		handle_close_node(fs, h, path);
 	}
 	if (h->bfd != h->fd)
 		close(h->bfd);
@@ -1112,7 +1206,9 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 
 	cfg->use_ino = 1;
 	cfg->nullpath_ok = 1;
-	cfg->hard_remove = 1;
+	/* A file removed while open is hidden (hide_file) rather than
+	 * forgotten, so fstat() through an open descriptor still answers. */
+	cfg->hard_remove = 0;
 	/* Names and attributes are cached for a second; the other names of a
 	 * hard-linked file are invalidated when it changes (links.c). Views
 	 * and unchanged files keep their page cache across opens. */

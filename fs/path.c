@@ -81,6 +81,26 @@ int fs_open_path(struct fs *fs, const char *path, int flags, mode_t mode)
 	return open_beneath(fs->root_fd, *path ? path : ".", flags | O_NOFOLLOW, mode);
 }
 
+int fs_hidden_name(const char *name)
+{
+	static const char prefix[] = ".fuse_hidden";
+	const size_t n = sizeof(prefix) - 1;
+
+	if (strncmp(name, prefix, n) != 0)
+		return 0;
+	for (size_t i = n; i < n + 16; i++)
+		if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+			return 0;
+	return name[n + 16] == '\0';
+}
+
+const char *fs_basename(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
 int fs_has_archive_suffix(const char *name)
 {
 	size_t n = strlen(name);
@@ -143,35 +163,16 @@ int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk)
 	return rc;
 }
 
-int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
+/* Look name up in the directory lk->parent (open): 0, or -ENOENT with
+ * lk->name set to name for a create, or ARCHIVE_OWN_NAME, or another
+ * -errno. */
+#define ARCHIVE_OWN_NAME 1
+static int lookup_in(struct fs *fs, const char *name, struct fs_lookup *lk)
 {
-	const char *name;
-	size_t nlen;
-	int rc;
+	size_t nlen = strlen(name);
 
-	memset(lk, 0, sizeof(*lk));
-	if (fs_path_reserved(path))
-		return -ENOENT;
-	if (path[strspn(path, "/")] == '\0') {
-		/* the root: "." of itself */
-		lk->parent = open_beneath(fs->root_fd, ".", O_PATH | O_DIRECTORY, 0);
-		if (lk->parent < 0)
-			return lk->parent;
-		strcpy(lk->name, ".");
-		if (fstat(lk->parent, &lk->st) == -1) {
-			rc = -errno;
-			goto out_close;
-		}
-		return 0;
-	}
-	lk->parent = fs_open_parent(fs, path, &name);
-	if (lk->parent < 0)
-		return lk->parent;
-	nlen = strlen(name);
-	if (nlen > 255) {
-		rc = -ENAMETOOLONG;
-		goto out_close;
-	}
+	if (nlen > 255)
+		return -ENAMETOOLONG;
 	memcpy(lk->name, name, nlen + 1);
 	if (fstatat(lk->parent, name, &lk->st, AT_SYMLINK_NOFOLLOW) == 0) {
 		/* Only a name with an archive suffix can differ from what is
@@ -183,17 +184,13 @@ int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
 			lk->has_entry = 1;
 		/* In the legacy view an archived copy answers only to the
 		 * logical name, not to its own. */
-		if (fs->cfg->view == FS_VIEW_LEGACY && lk->has_entry && is_archive_of(&lk->e, name)) {
-			rc = -ENOENT;
-			goto out_close;
-		}
+		if (fs->cfg->view == FS_VIEW_LEGACY && lk->has_entry && is_archive_of(&lk->e, name))
+			return ARCHIVE_OWN_NAME;
 		lk->archived = lk->has_entry && lk->e.state == IDX_ARCHIVED;
 		return 0;
 	}
-	if (errno != ENOENT) {
-		rc = -errno;
-		goto out_close;
-	}
+	if (errno != ENOENT)
+		return -errno;
 	if (fs->cfg->view == FS_VIEW_LEGACY) {
 		for (size_t i = 0; i < NSUFFIXES; i++) {
 			size_t s = strlen(archive_suffixes[i]);
@@ -212,7 +209,53 @@ int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
 		}
 		lk->name[nlen] = '\0';
 	}
-	return -ENOENT; /* with the parent open, for a create */
+	memset(&lk->st, 0, sizeof(lk->st));
+	lk->has_entry = 0;
+	return -ENOENT;
+}
+
+int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
+{
+	const char *name;
+	int rc;
+
+	memset(lk, 0, sizeof(*lk));
+	if (fs_path_reserved(path))
+		return -ENOENT;
+	if (path[strspn(path, "/")] == '\0') {
+		/* the root: "." of itself */
+		lk->parent = open_beneath(fs->root_fd, ".", O_PATH | O_DIRECTORY, 0);
+		if (lk->parent < 0)
+			return lk->parent;
+		strcpy(lk->name, ".");
+		if (fstat(lk->parent, &lk->st) == -1) {
+			rc = -errno;
+			goto out_close;
+		}
+		return 0;
+	}
+	if (fs_hidden_name(fs_basename(path))) {
+		/* a file removed while open lives on in the hidden directory,
+		 * whatever directory its last name was in */
+		lk->parent = fcntl(fs->hidden_fd, F_DUPFD_CLOEXEC, 0);
+		if (lk->parent < 0)
+			return -errno;
+		lk->hidden = 1;
+		rc = lookup_in(fs, fs_basename(path), lk);
+		if (rc != -ENOENT)
+			goto out;
+		close(lk->parent);
+		memset(lk, 0, sizeof(*lk));
+	}
+	lk->parent = fs_open_parent(fs, path, &name);
+	if (lk->parent < 0)
+		return lk->parent;
+	rc = lookup_in(fs, name, lk);
+out:
+	if (rc == ARCHIVE_OWN_NAME)
+		rc = -ENOENT; /* and no create under it either */
+	else if (rc == 0 || rc == -ENOENT)
+		return rc; /* -ENOENT with the parent open, for a create */
 out_close:
 	close(lk->parent);
 	lk->parent = -1;

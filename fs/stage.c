@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -109,17 +110,82 @@ void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->writers++;
-	node_set_path(n, path);
+	/* opened under a real name: a file again (its inode number may have
+	 * been reused since the node's file went) */
+	if (path && !fs_hidden_name(fs_basename(path))) {
+		n->gone = 0;
+		node_set_path(n, path);
+	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+void fs_node_opened(struct fs *fs, struct node *n)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	n->opens++;
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+int fs_node_closed(struct fs *fs, struct node *n, char *buf)
+{
+	int last;
+
+	pthread_mutex_lock(&fs->nodes_lock);
+	n->opens--;
+	last = n->opens == 0 && n->gone && n->hidden_name[0];
+	if (last) {
+		memcpy(buf, n->hidden_name, sizeof(n->hidden_name));
+		n->hidden_name[0] = '\0';
+		n->hidden_links--;
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return last;
+}
+
+nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *n = node_lookup(fs, ino);
+	if (n && n->gone)
+		nlink = 0;
+	else if (n)
+		nlink -= (nlink_t)n->hidden_links < nlink ? (nlink_t)n->hidden_links : nlink;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return nlink;
+}
+
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *n = node_lookup(fs, ino);
+	if (n && delta > 0) {
+		n->hidden_links++;
+		snprintf(n->hidden_name, sizeof(n->hidden_name), "%s", name);
+	} else if (n && n->hidden_links > 0) {
+		n->hidden_links--;
+		if (!strcmp(n->hidden_name, name))
+			n->hidden_name[0] = '\0';
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+int fs_node_is_open(struct fs *fs, uint64_t ino)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *n = node_lookup(fs, ino);
+	int open = n && n->opens > 0;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return open;
 }
 
 void fs_node_writer_close(struct fs *fs, struct node *n, const char *path)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->writers--;
-	node_set_path(n, path);
+	if (!n->gone)
+		node_set_path(n, path);
 	n->settle_at = fs_now_ms() + fs->cfg->settle_ms;
-	if (n->writers == 0 && n->dirty && !n->settling && !fs->stopping) {
+	if (n->writers == 0 && n->dirty && !n->gone && !n->settling && !fs->stopping) {
 		n->settling = 1;
 		n->refs++;
 		n->settle_next = fs->settle;
@@ -171,6 +237,7 @@ void fs_node_gone(struct fs *fs, uint64_t ino)
 		atomic_store(&n->cancel, 1);
 		atomic_fetch_add(&n->gen, 1);
 		n->dirty = 0;
+		n->gone = 1;
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
 }

@@ -5,10 +5,21 @@ import os
 import random
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from conftest import Mount
+
+
+def write_bytes(p, data):
+    with open(p, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(p):
+    with open(p, "rb") as f:
+        return f.read()
 
 
 def make_mixed_tree(root, seed=1):
@@ -190,6 +201,66 @@ def test_unlink_while_open(mount):
     mount.wait_idle()
     st = mount.status()
     assert st["files"] == 0
+
+
+def empty_soon(d, timeout=5):
+    """The kernel sends a release after close() returns, not before."""
+    deadline = time.time() + timeout
+    while os.listdir(d) and time.time() < deadline:
+        time.sleep(0.01)
+    return os.listdir(d) == []
+
+
+def test_removed_while_open_leaves_nothing(mount):
+    """A file removed while open answers fstat() and I/O, shows in no
+    listing, lets its directory go, and leaves nothing behind at its last
+    close: no file in BACKING, no index entry."""
+    mnt, backing = mount.mnt, mount.backing
+    hidden = os.path.join(backing, ".hevcfs", "hidden")
+    os.mkdir(os.path.join(mnt, "d"))
+    f = os.path.join(mnt, "d", "tmp")
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"scratch")
+    os.unlink(f)
+    assert os.fstat(fd).st_nlink == 0
+    assert os.listdir(os.path.join(mnt, "d")) == []
+    assert os.listdir(os.path.join(backing, "d")) == []
+    assert len(os.listdir(hidden)) == 1
+    os.rmdir(os.path.join(mnt, "d"))
+    os.write(fd, b" and more")
+    assert os.pread(fd, 100, 0) == b"scratch and more"
+    os.close(fd)
+    assert empty_soon(hidden)
+    # a rename over an open file: the old file's bytes stay readable
+    write_bytes(os.path.join(mnt, "t"), b"old")
+    write_bytes(os.path.join(mnt, "s"), b"new")
+    fd = os.open(os.path.join(mnt, "t"), os.O_RDONLY)
+    os.rename(os.path.join(mnt, "s"), os.path.join(mnt, "t"))
+    assert os.pread(fd, 10, 0) == b"old"
+    assert os.fstat(fd).st_nlink == 0
+    os.close(fd)
+    assert empty_soon(hidden)
+    mount.wait_idle()
+    st = mount.status()
+    assert st["files"] == 1 and st["bytes_original"] == 3
+    assert sorted(os.listdir(mnt)) == ["t"]
+
+
+def test_hidden_names_are_reserved(mount):
+    """The names libfuse gives files removed while open cannot be made."""
+    mnt = mount.mnt
+    name = ".fuse_hidden0000000a00000001"
+    write_bytes(os.path.join(mnt, "f"), b"x")
+    for fn in (lambda p: os.open(p, os.O_CREAT | os.O_WRONLY, 0o644),
+               os.mkdir, lambda p: os.symlink("f", p), lambda p: os.mkfifo(p),
+               lambda p: os.link(os.path.join(mnt, "f"), p),
+               lambda p: os.rename(os.path.join(mnt, "f"), p)):
+        with pytest.raises(PermissionError):
+            fn(os.path.join(mnt, name))
+    assert os.listdir(mnt) == ["f"]
+    # a name close to it is an ordinary name
+    write_bytes(os.path.join(mnt, name + "0"), b"y")
+    assert read_bytes(os.path.join(mnt, name + "0")) == b"y"
 
 
 def test_editor_save_pattern(mount):

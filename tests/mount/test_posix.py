@@ -400,7 +400,60 @@ def sc_hardlink_special(root):
     return t
 
 
-SCENARIOS = [sc_hardlink_attrs, sc_hardlink_special, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
+def fst(fd):
+    s = os.fstat(fd)
+    return (stat.filemode(s.st_mode), s.st_nlink, s.st_size)
+
+
+def sc_unlink_open(root):
+    """Files removed or replaced while open: fstat, I/O and attribute
+    changes through the descriptor go on; the directory can be removed."""
+    t = []
+    j = lambda *p: os.path.join(root, *p)
+    fd = os.open(j("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"hello")
+    os.unlink(j("f"))
+    t.append(fst(fd))
+    os.write(fd, b" world")
+    os.fchmod(fd, 0o600)
+    t.append(fst(fd))
+    t.append(os.pread(fd, 64, 0))
+    t.append(sorted(os.listdir(root)))
+    # the same name again, while the old file is still open
+    t.append(rec(write, j("f"), b"new"))
+    t.append(read(j("f")))
+    t.append(fst(fd))
+    os.close(fd)
+    # one name of two goes
+    write(j("a"), b"linked")
+    os.link(j("a"), j("b"))
+    fd = os.open(j("a"), os.O_RDONLY)
+    os.unlink(j("a"))
+    t.append(fst(fd))
+    t.append(st(j("b"))[:6])
+    os.close(fd)
+    # rename over an open file
+    write(j("t"), b"old target")
+    write(j("s"), b"source")
+    fd = os.open(j("t"), os.O_RDONLY)
+    os.rename(j("s"), j("t"))
+    t.append(fst(fd))
+    t.append(os.pread(fd, 64, 0))
+    t.append(read(j("t")))
+    os.close(fd)
+    # a directory whose last file is open but removed can go
+    os.mkdir(j("d"))
+    fd = os.open(j("d", "g"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"in d")
+    os.unlink(j("d", "g"))
+    t.append(rec(os.rmdir, j("d")))
+    t.append(os.pread(fd, 64, 0))
+    os.close(fd)
+    t.append(sorted(os.listdir(root)))
+    return t
+
+
+SCENARIOS = [sc_unlink_open, sc_hardlink_attrs, sc_hardlink_special, sc_open, sc_dirs, sc_rename, sc_rename_flags, sc_links, sc_attrs, sc_xattrs,
              sc_sparse, sc_fallocate, sc_setgid_dir, sc_umask]
 
 

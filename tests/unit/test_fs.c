@@ -19,7 +19,8 @@ static void setup(void)
 {
 	char p[1000];
 
-	snprintf(p, sizeof(p), "rm -rf %s/b && mkdir -p %s/b/.hevcfs %s/b/sub", dir, dir, dir);
+	snprintf(p, sizeof(p), "rm -rf %s/b && mkdir -p %s/b/.hevcfs/hidden %s/b/sub", dir, dir,
+		 dir);
 	CHECK(system(p) == 0);
 	fs_config_init(&cfg);
 	memset(&fs, 0, sizeof(fs));
@@ -27,6 +28,9 @@ static void setup(void)
 	snprintf(p, sizeof(p), "%s/b", dir);
 	fs.root_fd = open(p, O_PATH | O_DIRECTORY);
 	CHECK(fs.root_fd >= 0);
+	snprintf(p, sizeof(p), "%s/b/.hevcfs/hidden", dir);
+	fs.hidden_fd = open(p, O_PATH | O_DIRECTORY);
+	CHECK(fs.hidden_fd >= 0);
 	snprintf(p, sizeof(p), "%s/b/.hevcfs/index", dir);
 	CHECK_EQ(idx_open(p, 0, &fs.idx), 0);
 	pthread_mutex_init(&fs.nodes_lock, NULL);
@@ -38,6 +42,7 @@ static void teardown(void)
 {
 	idx_close(fs.idx);
 	close(fs.root_fd);
+	close(fs.hidden_fd);
 	free(fs.nodes);
 }
 
@@ -173,6 +178,41 @@ static void test_archived_names_map(void)
 	teardown();
 }
 
+/* Names libfuse gives files removed while open resolve in the hidden
+ * directory first, whatever directory the path names. */
+static void test_hidden_names(void)
+{
+	struct fs_lookup lk;
+	uint64_t hidden, plain;
+
+	CHECK(fs_hidden_name(".fuse_hidden0000000200000001"));
+	CHECK(fs_hidden_name(".fuse_hiddenabcdef0123456789"));
+	CHECK(!fs_hidden_name(".fuse_hidden000000020000000"));
+	CHECK(!fs_hidden_name(".fuse_hidden00000002000000011"));
+	CHECK(!fs_hidden_name(".fuse_hidden000000020000000G"));
+	CHECK(!fs_hidden_name(".fuse_hidden00000002ABCDEF01"));
+	CHECK(!fs_hidden_name("x.fuse_hidden0000000200000001"));
+	CHECK(!strcmp(fs_basename("/a/b/c"), "c"));
+	CHECK(!strcmp(fs_basename("c"), "c"));
+
+	setup();
+	hidden = mkfile(".hevcfs/hidden/.fuse_hidden0000000200000001");
+	CHECK_EQ(fs_lookup(&fs, "/sub/.fuse_hidden0000000200000001", &lk), 0);
+	CHECK_EQ(lk.st.st_ino, hidden);
+	close(lk.parent);
+	CHECK_EQ(fs_lookup(&fs, "/gone/dir/.fuse_hidden0000000200000001", &lk), 0);
+	CHECK_EQ(lk.st.st_ino, hidden);
+	close(lk.parent);
+	/* one put in the tree by other means is still found where it is */
+	plain = mkfile("sub/.fuse_hidden0000000300000001");
+	CHECK_EQ(fs_lookup(&fs, "/sub/.fuse_hidden0000000300000001", &lk), 0);
+	CHECK_EQ(lk.st.st_ino, plain);
+	close(lk.parent);
+	CHECK_EQ(fs_lookup(&fs, "/.fuse_hidden0000000300000001", &lk), -ENOENT);
+	CHECK_EQ(lk.parent, -1);
+	teardown();
+}
+
 static void test_node_generations(void)
 {
 	setup();
@@ -206,6 +246,7 @@ int main(void)
 	RUN(test_reserved_names);
 	RUN(test_no_escape);
 	RUN(test_archived_names_map);
+	RUN(test_hidden_names);
 	RUN(test_node_generations);
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

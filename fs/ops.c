@@ -137,10 +137,11 @@ static void logical_stat(const struct fs_lookup *lk, struct stat *st)
  * Link counts of files removed while open. libfuse keeps such a file under a
  * hidden name (hide_file), a link the file does not really have: no name
  * counts the hidden ones. libfuse itself takes one off when it answers a
- * getattr of a hidden name but not when it answers an attribute change
- * (fchmod, ftruncate, ...) through one: a file with no name left shows 0
- * either way; a hard-linked file that lost one of its names shows one link
- * too many after such a change, until its attributes are asked for again.
+ * getattr of a hidden name, but not when it answers an attribute change
+ * (fchmod, ftruncate, ...) through one. A file with no name left shows 0
+ * either way; a hard-linked file that lost one of its names may show a count
+ * off by one through that name's descriptor (which answer it gets depends on
+ * the request, which the path-based API does not tell).
  */
 static void shown_nlink(struct fs *fs, const struct fs_lookup *lk, struct stat *st)
 {

@@ -147,8 +147,8 @@ const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name
  * Is name the kind libfuse gives a file removed while open
  * (".fuse_hidden" and 16 hex digits)? libfuse renames the file to it, asks
  * for its attributes under it and removes it at the last close; hevcfs keeps
- * such a file in BACKING/.hevcfs/hidden, out of every listing, and the names
- * cannot be created from the mount.
+ * such a file in BACKING/.hevcfs/hidden, out of every listing. A name of the
+ * form is looked up there first, then where the path says.
  */
 int fs_hidden_name(const char *name);
 /* The last component of a path. */
@@ -173,6 +173,9 @@ void fs_node_touch(struct fs *fs, struct node *n);
 void fs_node_writer_open(struct fs *fs, struct node *n, const char *path);
 /* A writer closed: start settling if it was the last and the node is dirty. */
 void fs_node_writer_close(struct fs *fs, struct node *n, const char *path);
+/* Is path the hidden name of n's file, removed while open (not a name
+ * somebody chose that only looks like one)? Caller holds nodes_lock. */
+int fs_node_path_hidden(const struct node *n, const char *path);
 /* A handle of any kind opened or closed on n. When the last closes on a
  * file with no name left, fs_node_closed copies the hidden name it still
  * has to buf (size 32) and returns 1: the caller removes it. */

@@ -211,7 +211,7 @@ static int create_parent(struct fs *fs, const char *path, const char **name)
 	struct fs_lookup lk;
 	int rc;
 
-	if (fs_path_reserved(path) || fs_hidden_name(fs_basename(path)))
+	if (fs_path_reserved(path))
 		return -EPERM;
 	rc = fs_lookup_for_create(fs, path, &lk);
 	if (rc == 0) {
@@ -299,8 +299,12 @@ static int op_unlink(const char *path)
 
 	pthread_mutex_lock(&fs->ns_lock);
 	rc = fs_lookup(fs, path, &lk);
-	if (rc)
+	if (rc) {
+		/* libfuse removing a hidden file that its last close removed */
+		if (rc == -ENOENT && fs_hidden_name(fs_basename(path)))
+			rc = 0;
 		goto out_unlock;
+	}
 	if (unlinkat(lk.parent, lk.name, 0) == -1) {
 		rc = -errno;
 	} else if (S_ISREG(lk.st.st_mode) &&
@@ -399,13 +403,13 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 	rc = fs_lookup(fs, from, &src);
 	if (rc)
 		goto out_unlock;
-	if (fs_hidden_name(fs_basename(to))) {
-		/* only libfuse hides, and only an open file; a name of that
-		 * form cannot be taken otherwise */
-		if (S_ISREG(src.st.st_mode) && !flags && fs_node_is_open(fs, src.st.st_ino))
-			rc = hide_file(fs, &src, from, to);
-		else
-			rc = -EPERM;
+	if (fs_hidden_name(fs_basename(to)) && S_ISREG(src.st.st_mode) && !flags &&
+	    fs_node_is_open(fs, src.st.st_ino)) {
+		/* libfuse hiding an open file. Anything else is an ordinary
+		 * rename: a file that is not open any more (its release and
+		 * this removal crossed: libfuse removes the name right after)
+		 * or a name somebody chose. */
+		rc = hide_file(fs, &src, from, to);
 		goto out_src;
 	}
 	to_parent = fs_open_parent(fs, to, &to_name);
@@ -742,6 +746,8 @@ static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
 		if (fstat(h->fd, &st) == 0) {
 			pthread_mutex_lock(&fs->nodes_lock);
 			/* a file without a name (removed while open) is not staged */
+			if (fs_node_path_hidden(h->node, path))
+				path = NULL; /* the node knows the real name */
 			const char *name = h->node->gone ? NULL : path ? path : h->node->path;
 			char *p = name ? strdup(name) : NULL;
 			pthread_mutex_unlock(&fs->nodes_lock);
@@ -1206,7 +1212,10 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	struct fs *fs = fs_get();
 
 	cfg->use_ino = 1;
-	cfg->nullpath_ok = 1;
+	/* Paths for every operation, so libfuse holds its lock on a file's
+	 * path across a release: a removal then waits for the release to end
+	 * instead of hiding a file that is no longer open. */
+	cfg->nullpath_ok = 0;
 	/* A file removed while open is hidden (hide_file) rather than
 	 * forgotten, so fstat() through an open descriptor still answers. */
 	cfg->hard_remove = 0;

@@ -88,12 +88,18 @@ void fs_node_touch(struct fs *fs, struct node *n)
 	n->dirty = 1; /* a plain int store: read under nodes_lock at close */
 }
 
-/* Remember path as the node's latest name; caller holds nodes_lock. */
+int fs_node_path_hidden(const struct node *n, const char *path)
+{
+	return path && (n->gone || n->hidden_links > 0) && fs_hidden_name(fs_basename(path));
+}
+
+/* Remember path as the node's latest name; caller holds nodes_lock. The
+ * hidden name of a file removed while open is no name to archive under. */
 static void node_set_path(struct node *n, const char *path)
 {
 	char *p;
 
-	if (!path)
+	if (!path || fs_node_path_hidden(n, path))
 		return;
 	while (*path == '/')
 		path++;
@@ -112,10 +118,9 @@ void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
 	n->writers++;
 	/* opened under a real name: a file again (its inode number may have
 	 * been reused since the node's file went) */
-	if (path && !fs_hidden_name(fs_basename(path))) {
+	if (path && !fs_node_path_hidden(n, path))
 		n->gone = 0;
-		node_set_path(n, path);
-	}
+	node_set_path(n, path);
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 

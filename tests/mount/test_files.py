@@ -246,21 +246,61 @@ def test_removed_while_open_leaves_nothing(mount):
     assert sorted(os.listdir(mnt)) == ["t"]
 
 
-def test_hidden_names_are_reserved(mount):
-    """The names libfuse gives files removed while open cannot be made."""
+def test_close_then_unlink_from_many_threads(mount):
+    """close() then unlink() at once, from several threads: the release of
+    the handle and the removal race inside the daemon; every unlink must
+    succeed and nothing may be left behind."""
+    import threading
+    errors = []
+
+    def churn(t):
+        for i in range(300):
+            p = os.path.join(mount.mnt, f"t{t}-{i}")
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, b"x" * 100)
+                os.close(fd)
+                os.unlink(p)
+            except OSError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert os.listdir(mount.mnt) == []
+    assert empty_soon(os.path.join(mount.backing, ".hevcfs", "hidden"))
+    mount.wait_idle()
+    assert mount.status()["files"] == 0
+
+
+def test_names_like_hidden_ones_are_ordinary(mount):
+    """Names of the form libfuse gives files removed while open can still be
+    used: created, renamed to, listed, kept across a remount."""
     mnt = mount.mnt
     name = ".fuse_hidden0000000a00000001"
-    write_bytes(os.path.join(mnt, "f"), b"x")
-    for fn in (lambda p: os.open(p, os.O_CREAT | os.O_WRONLY, 0o644),
-               os.mkdir, lambda p: os.symlink("f", p), lambda p: os.mkfifo(p),
-               lambda p: os.link(os.path.join(mnt, "f"), p),
-               lambda p: os.rename(os.path.join(mnt, "f"), p)):
-        with pytest.raises(PermissionError):
-            fn(os.path.join(mnt, name))
-    assert os.listdir(mnt) == ["f"]
-    # a name close to it is an ordinary name
-    write_bytes(os.path.join(mnt, name + "0"), b"y")
-    assert read_bytes(os.path.join(mnt, name + "0")) == b"y"
+    write_bytes(os.path.join(mnt, "f"), b"renamed")
+    os.rename(os.path.join(mnt, "f"), os.path.join(mnt, name))
+    os.mkdir(os.path.join(mnt, "d"))
+    write_bytes(os.path.join(mnt, "d", name), b"created")
+    os.mkdir(os.path.join(mnt, "d", name + "0"))
+    assert sorted(os.listdir(mnt)) == [name, "d"]
+    assert sorted(os.listdir(os.path.join(mnt, "d"))) == [name, name + "0"]
+    assert read_bytes(os.path.join(mnt, name)) == b"renamed"
+    assert read_bytes(os.path.join(mnt, "d", name)) == b"created"
+    # and unlinked while open like any file
+    fd = os.open(os.path.join(mnt, name), os.O_RDONLY)
+    os.unlink(os.path.join(mnt, name))
+    assert os.fstat(fd).st_nlink == 0 and os.pread(fd, 20, 0) == b"renamed"
+    os.close(fd)
+    mount.wait_idle()
+    mount.stop()
+    mount.start()
+    assert sorted(os.listdir(mnt)) == ["d"]
+    assert read_bytes(os.path.join(mnt, "d", name)) == b"created"
+    assert mount.status()["files"] == 1
 
 
 def test_editor_save_pattern(mount):

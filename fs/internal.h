@@ -34,7 +34,7 @@ struct node {
 	int opens;           /* open handles of any kind */
 	int gone;            /* no name left: writes are not staged again */
 	int hidden_links;    /* names of it in the hidden directory */
-	char hidden_name[32]; /* the latest of them, removed at the last close */
+	char hidden_name[64]; /* the latest of them (fs_hidden_key) */
 	int dirty;           /* written since the last enqueue */
 	int settling;        /* on the settle list (holds a reference) */
 	int64_t settle_at;   /* monotonic ms when it may be queued */
@@ -70,6 +70,7 @@ struct fs {
 	/* Serialises namespace changes (rename, unlink, rmdir) with the
 	 * commit step of a job so a name cannot move under either. */
 	pthread_mutex_t ns_lock;
+	unsigned int hide_seen; /* libfuse's hiding counter, last seen (ops.c) */
 
 	pthread_mutex_t nodes_lock;
 	struct node **nodes; /* hash table by ino */
@@ -147,10 +148,14 @@ const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name
  * Is name the kind libfuse gives a file removed while open
  * (".fuse_hidden" and 16 hex digits)? libfuse renames the file to it, asks
  * for its attributes under it and removes it at the last close; hevcfs keeps
- * such a file in BACKING/.hevcfs/hidden, out of every listing. A name of the
- * form is looked up there first, then where the path says.
+ * such a file in BACKING/.hevcfs/hidden, out of every listing, under a key
+ * naming its directory (fs_hidden_key). A name of the form is looked up
+ * there first, then in its directory.
  */
 int fs_hidden_name(const char *name);
+/* The name in the hidden directory of the hidden name name of directory
+ * dirfd: "<directory inode>-<name>". */
+int fs_hidden_key(int dirfd, const char *name, char *buf, size_t size);
 /* The last component of a path. */
 const char *fs_basename(const char *path);
 /* Does backing name end with a suffix used for archived copies? */
@@ -176,10 +181,10 @@ void fs_node_writer_close(struct fs *fs, struct node *n, const char *path);
 /* Is path the hidden name of n's file, removed while open (not a name
  * somebody chose that only looks like one)? Caller holds nodes_lock. */
 int fs_node_path_hidden(const struct node *n, const char *path);
-/* A handle of any kind opened or closed on n. When the last closes on a
- * file with no name left, fs_node_closed copies the hidden name it still
- * has to buf (size 32) and returns 1: the caller removes it. */
-void fs_node_opened(struct fs *fs, struct node *n);
+/* A handle of any kind opened (through path) or closed on n. When the last
+ * closes on a file with no name left, fs_node_closed copies the hidden name
+ * it still has to buf (size 64) and returns 1. */
+void fs_node_opened(struct fs *fs, struct node *n, const char *path);
 int fs_node_closed(struct fs *fs, struct node *n, char *buf);
 /* Does ino have open handles? */
 int fs_node_is_open(struct fs *fs, uint64_t ino);

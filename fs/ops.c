@@ -353,18 +353,50 @@ static int op_symlink(const char *target, const char *path)
 }
 
 /*
- * libfuse's removal of a file that is still open: it renames the file to a
- * hidden name, answers fstat() through that name, and removes it at the last
- * close. The file waits in the hidden directory, out of every listing (its
- * directory can be removed), and is no longer in the index: nothing is
- * archived from it. Caller holds ns_lock.
+ * Is the rename from -> to libfuse hiding a file removed while open? It
+ * renames the file within its directory to ".fuse_hidden%08x%08x", the
+ * second number a counter of its own that only grows (by one a try), and
+ * only while the file is open. A name somebody gives a file (a leftover of
+ * another FUSE filesystem, say) has none of that together, and stays an
+ * ordinary rename. Caller holds ns_lock, which guards fs->hide_seen.
+ */
+static int is_hide(struct fs *fs, const char *from, const char *to, const struct fs_lookup *src,
+		   unsigned int flags)
+{
+	const char *name = fs_basename(to);
+	size_t dlen = (size_t)(name - to);
+	unsigned int count;
+	int32_t ahead;
+
+	if (flags || src->hidden || !S_ISREG(src->st.st_mode) || !fs_hidden_name(name) ||
+	    dlen != (size_t)(fs_basename(from) - from) || memcmp(from, to, dlen) != 0)
+		return 0;
+	count = (unsigned int)strtoul(name + strlen(name) - 8, NULL, 16);
+	/* tries of other threads may arrive a little out of order */
+	ahead = (int32_t)(count - fs->hide_seen);
+	if (ahead < -256 || ahead > 1024 || !fs_node_is_open(fs, src->st.st_ino))
+		return 0;
+	if (ahead > 0)
+		fs->hide_seen = count;
+	return 1;
+}
+
+/*
+ * libfuse's removal of a file that is still open (is_hide): it answers
+ * fstat() through the hidden name and removes it at the last close. The
+ * file waits in the hidden directory under a key naming its directory, out
+ * of every listing (the directory can be removed), and is no longer in the
+ * index: nothing is archived from it. Caller holds ns_lock.
  */
 static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, const char *to)
 {
-	const char *name = fs_basename(to);
 	nlink_t names = fs_node_nlink(fs, src->st.st_ino, src->st.st_nlink);
+	char key[64];
+	int rc = fs_hidden_key(src->parent, fs_basename(to), key, sizeof(key));
 
-	if (renameat2(src->parent, src->name, fs->hidden_fd, name, RENAME_NOREPLACE) == -1) {
+	if (rc)
+		return rc;
+	if (renameat2(src->parent, src->name, fs->hidden_fd, key, RENAME_NOREPLACE) == -1) {
 		if (errno == ENOENT)
 			return -ENOENT;
 		/* another filesystem mounted inside BACKING (EXDEV), or no room
@@ -375,7 +407,7 @@ static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, con
 		if (unlinkat(src->parent, src->name, 0) == -1)
 			return -errno;
 	} else {
-		fs_node_hidden_link(fs, src->st.st_ino, name, 1);
+		fs_node_hidden_link(fs, src->st.st_ino, key, 1);
 	}
 	if (names <= 1)
 		forget_file(fs, src->st.st_ino);
@@ -403,12 +435,7 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 	rc = fs_lookup(fs, from, &src);
 	if (rc)
 		goto out_unlock;
-	if (fs_hidden_name(fs_basename(to)) && S_ISREG(src.st.st_mode) && !flags &&
-	    fs_node_is_open(fs, src.st.st_ino)) {
-		/* libfuse hiding an open file. Anything else is an ordinary
-		 * rename: a file that is not open any more (its release and
-		 * this removal crossed: libfuse removes the name right after)
-		 * or a name somebody chose. */
+	if (is_hide(fs, from, to, &src, flags)) {
 		rc = hide_file(fs, &src, from, to);
 		goto out_src;
 	}
@@ -708,7 +735,7 @@ static int handle_new(struct fs *fs, int fd, uint64_t ino, const char *path, int
 		free(h);
 		return -ENOMEM;
 	}
-	fs_node_opened(fs, h->node);
+	fs_node_opened(fs, h->node, path);
 	if (writable) {
 		h->linked = st.st_nlink > 1;
 		fs_node_writer_open(fs, h->node, path);
@@ -721,14 +748,14 @@ static int handle_new(struct fs *fs, int fd, uint64_t ino, const char *path, int
  * may be NULL: the node remembers the last name). */
 static void handle_close_node(struct fs *fs, struct handle *h, const char *path)
 {
-	char hidden[32];
+	char hidden[64];
 
 	if (h->writable)
 		fs_node_writer_close(fs, h->node, path);
-	/* libfuse removes the hidden name after this, when it can still
-	 * name it (not once its directory is gone): do it here */
-	if (fs_node_closed(fs, h->node, hidden) && unlinkat(fs->hidden_fd, hidden, 0) == -1 &&
-	    errno != ENOENT)
+	/* libfuse removes a hidden file after its last release through its
+	 * path; without one (its directory is gone) that is for us to do */
+	if (fs_node_closed(fs, h->node, hidden) && !path &&
+	    unlinkat(fs->hidden_fd, hidden, 0) == -1 && errno != ENOENT)
 		log_msg(LOG_WARNING, "cannot remove %s: %s", hidden, strerror(errno));
 	fs_node_put(fs, h->node);
 	h->node = NULL;

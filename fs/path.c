@@ -94,6 +94,17 @@ int fs_hidden_name(const char *name)
 	return name[n + 16] == '\0';
 }
 
+int fs_hidden_key(int dirfd, const char *name, char *buf, size_t size)
+{
+	struct stat st;
+
+	if (fstat(dirfd, &st) == -1)
+		return -errno;
+	if ((size_t)snprintf(buf, size, "%llx-%s", (unsigned long long)st.st_ino, name) >= size)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
 const char *fs_basename(const char *path)
 {
 	const char *slash = strrchr(path, '/');
@@ -234,22 +245,32 @@ int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk)
 		}
 		return 0;
 	}
-	if (fs_hidden_name(fs_basename(path))) {
-		/* a file removed while open lives on in the hidden directory,
-		 * whatever directory its last name was in */
-		lk->parent = fcntl(fs->hidden_fd, F_DUPFD_CLOEXEC, 0);
-		if (lk->parent < 0)
-			return -errno;
-		lk->hidden = 1;
-		rc = lookup_in(fs, fs_basename(path), lk);
-		if (rc != -ENOENT)
-			goto out;
-		close(lk->parent);
-		memset(lk, 0, sizeof(*lk));
-	}
 	lk->parent = fs_open_parent(fs, path, &name);
 	if (lk->parent < 0)
 		return lk->parent;
+	if (fs_hidden_name(name)) {
+		/* a file of this directory removed while open lives on in the
+		 * hidden directory under a name that says which directory */
+		char key[64];
+		int dir = lk->parent;
+		if ((rc = fs_hidden_key(dir, name, key, sizeof(key))))
+			goto out_close;
+		lk->parent = fcntl(fs->hidden_fd, F_DUPFD_CLOEXEC, 0);
+		if (lk->parent < 0) {
+			rc = -errno;
+			close(dir);
+			return rc;
+		}
+		lk->hidden = 1;
+		rc = lookup_in(fs, key, lk);
+		if (rc != -ENOENT) {
+			close(dir);
+			goto out;
+		}
+		close(lk->parent);
+		memset(lk, 0, sizeof(*lk));
+		lk->parent = dir;
+	}
 	rc = lookup_in(fs, name, lk);
 out:
 	if (rc == ARCHIVE_OWN_NAME)

@@ -124,10 +124,14 @@ void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 
-void fs_node_opened(struct fs *fs, struct node *n)
+void fs_node_opened(struct fs *fs, struct node *n, const char *path)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->opens++;
+	/* opened under a real name: a file again (its inode number may have
+	 * been reused since the node's file went) */
+	if (path && !fs_node_path_hidden(n, path))
+		n->gone = 0;
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 
@@ -294,7 +298,7 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 		struct node *n = due;
 		due = n->settle_next;
 		pthread_mutex_lock(&fs->nodes_lock);
-		int dirty = n->dirty;
+		int dirty = n->dirty && !n->gone;
 		n->dirty = 0;
 		pthread_mutex_unlock(&fs->nodes_lock);
 		if (dirty)

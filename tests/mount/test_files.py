@@ -303,6 +303,42 @@ def test_names_like_hidden_ones_are_ordinary(mount):
     assert mount.status()["files"] == 1
 
 
+def test_hidden_name_taken_elsewhere_and_renamed_to(mount):
+    """The hidden name libfuse gives a removed file in one directory is
+    still an ordinary name in another; renaming an open file to a name of
+    that form (but not libfuse's) is an ordinary rename that loses nothing."""
+    mnt, backing = mount.mnt, mount.backing
+    hidden = os.path.join(backing, ".hevcfs", "hidden")
+    for d in ("d", "e"):
+        os.mkdir(os.path.join(mnt, d))
+    fd = os.open(os.path.join(mnt, "e", "gone"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"removed")
+    os.unlink(os.path.join(mnt, "e", "gone"))
+    [key] = os.listdir(hidden)
+    name = key.split("-", 1)[1]
+    assert name.startswith(".fuse_hidden")
+    write_bytes(os.path.join(mnt, "d", name), b"mine")
+    assert read_bytes(os.path.join(mnt, "d", name)) == b"mine"
+    assert os.listdir(os.path.join(mnt, "d")) == [name]
+    assert os.pread(fd, 20, 0) == b"removed"
+    os.close(fd)
+    assert empty_soon(hidden)
+    assert read_bytes(os.path.join(mnt, "d", name)) == b"mine"
+    # an open file renamed to such a name by hand stays a file
+    mine = ".fuse_hidden0123456789abcdef"
+    write_bytes(os.path.join(mnt, "d", "x"), b"kept")
+    fd = os.open(os.path.join(mnt, "d", "x"), os.O_RDONLY)
+    os.rename(os.path.join(mnt, "d", "x"), os.path.join(mnt, "d", mine))
+    assert sorted(os.listdir(os.path.join(mnt, "d"))) == sorted([name, mine])
+    os.close(fd)
+    mount.wait_idle()
+    mount.stop()
+    mount.start()
+    assert read_bytes(os.path.join(mnt, "d", mine)) == b"kept"
+    assert read_bytes(os.path.join(mnt, "d", name)) == b"mine"
+    assert mount.status()["files"] == 2
+
+
 def test_editor_save_pattern(mount):
     """Write a temporary name, fsync, rename over the original."""
     f = os.path.join(mount.mnt, "doc.txt")

@@ -179,11 +179,14 @@ static void test_archived_names_map(void)
 }
 
 /* Names libfuse gives files removed while open resolve in the hidden
- * directory first, whatever directory the path names. */
+ * directory, under a key naming their directory, and only from there. */
 static void test_hidden_names(void)
 {
 	struct fs_lookup lk;
+	struct stat st;
+	char p[1000], key[64];
 	uint64_t hidden, plain;
+	int dfd;
 
 	CHECK(fs_hidden_name(".fuse_hidden0000000200000001"));
 	CHECK(fs_hidden_name(".fuse_hiddenabcdef0123456789"));
@@ -196,20 +199,29 @@ static void test_hidden_names(void)
 	CHECK(!strcmp(fs_basename("c"), "c"));
 
 	setup();
-	hidden = mkfile(".hevcfs/hidden/.fuse_hidden0000000200000001");
+	snprintf(p, sizeof(p), "%s/b/sub", dir);
+	CHECK(stat(p, &st) == 0);
+	dfd = open(p, O_PATH | O_DIRECTORY);
+	CHECK(dfd >= 0);
+	CHECK_EQ(fs_hidden_key(dfd, ".fuse_hidden0000000200000001", key, sizeof(key)), 0);
+	close(dfd);
+	snprintf(p, sizeof(p), "%llx-.fuse_hidden0000000200000001", (unsigned long long)st.st_ino);
+	CHECK(!strcmp(key, p));
+	snprintf(p, sizeof(p), ".hevcfs/hidden/%s", key);
+	hidden = mkfile(p);
 	CHECK_EQ(fs_lookup(&fs, "/sub/.fuse_hidden0000000200000001", &lk), 0);
 	CHECK_EQ(lk.st.st_ino, hidden);
+	CHECK(lk.hidden && !strcmp(lk.name, key));
 	close(lk.parent);
-	CHECK_EQ(fs_lookup(&fs, "/gone/dir/.fuse_hidden0000000200000001", &lk), 0);
-	CHECK_EQ(lk.st.st_ino, hidden);
-	close(lk.parent);
-	/* one put in the tree by other means is still found where it is */
-	plain = mkfile("sub/.fuse_hidden0000000300000001");
-	CHECK_EQ(fs_lookup(&fs, "/sub/.fuse_hidden0000000300000001", &lk), 0);
-	CHECK_EQ(lk.st.st_ino, plain);
-	close(lk.parent);
-	CHECK_EQ(fs_lookup(&fs, "/.fuse_hidden0000000300000001", &lk), -ENOENT);
+	/* the same name in another directory is that directory's own */
+	CHECK_EQ(fs_lookup(&fs, "/.fuse_hidden0000000200000001", &lk), -ENOENT);
 	CHECK_EQ(lk.parent, -1);
+	plain = mkfile(".fuse_hidden0000000200000001");
+	CHECK_EQ(fs_lookup(&fs, "/.fuse_hidden0000000200000001", &lk), 0);
+	CHECK_EQ(lk.st.st_ino, plain);
+	CHECK(!lk.hidden);
+	close(lk.parent);
+	CHECK_EQ(fs_lookup(&fs, "/gone/.fuse_hidden0000000200000001", &lk), -ENOENT);
 	teardown();
 }
 

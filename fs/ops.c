@@ -772,9 +772,11 @@ static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
 			fs_links_changed(fs, h->ino, path);
 		if (fstat(h->fd, &st) == 0) {
 			pthread_mutex_lock(&fs->nodes_lock);
-			/* a file without a name (removed while open) is not staged */
+			/* under a hidden name the node knows the real one; a
+			 * file with no name left (removed while open) is not
+			 * staged */
 			if (fs_node_path_hidden(h->node, path))
-				path = NULL; /* the node knows the real name */
+				path = NULL;
 			const char *name = h->node->gone ? NULL : path ? path : h->node->path;
 			char *p = name ? strdup(name) : NULL;
 			pthread_mutex_unlock(&fs->nodes_lock);

@@ -35,6 +35,7 @@ struct node {
 	int gone;            /* no name left: writes are not staged again */
 	int hidden_links;    /* names of it in the hidden directory */
 	char hidden_name[64]; /* the latest of them (fs_hidden_key) */
+	int64_t hidden_size; /* size shown under a hidden name (a view's), or -1 */
 	int dirty;           /* written since the last enqueue */
 	int settling;        /* on the settle list (holds a reference) */
 	int64_t settle_at;   /* monotonic ms when it may be queued */
@@ -192,8 +193,13 @@ int fs_node_is_open(struct fs *fs, uint64_t ino);
  * links in the hidden directory do not count, and a file with no name left
  * has none. Returns nlink when the node is unknown. */
 nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink);
-/* ino got the hidden name (delta 1) or lost it (-1). */
-void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta);
+/* ino got the hidden name (delta 1; shown with size, -1 for its own) or
+ * lost it (-1). */
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta,
+			 int64_t size);
+/* The size a file under a hidden name shows (an archived photo's view's),
+ * or -1 for its own. */
+int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino);
 /* A rename happened: rewrite the remembered paths at or below from. */
 void fs_nodes_rename(struct fs *fs, const char *from, const char *to);
 /* The file is gone (no name left): cancel its job, forget settling, and

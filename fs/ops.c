@@ -134,22 +134,28 @@ static void logical_stat(const struct fs_lookup *lk, struct stat *st)
 }
 
 /*
- * Link counts of files removed while open. libfuse keeps such a file under a
- * hidden name (hide_file), a link the file does not really have: no name
- * counts the hidden ones. libfuse itself takes one off when it answers a
- * getattr of a hidden name, but not when it answers an attribute change
- * (fchmod, ftruncate, ...) through one. A file with no name left shows 0
- * either way; a hard-linked file that lost one of its names may show a count
- * off by one through that name's descriptor (which answer it gets depends on
- * the request, which the path-based API does not tell).
+ * What a file removed while open shows. libfuse keeps it under a hidden name
+ * (hide_file), a link the file does not really have: no name counts the
+ * hidden ones. libfuse itself takes one off when it answers a getattr of a
+ * hidden name, but not when it answers an attribute change (fchmod,
+ * ftruncate, ...) through one. A file with no name left shows 0 either way;
+ * a hard-linked file that lost one of its names may show a count off by one
+ * through that name's descriptor (which answer it gets depends on the
+ * request, which the path-based API does not tell). A photo read as its
+ * view keeps the view's size.
  */
-static void shown_nlink(struct fs *fs, const struct fs_lookup *lk, struct stat *st)
+static void shown_stat(struct fs *fs, const struct fs_lookup *lk, struct stat *st)
 {
 	if (!S_ISREG(st->st_mode) || (!lk->hidden && st->st_nlink < 2))
 		return; /* the hot path: nothing of it can be hidden */
 	st->st_nlink = fs_node_nlink(fs, st->st_ino, st->st_nlink);
 	if (lk->hidden && st->st_nlink > 0)
 		st->st_nlink++; /* for libfuse to take off */
+	if (lk->hidden) {
+		int64_t size = fs_node_hidden_size(fs, st->st_ino);
+		if (size >= 0)
+			st->st_size = (off_t)size;
+	}
 }
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
@@ -182,7 +188,7 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
 		return rc;
 	close(lk.parent);
 	logical_stat(&lk, st);
-	shown_nlink(fs, &lk, st);
+	shown_stat(fs, &lk, st);
 	if (!lk.hidden && linkable(st))
 		fs_links_note(fs, st->st_ino, path);
 	return 0;
@@ -313,7 +319,7 @@ static int op_unlink(const char *path)
 		forget_file(fs, lk.st.st_ino);
 	} else {
 		if (lk.hidden)
-			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1);
+			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1, -1);
 		changed(fs, &lk.st, path);
 	}
 	close(lk.parent);
@@ -407,7 +413,9 @@ static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, con
 		if (unlinkat(src->parent, src->name, 0) == -1)
 			return -errno;
 	} else {
-		fs_node_hidden_link(fs, src->st.st_ino, key, 1);
+		/* a photo read as its view keeps showing the view's size */
+		fs_node_hidden_link(fs, src->st.st_ino, key, 1,
+				    src->archived ? (int64_t)src->e.view_bytes : -1);
 	}
 	if (names <= 1)
 		forget_file(fs, src->st.st_ino);

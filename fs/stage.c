@@ -151,6 +151,15 @@ int fs_node_closed(struct fs *fs, struct node *n, char *buf)
 	return last;
 }
 
+int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct node *n = node_lookup(fs, ino);
+	int64_t size = n && n->hidden_links > 0 ? n->hidden_size : -1;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return size;
+}
+
 nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
@@ -163,12 +172,14 @@ nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink)
 	return nlink;
 }
 
-void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta)
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta,
+			 int64_t size)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	struct node *n = node_lookup(fs, ino);
 	if (n && delta > 0) {
 		n->hidden_links++;
+		n->hidden_size = size;
 		snprintf(n->hidden_name, sizeof(n->hidden_name), "%s", name);
 	} else if (n && n->hidden_links > 0) {
 		n->hidden_links--;

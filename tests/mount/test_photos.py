@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -219,6 +220,34 @@ def test_rename_and_unlink_archived(mount, tmp_path):
     assert sorted(os.listdir(mount.backing)) == [".hevcfs", "album"]
     assert mount.status()["files"] == 0
     assert os.listdir(os.path.join(mount.backing, ".hevcfs", "cache")) == []
+
+
+def test_archived_photo_removed_while_open(mount, tmp_path):
+    """A photo read as its view, removed while open: fstat still gives the
+    view's size, the rest of the view reads, and nothing is left after."""
+    make_jpeg(os.path.join(mount.mnt, "p.jpg"), seed=31)
+    mount.wait_idle()
+    assert mount.status()["archived"] == 1
+    view = open(os.path.join(mount.mnt, "p.jpg"), "rb").read()
+    fd = os.open(os.path.join(mount.mnt, "p.jpg"), os.O_RDONLY)
+    head = os.read(fd, 1000)
+    os.unlink(os.path.join(mount.mnt, "p.jpg"))
+    st = os.fstat(fd)
+    assert (st.st_size, st.st_nlink) == (len(view), 0)
+    rest = b""
+    while chunk := os.read(fd, 65536):
+        rest += chunk
+    assert head + rest == view
+    assert os.listdir(mount.mnt) == []
+    os.close(fd)
+    hidden = os.path.join(mount.backing, ".hevcfs", "hidden")
+    for _ in range(500):
+        if not os.listdir(hidden):
+            break
+        time.sleep(0.01)
+    assert os.listdir(hidden) == []
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs"]
+    assert mount.status()["files"] == 0
 
 
 def test_random_and_concurrent_reads_render_once(mount, tmp_path):

@@ -189,6 +189,10 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path);
 int fs_node_closed(struct fs *fs, struct node *n, char *buf);
 /* Does ino have open handles? */
 int fs_node_is_open(struct fs *fs, uint64_t ino);
+/* Has a file opened under path (kept current by renames) open handles? It
+ * may be another inode than the name has now: the one an archive replaced.
+ * Walks every node: not for a hot path. */
+int fs_path_is_open(struct fs *fs, const char *path);
 /* The link count the mount shows for ino, whose backing count is nlink:
  * links in the hidden directory do not count, and a file with no name left
  * has none. Returns nlink when the node is unknown. */

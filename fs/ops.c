@@ -380,7 +380,11 @@ static int is_hide(struct fs *fs, const char *from, const char *to, const struct
 	count = (unsigned int)strtoul(name + strlen(name) - 8, NULL, 16);
 	/* tries of other threads may arrive a little out of order */
 	ahead = (int32_t)(count - fs->hide_seen);
-	if (ahead < -256 || ahead > 1024 || !fs_node_is_open(fs, src->st.st_ino))
+	if (ahead < -256 || ahead > 1024)
+		return 0;
+	/* open: this inode, or the one a reader holds that the archive
+	 * replaced under the same name */
+	if (!fs_node_is_open(fs, src->st.st_ino) && !fs_path_is_open(fs, from))
 		return 0;
 	if (ahead > 0)
 		fs->hide_seen = count;

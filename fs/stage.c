@@ -132,6 +132,7 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path)
 	 * been reused since the node's file went) */
 	if (path && !fs_node_path_hidden(n, path))
 		n->gone = 0;
+	node_set_path(n, path);
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 
@@ -187,6 +188,20 @@ void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delt
 			n->hidden_name[0] = '\0';
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+int fs_path_is_open(struct fs *fs, const char *path)
+{
+	int open = 0;
+
+	while (*path == '/')
+		path++;
+	pthread_mutex_lock(&fs->nodes_lock);
+	for (size_t i = 0; !open && i < fs->nodes_size; i++)
+		for (struct node *n = fs->nodes[i]; !open && n; n = n->next)
+			open = n->opens > 0 && n->path && !strcmp(n->path, path);
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return open;
 }
 
 int fs_node_is_open(struct fs *fs, uint64_t ino)

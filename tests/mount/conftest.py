@@ -98,6 +98,10 @@ class Mount:
             if r.returncode == 0 or not os.path.ismount(self.mnt):
                 break
             time.sleep(0.1)
+        else:
+            # still busy (a failed test left a descriptor open): detach, so
+            # no stale mount outlives the test
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
         try:
             rc = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

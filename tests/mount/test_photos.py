@@ -250,6 +250,31 @@ def test_archived_photo_removed_while_open(mount, tmp_path):
     assert mount.status()["files"] == 0
 
 
+def test_photo_archived_under_a_reader_then_removed(mount, tmp_path):
+    """A reader holds the original while it is archived; the photo is then
+    removed before the reader closes: no trace in the listing, the reader
+    reads the original to its end, nothing is left after."""
+    original = make_jpeg(None, seed=32)
+    p = os.path.join(mount.mnt, "p.jpg")
+    with open(p, "wb") as f:
+        f.write(original)
+    fd = os.open(p, os.O_RDONLY)
+    mount.wait_idle()
+    assert mount.status()["archived"] == 1
+    os.unlink(p)
+    assert os.listdir(mount.mnt) == []
+    assert os.pread(fd, len(original) + 10, 0) == original
+    os.close(fd)
+    hidden = os.path.join(mount.backing, ".hevcfs", "hidden")
+    for _ in range(500):
+        if not os.listdir(hidden):
+            break
+        time.sleep(0.01)
+    assert os.listdir(hidden) == []
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs"]
+    assert mount.status()["files"] == 0
+
+
 def test_random_and_concurrent_reads_render_once(mount, tmp_path):
     src = str(tmp_path / "big.jpg")
     make_jpeg(src, 640, 480, seed=6)

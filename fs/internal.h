@@ -36,6 +36,7 @@ struct node {
 	int hidden_links;    /* names of it in the hidden directory */
 	char hidden_name[64]; /* the latest of them (fs_hidden_key) */
 	int64_t hidden_size; /* size shown under a hidden name (a view's), or -1 */
+	int commit_waits;    /* an archive waits for the last handle to close */
 	int dirty;           /* written since the last enqueue */
 	int settling;        /* on the settle list (holds a reference) */
 	int64_t settle_at;   /* monotonic ms when it may be queued */
@@ -184,11 +185,16 @@ void fs_node_writer_close(struct fs *fs, struct node *n, const char *path);
 int fs_node_path_hidden(const struct node *n, const char *path);
 /* A handle of any kind opened (through path) or closed on n. When the last
  * closes on a file with no name left, fs_node_closed copies the hidden name
- * it still has to buf (size 64) and returns 1. */
+ * it still has to buf (size 64) and returns 1: whoever removes it says so
+ * with fs_node_hidden_link(-1). When the last closes on a file whose archive
+ * waited for it, it queues the file again. */
 void fs_node_opened(struct fs *fs, struct node *n, const char *path);
 int fs_node_closed(struct fs *fs, struct node *n, char *buf);
 /* Does ino have open handles? */
 int fs_node_is_open(struct fs *fs, uint64_t ino);
+/* If n has open handles, note that an archive waits for them and return 1
+ * (the last close queues the file again: fs_node_closed). */
+int fs_node_defer_commit(struct fs *fs, struct node *n);
 /* Has a file opened under path (kept current by renames) open handles? It
  * may be another inode than the name has now: the one an archive replaced.
  * Walks every node: not for a hot path. */
@@ -204,6 +210,10 @@ void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delt
 /* The size a file under a hidden name shows (an archived photo's view's),
  * or -1 for its own. */
 int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino);
+/* A name went (libfuse hid the file under it): no node remembers it. */
+void fs_nodes_forget_path(struct fs *fs, const char *path);
+/* At the end of the mount: free what nodes are left (hidden links' own). */
+void fs_nodes_free(struct fs *fs);
 /* A rename happened: rewrite the remembered paths at or below from. */
 void fs_nodes_rename(struct fs *fs, const char *from, const char *to);
 /* The file is gone (no name left): cancel its job, forget settling, and

@@ -546,6 +546,8 @@ int fs_mount(struct fs_config *cfg, int argc, char *argv[])
 out_close:
 	rc = 1;
 out_free:
+	if (fs.nodes)
+		fs_nodes_free(&fs);
 	free(fs.nodes);
 	free(fs.rendering);
 	free(index);

@@ -316,6 +316,8 @@ static int op_unlink(const char *path)
 	} else if (S_ISREG(lk.st.st_mode) &&
 		   (lk.hidden ? lk.st.st_nlink : fs_node_nlink(fs, lk.st.st_ino, lk.st.st_nlink)) <= 1) {
 		/* the last name; a hidden one is the last link */
+		if (lk.hidden)
+			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1, -1);
 		forget_file(fs, lk.st.st_ino);
 	} else {
 		if (lk.hidden)
@@ -421,6 +423,9 @@ static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, con
 		fs_node_hidden_link(fs, src->st.st_ino, key, 1,
 				    src->archived ? (int64_t)src->e.view_bytes : -1);
 	}
+	/* the name is gone: no node (an open original the archive replaced
+	 * under it, say) may stand for it any more */
+	fs_nodes_forget_path(fs, from);
 	if (names <= 1)
 		forget_file(fs, src->st.st_ino);
 	else
@@ -766,9 +771,12 @@ static void handle_close_node(struct fs *fs, struct handle *h, const char *path)
 		fs_node_writer_close(fs, h->node, path);
 	/* libfuse removes a hidden file after its last release through its
 	 * path; without one (its directory is gone) that is for us to do */
-	if (fs_node_closed(fs, h->node, hidden) && !path &&
-	    unlinkat(fs->hidden_fd, hidden, 0) == -1 && errno != ENOENT)
-		log_msg(LOG_WARNING, "cannot remove %s: %s", hidden, strerror(errno));
+	if (fs_node_closed(fs, h->node, hidden) && !path) {
+		if (unlinkat(fs->hidden_fd, hidden, 0) == 0 || errno == ENOENT)
+			fs_node_hidden_link(fs, h->ino, hidden, -1, -1);
+		else
+			log_msg(LOG_WARNING, "cannot remove %s: %s", hidden, strerror(errno));
+	}
 	fs_node_put(fs, h->node);
 	h->node = NULL;
 }

@@ -252,8 +252,11 @@ static int name_says_mp4(const char *name)
 /*
  * Replace the original of job j by the archived copy at work/out (steps
  * 1-6 above). Returns 0 when committed, 1 when the job was abandoned (file
- * changed or a name is taken: reason set), or -errno.
+ * changed or a name is taken: reason set), COMMIT_DEFERRED when the file is
+ * open (a reader holds it; the node queues it again at the last close), or
+ * -errno.
  */
+#define COMMIT_DEFERRED 2
 static int commit_archive(struct fs *fs, struct job *j, const char *out, struct idx_entry *e,
 			  char *reason, size_t rsize, char *path, size_t psize)
 {
@@ -274,6 +277,13 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out, struct 
 	if (rc || qgen != j->gen || !job_current(fs, j)) {
 		rc = 1;
 		snprintf(reason, rsize, "changed while archiving");
+		goto out_unlock;
+	}
+	/* A reader holds the original: replacing it now would put another
+	 * file, of another size, under the name its descriptor reads through
+	 * (the kernel keeps one size per name). Commit at its last close. */
+	if (fs_node_defer_commit(fs, j->node)) {
+		rc = COMMIT_DEFERRED;
 		goto out_unlock;
 	}
 	parent = fs_open_parent(fs, path, &name);
@@ -545,7 +555,9 @@ static int run_job(struct fs *fs, struct job *j)
 		};
 		snprintf(e.suffix, sizeof(e.suffix), "%s", res.suffix);
 		rc = commit_archive(fs, j, out, &e, reason, sizeof(reason), path, 4097);
-		if (rc == 1) {
+		if (rc == COMMIT_DEFERRED) {
+			log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
+		} else if (rc == 1) {
 			log_msg(LOG_INFO, "queue: %s kept: %s", path, reason);
 			if (job_current(fs, j))
 				finish_kept(fs, j, IDX_KEPT, reason, &st);

@@ -138,18 +138,34 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path)
 
 int fs_node_closed(struct fs *fs, struct node *n, char *buf)
 {
-	int last;
+	int last, requeue = 0;
+	uint64_t gen = 0;
 
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->opens--;
 	last = n->opens == 0 && n->gone && n->hidden_name[0];
-	if (last) {
+	if (last)
 		memcpy(buf, n->hidden_name, sizeof(n->hidden_name));
-		n->hidden_name[0] = '\0';
-		n->hidden_links--;
+	if (n->opens == 0 && n->commit_waits) {
+		n->commit_waits = 0;
+		/* written meanwhile: settling queues it; gone: nothing to do */
+		requeue = !n->gone && !n->dirty && n->writers == 0 && !fs->stopping;
+		gen = atomic_load(&n->gen);
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+	if (requeue)
+		fs_job_push(fs, n->ino, gen, n);
 	return last;
+}
+
+int fs_node_defer_commit(struct fs *fs, struct node *n)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	int open = n->opens > 0;
+	if (open)
+		n->commit_waits = 1;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return open;
 }
 
 int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino)
@@ -176,18 +192,56 @@ nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink)
 void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta,
 			 int64_t size)
 {
+	/* the hidden links hold a reference: what they show outlives the
+	 * handles (the inode a removed name had may have none of its own) */
+	struct node *n = delta > 0 ? fs_node_get(fs, ino) : fs_node_find(fs, ino);
+	int keep = 0, drop = 0;
+
+	if (!n)
+		return;
 	pthread_mutex_lock(&fs->nodes_lock);
-	struct node *n = node_lookup(fs, ino);
-	if (n && delta > 0) {
-		n->hidden_links++;
+	if (delta > 0) {
+		keep = n->hidden_links++ == 0;
 		n->hidden_size = size;
 		snprintf(n->hidden_name, sizeof(n->hidden_name), "%s", name);
-	} else if (n && n->hidden_links > 0) {
-		n->hidden_links--;
+	} else if (n->hidden_links > 0) {
+		drop = --n->hidden_links == 0;
 		if (!strcmp(n->hidden_name, name))
 			n->hidden_name[0] = '\0';
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+	if (!keep)
+		fs_node_put(fs, n);
+	if (drop)
+		fs_node_put(fs, n);
+}
+
+void fs_nodes_forget_path(struct fs *fs, const char *path)
+{
+	while (*path == '/')
+		path++;
+	pthread_mutex_lock(&fs->nodes_lock);
+	for (size_t i = 0; i < fs->nodes_size; i++) {
+		for (struct node *n = fs->nodes[i]; n; n = n->next) {
+			if (n->path && !strcmp(n->path, path)) {
+				free(n->path);
+				n->path = NULL;
+			}
+		}
+	}
+	pthread_mutex_unlock(&fs->nodes_lock);
+}
+
+void fs_nodes_free(struct fs *fs)
+{
+	for (size_t i = 0; i < fs->nodes_size; i++) {
+		while (fs->nodes[i]) {
+			struct node *n = fs->nodes[i];
+			fs->nodes[i] = n->next;
+			free(n->path);
+			free(n);
+		}
+	}
 }
 
 int fs_path_is_open(struct fs *fs, const char *path)

@@ -250,29 +250,32 @@ def test_archived_photo_removed_while_open(mount, tmp_path):
     assert mount.status()["files"] == 0
 
 
-def test_photo_archived_under_a_reader_then_removed(mount, tmp_path):
-    """A reader holds the original while it is archived; the photo is then
-    removed before the reader closes: no trace in the listing, the reader
-    reads the original to its end, nothing is left after."""
+def test_photo_not_archived_under_a_reader(mount):
+    """A reader holding the original while its archive is ready: the archive
+    waits for the last close (the kernel keeps one size per name, so the
+    reader would see the archived view's size), and the reader reads the
+    original whole even after the name was looked at."""
     original = make_jpeg(None, seed=32)
     p = os.path.join(mount.mnt, "p.jpg")
     with open(p, "wb") as f:
         f.write(original)
     fd = os.open(p, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == original[:100]
+        r = hevcfs("wait", mount.backing, "--timeout", "3", check=False)
+        assert r.returncode == 1
+        assert "is open: archived after it is closed" in mount.log()
+        st = mount.status()
+        assert st["pending"] == 1 and st["archived"] == 0
+        assert os.stat(p).st_size == len(original)
+        assert os.pread(fd, len(original) + 10, 0) == original
+    finally:
+        os.close(fd)
     mount.wait_idle()
     assert mount.status()["archived"] == 1
-    os.unlink(p)
-    assert os.listdir(mount.mnt) == []
-    assert os.pread(fd, len(original) + 10, 0) == original
-    os.close(fd)
-    hidden = os.path.join(mount.backing, ".hevcfs", "hidden")
-    for _ in range(500):
-        if not os.listdir(hidden):
-            break
-        time.sleep(0.01)
-    assert os.listdir(hidden) == []
-    assert sorted(os.listdir(mount.backing)) == [".hevcfs"]
-    assert mount.status()["files"] == 0
+    assert os.path.exists(os.path.join(mount.backing, "p.jpg.heic"))
+    view = open(p, "rb").read()
+    assert view[:3] == b"\xff\xd8\xff" and os.stat(p).st_size == len(view)
 
 
 def test_random_and_concurrent_reads_render_once(mount, tmp_path):

@@ -21,6 +21,13 @@
 
 struct fuse;
 
+/* An archive verified and waiting to be committed: its output and view are
+ * work/<ino>.<gen>.out and .view. */
+struct ready {
+	uint64_t gen;
+	struct codec_result res;
+};
+
 /*
  * In-memory state of one backing inode that is open for writing, settling,
  * or being archived. Reference counted: each open handle, the settle list
@@ -37,6 +44,7 @@ struct node {
 	char hidden_name[64]; /* the latest of them (fs_hidden_key) */
 	int64_t hidden_size; /* size shown under a hidden name (a view's), or -1 */
 	int commit_waits;    /* an archive waits for the last handle to close */
+	struct ready *ready; /* that archive, verified, its files in work/ */
 	int dirty;           /* written since the last enqueue */
 	int settling;        /* on the settle list (holds a reference) */
 	int64_t settle_at;   /* monotonic ms when it may be queued */
@@ -195,6 +203,12 @@ int fs_node_is_open(struct fs *fs, uint64_t ino);
 /* If n has open handles, note that an archive waits for them and return 1
  * (the last close queues the file again: fs_node_closed). */
 int fs_node_defer_commit(struct fs *fs, struct node *n);
+/* Keep the verified archive of n at gen for its commit (replacing an older
+ * one); take it back (1) if it is still of gen. An archive not taken is
+ * removed from work/ when it is replaced or the node goes. */
+void fs_node_keep_ready(struct fs *fs, struct node *n, uint64_t gen,
+			const struct codec_result *res);
+int fs_node_take_ready(struct fs *fs, struct node *n, uint64_t gen, struct codec_result *res);
 /* Has a file opened under path (kept current by renames) open handles? It
  * may be another inode than the name has now: the one an archive replaced.
  * Walks every node: not for a hot path. */

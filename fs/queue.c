@@ -533,7 +533,12 @@ static int run_job(struct fs *fs, struct job *j)
 	if (!job_current(fs, j))
 		goto out;
 	opts.cancel = &j->node->cancel;
-	rc = fs_archive_isolated(fd, outpath, viewpath, &opts, &res);
+	if (fs_node_take_ready(fs, j->node, j->gen, &res)) {
+		/* made and verified before; its commit waited for readers */
+		rc = 0;
+	} else {
+		rc = fs_archive_isolated(fd, outpath, viewpath, &opts, &res);
+	}
 	if (rc == -ECANCELED || !job_current(fs, j)) {
 		log_msg(LOG_DEBUG, "queue: %s changed, archive abandoned", path);
 	} else if (rc < 0) {
@@ -557,6 +562,8 @@ static int run_job(struct fs *fs, struct job *j)
 		rc = commit_archive(fs, j, out, &e, reason, sizeof(reason), path, 4097);
 		if (rc == COMMIT_DEFERRED) {
 			log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
+			fs_node_keep_ready(fs, j->node, j->gen, &res);
+			goto out; /* keeping the output and view */
 		} else if (rc == 1) {
 			log_msg(LOG_INFO, "queue: %s kept: %s", path, reason);
 			if (job_current(fs, j))

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Global source of generation numbers: unique across the mount's life and
  * larger than any from an earlier mount (seeded from the clock). */
@@ -60,6 +61,57 @@ struct node *fs_node_get(struct fs *fs, uint64_t ino)
 	return n;
 }
 
+/* Remove the files of ino's archive at gen from work/. */
+static void ready_unlink(struct fs *fs, uint64_t ino, uint64_t gen)
+{
+	char name[64];
+
+	snprintf(name, sizeof(name), "%llu.%llu.out", (unsigned long long)ino,
+		 (unsigned long long)gen);
+	unlinkat(fs->work_fd, name, 0);
+	snprintf(name, sizeof(name), "%llu.%llu.view", (unsigned long long)ino,
+		 (unsigned long long)gen);
+	unlinkat(fs->work_fd, name, 0);
+}
+
+void fs_node_keep_ready(struct fs *fs, struct node *n, uint64_t gen,
+			const struct codec_result *res)
+{
+	struct ready *r = malloc(sizeof(*r)), *old;
+
+	if (!r) {
+		ready_unlink(fs, n->ino, gen); /* the commit transcodes again */
+		return;
+	}
+	r->gen = gen;
+	r->res = *res;
+	pthread_mutex_lock(&fs->nodes_lock);
+	old = n->ready;
+	n->ready = r;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	if (old && old->gen != gen)
+		ready_unlink(fs, n->ino, old->gen);
+	free(old);
+}
+
+int fs_node_take_ready(struct fs *fs, struct node *n, uint64_t gen, struct codec_result *res)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	struct ready *r = n->ready;
+	n->ready = NULL;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	if (!r)
+		return 0;
+	if (r->gen != gen) {
+		ready_unlink(fs, n->ino, r->gen);
+		free(r);
+		return 0;
+	}
+	*res = r->res;
+	free(r);
+	return 1;
+}
+
 void fs_node_put(struct fs *fs, struct node *n)
 {
 	if (!n)
@@ -76,6 +128,9 @@ void fs_node_put(struct fs *fs, struct node *n)
 		}
 	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+	if (n->ready)
+		ready_unlink(fs, n->ino, n->ready->gen);
+	free(n->ready);
 	free(n->path);
 	free(n);
 }
@@ -238,6 +293,7 @@ void fs_nodes_free(struct fs *fs)
 		while (fs->nodes[i]) {
 			struct node *n = fs->nodes[i];
 			fs->nodes[i] = n->next;
+			free(n->ready); /* its files go with work/ at the next mount */
 			free(n->path);
 			free(n);
 		}

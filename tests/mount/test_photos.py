@@ -274,8 +274,35 @@ def test_photo_not_archived_under_a_reader(mount):
     mount.wait_idle()
     assert mount.status()["archived"] == 1
     assert os.path.exists(os.path.join(mount.backing, "p.jpg.heic"))
+    # the archive made while it was open is the one committed: no second encode
+    assert len(re.findall(r"info: photo: \d+x\d+", mount.log())) == 1, mount.log()
+    assert os.listdir(os.path.join(mount.backing, ".hevcfs", "work")) == []
     view = open(p, "rb").read()
     assert view[:3] == b"\xff\xd8\xff" and os.stat(p).st_size == len(view)
+
+
+def test_photo_rewritten_while_its_archive_waits(mount, tmp_path):
+    """The archive waiting for a reader is dropped when the file is written
+    meanwhile: the newer bytes are archived, nothing is left in work/."""
+    first, second = make_jpeg(None, seed=33), make_jpeg(None, seed=34, width=200)
+    p = os.path.join(mount.mnt, "p.jpg")
+    with open(p, "wb") as f:
+        f.write(first)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert hevcfs("wait", mount.backing, "--timeout", "3", check=False).returncode == 1
+        assert "is open: archived after it is closed" in mount.log()
+        with open(p, "wb") as f:
+            f.write(second)
+    finally:
+        os.close(fd)
+    mount.wait_idle()
+    st = mount.status()
+    assert st["archived"] == 1 and st["bytes_original"] == len(second)
+    assert os.listdir(os.path.join(mount.backing, ".hevcfs", "work")) == []
+    (tmp_path / "view.jpg").write_bytes(open(p, "rb").read())
+    (tmp_path / "second.jpg").write_bytes(second)
+    assert ssim_y(str(tmp_path / "view.jpg"), str(tmp_path / "second.jpg")) > 0.98
 
 
 def test_random_and_concurrent_reads_render_once(mount, tmp_path):

@@ -200,14 +200,13 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path);
 int fs_node_closed(struct fs *fs, struct node *n, char *buf);
 /* Does ino have open handles? */
 int fs_node_is_open(struct fs *fs, uint64_t ino);
-/* If n has open handles, note that an archive waits for them and return 1
- * (the last close queues the file again: fs_node_closed). */
-int fs_node_defer_commit(struct fs *fs, struct node *n);
-/* Keep the verified archive of n at gen for its commit (replacing an older
- * one); take it back (1) if it is still of gen. An archive not taken is
- * removed from work/ when it is replaced or the node goes. */
-void fs_node_keep_ready(struct fs *fs, struct node *n, uint64_t gen,
-			const struct codec_result *res);
+/* If n has open handles, keep the verified archive res of gen for its
+ * commit at the last close (fs_node_closed queues the file again) and
+ * return 1. Take it back with fs_node_take_ready (1 if still of gen). An
+ * archive not taken is removed from work/ when replaced or when the node
+ * goes. */
+int fs_node_defer_commit(struct fs *fs, struct node *n, uint64_t gen,
+			 const struct codec_result *res);
 int fs_node_take_ready(struct fs *fs, struct node *n, uint64_t gen, struct codec_result *res);
 /* Has a file opened under path (kept current by renames) open handles? It
  * may be another inode than the name has now: the one an archive replaced.

@@ -257,8 +257,9 @@ static int name_says_mp4(const char *name)
  * -errno.
  */
 #define COMMIT_DEFERRED 2
-static int commit_archive(struct fs *fs, struct job *j, const char *out, struct idx_entry *e,
-			  char *reason, size_t rsize, char *path, size_t psize)
+static int commit_archive(struct fs *fs, struct job *j, const char *out,
+			  const struct codec_result *res, struct idx_entry *e, char *reason,
+			  size_t rsize, char *path, size_t psize)
 {
 	struct idx_intent *in = NULL;
 	struct idx_txn *txn;
@@ -281,8 +282,9 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out, struct 
 	}
 	/* A reader holds the original: replacing it now would put another
 	 * file, of another size, under the name its descriptor reads through
-	 * (the kernel keeps one size per name). Commit at its last close. */
-	if (fs_node_defer_commit(fs, j->node)) {
+	 * (the kernel keeps one size per name). Commit at its last close,
+	 * with this archive. */
+	if (fs_node_defer_commit(fs, j->node, j->gen, res)) {
 		rc = COMMIT_DEFERRED;
 		goto out_unlock;
 	}
@@ -559,10 +561,9 @@ static int run_job(struct fs *fs, struct job *j)
 			.view_ssim = res.view_ssim,
 		};
 		snprintf(e.suffix, sizeof(e.suffix), "%s", res.suffix);
-		rc = commit_archive(fs, j, out, &e, reason, sizeof(reason), path, 4097);
+		rc = commit_archive(fs, j, out, &res, &e, reason, sizeof(reason), path, 4097);
 		if (rc == COMMIT_DEFERRED) {
 			log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
-			fs_node_keep_ready(fs, j->node, j->gen, &res);
 			goto out; /* keeping the output and view */
 		} else if (rc == 1) {
 			log_msg(LOG_INFO, "queue: %s kept: %s", path, reason);

@@ -74,26 +74,6 @@ static void ready_unlink(struct fs *fs, uint64_t ino, uint64_t gen)
 	unlinkat(fs->work_fd, name, 0);
 }
 
-void fs_node_keep_ready(struct fs *fs, struct node *n, uint64_t gen,
-			const struct codec_result *res)
-{
-	struct ready *r = malloc(sizeof(*r)), *old;
-
-	if (!r) {
-		ready_unlink(fs, n->ino, gen); /* the commit transcodes again */
-		return;
-	}
-	r->gen = gen;
-	r->res = *res;
-	pthread_mutex_lock(&fs->nodes_lock);
-	old = n->ready;
-	n->ready = r;
-	pthread_mutex_unlock(&fs->nodes_lock);
-	if (old && old->gen != gen)
-		ready_unlink(fs, n->ino, old->gen);
-	free(old);
-}
-
 int fs_node_take_ready(struct fs *fs, struct node *n, uint64_t gen, struct codec_result *res)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
@@ -213,13 +193,33 @@ int fs_node_closed(struct fs *fs, struct node *n, char *buf)
 	return last;
 }
 
-int fs_node_defer_commit(struct fs *fs, struct node *n)
+int fs_node_defer_commit(struct fs *fs, struct node *n, uint64_t gen,
+			 const struct codec_result *res)
 {
+	struct ready *r = malloc(sizeof(*r)), *old = NULL;
+	int open, kept = 0;
+
+	if (r) {
+		r->gen = gen;
+		r->res = *res;
+	}
 	pthread_mutex_lock(&fs->nodes_lock);
-	int open = n->opens > 0;
-	if (open)
+	open = n->opens > 0;
+	if (open) {
 		n->commit_waits = 1;
+		old = n->ready;
+		n->ready = r;
+		kept = r != NULL;
+		r = NULL;
+	}
 	pthread_mutex_unlock(&fs->nodes_lock);
+	if (old && old->gen != gen)
+		ready_unlink(fs, n->ino, old->gen);
+	free(old);
+	free(r);
+	/* with no memory for it the archive is made again at the last close */
+	if (open && !kept)
+		ready_unlink(fs, n->ino, gen);
 	return open;
 }
 

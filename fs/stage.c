@@ -147,15 +147,21 @@ static void node_set_path(struct node *n, const char *path)
 	n->path = p;
 }
 
+/* n was opened through path; caller holds nodes_lock. Opened under a real
+ * name it is a file again (its inode number may have been reused since the
+ * node's file went). */
+static void node_opened_as(struct node *n, const char *path)
+{
+	if (path && !fs_node_path_hidden(n, path))
+		n->gone = 0;
+	node_set_path(n, path);
+}
+
 void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->writers++;
-	/* opened under a real name: a file again (its inode number may have
-	 * been reused since the node's file went) */
-	if (path && !fs_node_path_hidden(n, path))
-		n->gone = 0;
-	node_set_path(n, path);
+	node_opened_as(n, path);
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 
@@ -163,11 +169,7 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path)
 {
 	pthread_mutex_lock(&fs->nodes_lock);
 	n->opens++;
-	/* opened under a real name: a file again (its inode number may have
-	 * been reused since the node's file went) */
-	if (path && !fs_node_path_hidden(n, path))
-		n->gone = 0;
-	node_set_path(n, path);
+	node_opened_as(n, path);
 	pthread_mutex_unlock(&fs->nodes_lock);
 }
 

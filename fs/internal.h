@@ -230,7 +230,7 @@ void fs_nodes_free(struct fs *fs);
 /* A rename happened: rewrite the remembered paths at or below from. */
 void fs_nodes_rename(struct fs *fs, const char *from, const char *to);
 /* The file is gone (no name left): cancel its job, forget settling, and
- * stage nothing for it until a writer opens it under a name again. */
+ * stage nothing for it until it is opened under a real name again. */
 void fs_node_gone(struct fs *fs, uint64_t ino);
 /* Mark a new or rewritten file as staged in the index, with its path in
  * the queue so recovery finds it if the mount ends before it settles. */

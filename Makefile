@@ -2,7 +2,7 @@
 # test (release and ASan+UBSan builds); `make bench` measures; `make deps`
 # installs the Debian packages the build and the tests need.
 
-PKGS      := fuse3 libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg lmdb
+PKGS      := fuse3 libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg lmdb libcrypto
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
 
@@ -15,8 +15,8 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ALL_CFLAGS = -std=c17 $(WARN) $(CFLAGS) $(CPPFLAGS) $(PKG_CFLAGS) -MMD -MP
 LDLIBS    += $(PKG_LIBS) -lpthread -lm
 
-LIB_SRC   := $(wildcard codec/*.c) $(wildcard index/*.c) $(wildcard fs/*.c) tools/log.c
-TOOL_SRC  := $(filter-out tools/log.c,$(wildcard tools/*.c))
+LIB_SRC   := $(wildcard lib/*.c) $(wildcard codec/*.c) $(wildcard index/*.c) $(wildcard fs/*.c)
+TOOL_SRC  := $(wildcard tools/*.c)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 
 # Two build trees: release (build/) and sanitized (build/asan/).
@@ -68,11 +68,11 @@ demo:
 
 # Fuzzers (clang's libFuzzer): the photo entry points on hostile bytes.
 FUZZ_CC    ?= clang-14
-FUZZ_PKGS  := libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg
-FUZZ_SRC   := $(wildcard codec/*.c) tools/log.c
+FUZZ_PKGS  := libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg libcrypto
+FUZZ_SRC   := $(wildcard codec/*.c) $(wildcard lib/*.c)
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 
-build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) codec/codec.h codec/internal.h
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) codec/codec.h codec/internal.h lib/lib.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=c17 $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) \
 	  -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs $(FUZZ_PKGS)) -lpthread -lm

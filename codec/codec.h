@@ -22,7 +22,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../tools/log.h"
+#include "../lib/lib.h"
 
 /* What a file's bytes say it is (never its name). */
 enum codec_kind {

@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../tools/log.h"
+#include "../lib/lib.h"
 
 #define IDX_SCHEMA_VERSION 1
 

@@ -9,7 +9,7 @@ libfuse3-dev fuse3
 libheif-dev libheif-examples libde265-dev
 libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
 libturbojpeg0-dev libjpeg-turbo-progs
-liblmdb-dev lmdb-utils
+liblmdb-dev lmdb-utils libssl-dev
 python3 python3-pytest libimage-exiftool-perl attr rsync"
 # the equal-quality shell pipeline the photo benchmark measures against
 [ "${1:-}" = bench ] && PKGS="$PKGS imagemagick time"

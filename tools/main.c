@@ -16,7 +16,7 @@
 
 #include "../fs/fs.h"
 #include "../index/index.h"
-#include "log.h"
+#include "../lib/lib.h"
 
 static const char usage_text[] =
 	"usage: hevcfs BACKING MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]\n"

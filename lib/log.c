@@ -1,5 +1,5 @@
-/* log — timestamped lines to stderr and an optional log file. */
-#include "log.h"
+/* log — timestamped lines to stderr, an optional log file, or syslog. */
+#include "lib.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +12,7 @@
 static atomic_int log_fd = -1;
 static atomic_int log_level = LOG_INFO;
 static atomic_int log_stderr = 1;
+static atomic_int log_to_syslog;
 
 static const char *level_name(int level)
 {
@@ -43,6 +44,8 @@ void log_msg(int level, const char *fmt, ...)
 	va_end(ap);
 	if (m < 0)
 		m = 0;
+	if (atomic_load(&log_to_syslog))
+		syslog(level, "%s", line + n); /* the journal adds time and name */
 	n += m;
 	if (n > (int)sizeof(line) - 2)
 		n = (int)sizeof(line) - 2;
@@ -74,5 +77,12 @@ void log_set_level(int level)
 
 void log_quiet_stderr(void)
 {
+	atomic_store(&log_stderr, 0);
+}
+
+void log_syslog(const char *ident)
+{
+	openlog(ident, LOG_PID, LOG_DAEMON);
+	atomic_store(&log_to_syslog, 1);
 	atomic_store(&log_stderr, 0);
 }

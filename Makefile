@@ -85,14 +85,21 @@ fuzz:
 format:
 	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c)
 
+# systemd looks for units of /usr/local in /usr/local/lib/systemd/system too
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+
 install: hevcfs
 	install -D -m 0755 hevcfs $(DESTDIR)$(PREFIX)/bin/hevcfs
 	ln -sf hevcfs $(DESTDIR)$(PREFIX)/bin/mount.hevcfs
 	install -D -m 0644 doc/hevcfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/hevcfs.1
+	@mkdir -p $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(PREFIX)/bin|' doc/hevcfs@.service.in > $(DESTDIR)$(UNITDIR)/hevcfs@.service
+	install -D -m 0644 doc/hevcfs.conf.example $(DESTDIR)$(PREFIX)/share/doc/hevcfs/hevcfs.conf.example
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/hevcfs $(DESTDIR)$(PREFIX)/bin/mount.hevcfs \
-	      $(DESTDIR)$(PREFIX)/share/man/man1/hevcfs.1
+	      $(DESTDIR)$(PREFIX)/share/man/man1/hevcfs.1 $(DESTDIR)$(UNITDIR)/hevcfs@.service \
+	      $(DESTDIR)$(PREFIX)/share/doc/hevcfs/hevcfs.conf.example
 
 clean:
 	rm -rf build hevcfs

@@ -109,4 +109,33 @@ int codec_render_view(int stored_fd, const char *out_path,
  */
 int codec_probe_archived(int fd, struct codec_result *result);
 
+/* The digests a stored file carries inside it: the original's, and its own
+ * (SHA-256 of the whole file with those SUM_LEN bytes, at self_off, counted
+ * as zeros). has = 0 when it carries none. */
+struct codec_embedded {
+	int has;
+	uint8_t orig_sum[SUM_LEN], self_sum[SUM_LEN];
+	uint64_t self_off;
+	uint64_t orig_bytes;
+};
+
+/* Read the digests the stored file on fd carries (an archived MP4's last
+ * box, an archived HEIC's header item). 0 (e->has says whether there were
+ * any) or -errno. */
+int codec_embedded_sums(int fd, struct codec_embedded *e);
+
+/* Does the file on fd match the self-digest it carries? *ok is 1 when it
+ * does, 0 when not (or it carries none). 0 or -errno. */
+int codec_check_self_sum(int fd, const struct codec_embedded *e, int *ok);
+
+/*
+ * Decode a stored file whole, as a scrub does after its checksum: a HEIC's
+ * every picture and thumbnail (an archived photo's view rendered to exactly
+ * the size its header promised), a video's every frame (the decoder told to
+ * fail on damage, never to conceal it). 0 when it decodes, 1 with why (len
+ * bytes) set when it does not, -errno on I/O or memory errors. Anything else
+ * is 0: its checksum is all there is to check.
+ */
+int codec_check_stored(int fd, const struct codec_opts *opts, char *why, size_t len);
+
 #endif

@@ -34,6 +34,12 @@ int photo_probe_archived(int fd, struct codec_result *result);
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
 
+/* The digests an archived MP4 carries in its last box (video.c): the
+ * original's size and SHA-256, and the file's own with its 32 bytes at
+ * *self_off counted as zeros. 1 when fd has them, 0 when not, -errno. */
+int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN],
+			uint64_t *self_off, uint64_t *orig_bytes);
+
 /* Archive a video (video.c). Same contract as codec_archive(). */
 int video_archive(int src_fd, const char *out_path, const struct codec_opts *opts,
 		  struct codec_result *result);

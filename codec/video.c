@@ -394,6 +394,114 @@ static int video_sync(const char *path, uint64_t *size)
  * can only live there), then verify it; the caller keeps the original unless
  * result->archived. 0 (archived or kept with a reason) or -errno.
  */
+/*
+ * The digests an archived MP4 carries, so the backing tree alone can tell
+ * whether it is whole (`fsck --rebuild`, `verify`): a top-level ISO BMFF
+ * 'uuid' box appended after everything else, which players skip as they do
+ * any box they do not know. Layout (integers big-endian):
+ *   0  4  box size (SUMS_BOX_LEN)      4  4  "uuid"
+ *   8 16  SUMS_UUID                   24  1  version (1), 25 3 zero
+ *  28  8  size of the original        36 32  SHA-256 of the original
+ *  68 32  SHA-256 of the whole file with these 32 bytes counted as zeros
+ * Matroska has no place for it that every player skips: MKV outputs carry
+ * none, and their digests are learnt from the file by a rebuild.
+ */
+#define SUMS_BOX_LEN 100
+#define SUMS_VERSION 1
+#define SUMS_ORIG_OFF 36
+#define SUMS_SELF_OFF 68
+static const uint8_t SUMS_UUID[16] = {0xdd, 0x5d, 0x88, 0xb1, 0x6b, 0x6b, 0x4d, 0x86,
+				      0x8b, 0x06, 0xdf, 0x61, 0x0f, 0xdf, 0xad, 0xa1};
+
+static void be_put(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static uint64_t be_get(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Write all of buf at off. 0 or -errno. */
+static int pwrite_all(int fd, const uint8_t *buf, size_t len, off_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -errno;
+		buf += n, len -= (size_t)n, off += n;
+	}
+	return 0;
+}
+
+/* Append the digests box to the MP4 at path (the original on src_fd) and
+ * sync it; *size grows by the box. 0 or -errno. */
+static int append_sums(int src_fd, const char *path, uint64_t *size)
+{
+	uint8_t box[SUMS_BOX_LEN] = {0}, self[SUM_LEN];
+	struct sum_file orig, whole;
+	int fd, ret;
+
+	ret = sum_file(src_fd, 0, 0, 0, NULL, NULL, &orig);
+	if (ret)
+		return ret;
+	be_put(box, SUMS_BOX_LEN, 4);
+	memcpy(box + 4, "uuid", 4);
+	memcpy(box + 8, SUMS_UUID, sizeof(SUMS_UUID));
+	box[24] = SUMS_VERSION;
+	be_put(box + 28, orig.size, 8);
+	memcpy(box + SUMS_ORIG_OFF, orig.whole, SUM_LEN);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd == -1)
+		return -errno;
+	ret = pwrite_all(fd, box, sizeof(box), (off_t)*size);
+	if (!ret)
+		ret = sum_file(fd, 0, *size + SUMS_SELF_OFF, SUM_LEN, NULL, NULL, &whole);
+	if (!ret) {
+		memcpy(self, whole.whole, SUM_LEN);
+		ret = pwrite_all(fd, self, SUM_LEN, (off_t)(*size + SUMS_SELF_OFF));
+	}
+	if (!ret && fsync(fd) == -1)
+		ret = -errno;
+	if (close(fd) == -1 && !ret)
+		ret = -errno;
+	if (!ret)
+		*size += SUMS_BOX_LEN;
+	return ret;
+}
+
+int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN],
+			uint64_t *self_off, uint64_t *orig_bytes)
+{
+	uint8_t box[SUMS_BOX_LEN];
+	struct stat st;
+	ssize_t n;
+
+	if (fstat(fd, &st) == -1)
+		return -errno;
+	if (st.st_size < SUMS_BOX_LEN)
+		return 0;
+	n = pread(fd, box, sizeof(box), st.st_size - SUMS_BOX_LEN);
+	if (n == -1)
+		return -errno;
+	if (n != SUMS_BOX_LEN || be_get(box, 4) != SUMS_BOX_LEN || memcmp(box + 4, "uuid", 4) ||
+	    memcmp(box + 8, SUMS_UUID, sizeof(SUMS_UUID)) || box[24] != SUMS_VERSION)
+		return 0;
+	*orig_bytes = be_get(box + 28, 8);
+	memcpy(orig, box + SUMS_ORIG_OFF, SUM_LEN);
+	memcpy(self, box + SUMS_SELF_OFF, SUM_LEN);
+	*self_off = (uint64_t)st.st_size - SUMS_BOX_LEN + SUMS_SELF_OFF;
+	return 1;
+}
+
 int video_archive(int src_fd, const char *out_path, const struct codec_opts *opts,
 		  struct codec_result *result)
 {
@@ -429,6 +537,8 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 	}
 	ret = video_verify(out_path, &o, &log, result);
 	if (ret)
+		goto out_release_log;
+	if (!log.mkv && (ret = append_sums(src_fd, out_path, &stored)))
 		goto out_release_log;
 	result->archived = 1;
 	result->reason[0] = '\0';

@@ -37,21 +37,23 @@ struct ready {
 struct node {
 	uint64_t ino;
 	int refs;
-	int writers;         /* open handles that may write */
-	int opens;           /* open handles of any kind */
-	int gone;            /* no name left: writes are not staged again */
-	int hidden_links;    /* names of it in the hidden directory */
-	char hidden_name[64]; /* the latest of them (fs_hidden_key) */
-	int64_t hidden_size; /* size shown under a hidden name (a view's), or -1 */
-	int commit_waits;    /* an archive waits for the last handle to close */
-	struct ready *ready; /* that archive, verified, its files in work/ */
-	int dirty;           /* written since the last enqueue */
-	int settling;        /* on the settle list (holds a reference) */
-	int64_t settle_at;   /* monotonic ms when it may be queued */
-	char *path;          /* last known logical path, relative, for the queue */
-	atomic_uint_fast64_t gen; /* bumped by every change to the bytes */
-	atomic_int cancel;   /* set to abandon the running job */
-	struct node *next;   /* hash chain */
+	int writers;			/* open handles that may write */
+	int opens;			/* open handles of any kind */
+	int gone;			/* no name left: writes are not staged again */
+	int hidden_links;		/* names of it in the hidden directory */
+	char hidden_name[64];		/* the latest of them (fs_hidden_key) */
+	int64_t hidden_size;		/* size shown under a hidden name (a view's), or -1 */
+	int commit_waits;		/* an archive waits for the last handle to close */
+	struct ready *ready;		/* that archive, verified, its files in work/ */
+	int dirty;			/* written since the last enqueue */
+	int settling;			/* on the settle list (holds a reference) */
+	int64_t settle_at;		/* monotonic ms when it may be queued */
+	char *path;			/* last known logical path, relative, for the queue */
+	atomic_uint_fast64_t gen;	/* bumped by every change to the bytes */
+	atomic_int cancel;		/* set to abandon the running job */
+	struct fs_check *_Atomic check; /* reads checked against the stored
+				 file's digests (sums.c), set once */
+	struct node *next;		/* hash chain */
 	struct node *settle_next;
 };
 
@@ -59,7 +61,7 @@ struct node {
 struct job {
 	uint64_t ino;
 	uint64_t gen;
-	int video;         /* known to be a video (one runs at a time) */
+	int video;	   /* known to be a video (one runs at a time) */
 	struct node *node; /* holds a reference */
 	struct job *next;
 };
@@ -67,11 +69,12 @@ struct job {
 /* The mount. One instance, the FUSE private data. */
 struct fs {
 	struct fs_config *cfg;
-	int root_fd;   /* BACKING, O_PATH directory */
-	int state_fd;  /* BACKING/.hevcfs */
-	int work_fd;   /* BACKING/.hevcfs/work: archive outputs before commit */
-	int cache_fd;  /* BACKING/.hevcfs/cache: rendered views */
-	int hidden_fd; /* BACKING/.hevcfs/hidden: files removed while open */
+	int root_fd;		    /* BACKING, O_PATH directory */
+	int meta_fd;		    /* BACKING/.hevcfs */
+	int state_fd;		    /* the state directory (fs_paths): lock, index, log */
+	int work_fd;		    /* BACKING/.hevcfs/work: archive outputs before commit */
+	int cache_fd;		    /* STATE/cache: rendered views */
+	int hidden_fd;		    /* BACKING/.hevcfs/hidden: files removed while open */
 	char *work_dir, *cache_dir; /* absolute paths of the above, for codec/ */
 	struct idx *idx;
 	const char *index_path; /* opened in the daemon, after fork */
@@ -88,14 +91,14 @@ struct fs {
 	struct node *settle; /* list of settling nodes */
 	pthread_cond_t settle_cond;
 	int64_t settle_wake_at; /* when the settle thread next looks (ms) */
-	int settle_kick;        /* a node joined that is due before that */
+	int settle_kick;	/* a node joined that is due before that */
 
 	pthread_mutex_t jobs_lock;
 	pthread_cond_t jobs_cond;
 	struct job *jobs_head, *jobs_tail;
-	int video_running; /* one video at a time; protected by jobs_lock */
+	int video_running;   /* one video at a time; protected by jobs_lock */
 	atomic_int stopping; /* set once at unmount */
-	atomic_int active; /* jobs being worked on */
+	atomic_int active;   /* jobs being worked on */
 
 	pthread_t *workers;
 	int nworkers;
@@ -110,10 +113,17 @@ struct fs {
 	uint64_t links_queued, links_done; /* invalidations asked for, done */
 	pthread_t links_thread;
 
+	pthread_mutex_t scrub_lock; /* the background scrubber's sleep (scrub.c) */
+	pthread_cond_t scrub_cond;
+	pthread_t scrub_thread;
+	int scrubbing;
+
 	pthread_mutex_t render_lock; /* one render of a given view at a time */
 	pthread_cond_t render_cond;
 	uint64_t *rendering; /* inos being rendered */
 	size_t nrendering;
+	uint64_t *views_checked; /* cache files found whole (cache.c) */
+	size_t nviews_checked, views_next;
 };
 
 /* Current monotonic time in ms. */
@@ -130,19 +140,27 @@ int fs_path_reserved(const char *path);
  * itself returns -EINVAL.
  */
 int fs_open_parent(struct fs *fs, const char *path, const char **name);
+/* Open rel below root_fd (BACKING, or any directory) the same way: no
+ * symlink, "..", or magic link followed. An fd or -errno. */
+int fs_open_beneath(int root_fd, const char *rel, int flags, mode_t mode);
+/* The stored name of an archived file named name whose archive has suffix
+ * (".heic", ".mp4", ".mkv"): name + suffix, except that an MP4 of a video
+ * whose name already says MP4/MOV/M4V keeps its name. -ENAMETOOLONG when it
+ * does not fit in NAME_MAX (or size). */
+int fs_stored_name(const char *name, const char *suffix, char *out, size_t size);
 /* Open a directory or file by logical path as above, with flags. */
 int fs_open_path(struct fs *fs, const char *path, int flags, mode_t mode);
 
 /* How a logical name is stored. */
 struct fs_lookup {
-	int parent;          /* parent directory fd (caller closes) */
-	char name[256 + 8];  /* backing name */
-	struct stat st;      /* of the backing file */
-	int archived;        /* stored as an archived copy under a suffix */
-	struct idx_entry e;  /* valid when has_entry: looked up only for names
-				that carry an archive suffix */
+	int parent;	    /* parent directory fd (caller closes) */
+	char name[256 + 8]; /* backing name */
+	struct stat st;	    /* of the backing file */
+	int archived;	    /* stored as an archived copy under a suffix */
+	struct idx_entry e; /* valid when has_entry: looked up only for names
+			       that carry an archive suffix */
 	int has_entry;
-	int hidden;          /* found in the hidden directory */
+	int hidden; /* found in the hidden directory */
 };
 /* Resolve a logical path to its backing file (following the mapping of
  * archived names). Returns 0 (lk->parent open) or -errno (nothing open). */
@@ -200,6 +218,8 @@ void fs_node_opened(struct fs *fs, struct node *n, const char *path);
 int fs_node_closed(struct fs *fs, struct node *n, char *buf);
 /* Does ino have open handles? */
 int fs_node_is_open(struct fs *fs, uint64_t ino);
+/* Has n open handles that may write? */
+int fs_node_writing(struct fs *fs, struct node *n);
 /* If n has open handles, keep the verified archive res of gen for its
  * commit at the last close (fs_node_closed queues the file again) and
  * return 1. Take it back with fs_node_take_ready (1 if still of gen). An
@@ -218,8 +238,7 @@ int fs_path_is_open(struct fs *fs, const char *path);
 nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink);
 /* ino got the hidden name (delta 1; shown with size, -1 for its own) or
  * lost it (-1). */
-void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta,
-			 int64_t size);
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta, int64_t size);
 /* The size a file under a hidden name shows (an archived photo's view's),
  * or -1 for its own. */
 int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino);
@@ -259,6 +278,15 @@ int fs_copy_attrs(int src, int dst);
 int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *result);
 
+/* A stored file decoded whole (codec_check_stored) in a child process: a
+ * decoder that crashes on it marks it damaged, never the caller. 0, 1 with
+ * why set when it does not decode, -errno. */
+int fs_check_isolated(int fd, const struct codec_opts *opts, char *why, size_t len);
+
+/* --- scrub.c: the background scrubber (scrub_days) --------------------- */
+int fs_scrubber_start(struct fs *fs);
+void fs_scrubber_stop(struct fs *fs);
+
 /* --- links.c: attribute caching and hard links -------------------------- */
 
 /* Remember path (with its leading '/') as a name of ino, which has several. */
@@ -273,11 +301,76 @@ void fs_links_stop(struct fs *fs);
 /* Open (rendering if needed) the view of an archived photo stored at
  * parent/name with inode ino. Returns an fd open for reading or -errno. */
 int fs_view_open(struct fs *fs, int parent, const char *name, uint64_t ino,
-		 const struct idx_entry *e);
+		 const struct idx_entry *e, const char *path);
 /* Forget the cached view of ino. */
 void fs_view_drop(struct fs *fs, uint64_t ino);
 /* Keep the cache under its bound (least recently used out first). */
 void fs_cache_trim(struct fs *fs);
+
+/* --- tree.c: walking the backing tree ----------------------------------- */
+
+/* Called for every regular file below BACKING (the state directory left
+ * out) with its directory, name, stat and path relative to BACKING; a
+ * nonzero return stops the walk. */
+typedef int (*fs_walk_fn)(void *arg, int dirfd, const char *name, const struct stat *st,
+			  const char *path);
+/* Walk every regular file. Returns 0, the visitor's nonzero value that
+ * stopped it, or -ENOMEM. Symlinks are never followed. */
+int fs_walk(int root_fd, fs_walk_fn visit, void *arg);
+
+/* What fs_walk_tree shows: a file, a directory before and after its
+ * entries, anything else (symlink, FIFO, device). */
+enum fs_tree_what { FS_TREE_FILE, FS_TREE_DIR, FS_TREE_DIR_END, FS_TREE_OTHER };
+typedef int (*fs_tree_fn)(void *arg, enum fs_tree_what what, int dirfd, const char *name,
+			  const struct stat *st, const char *path);
+/* Walk every entry, directories in pre- and post-order. */
+int fs_walk_tree(int root_fd, fs_tree_fn visit, void *arg);
+
+/* --- pool.c: workers for import and export ----------------------------- */
+
+struct fs_pool;
+/* Run one task: path relative to the walk's root, src (import: the source
+ * file's path) and its stat. */
+typedef void (*fs_pool_fn)(void *arg, struct fs_pool *p, const char *path, const char *src,
+			   const struct stat *st);
+/* Start n workers running run on each task added. stop, once set, makes
+ * them drop what is queued. */
+int fs_pool_new(int n, fs_pool_fn run, void *arg, const atomic_int *stop, struct fs_pool **out);
+/* Queue a task (copied); waits while the queue is full. */
+int fs_pool_add(struct fs_pool *p, const char *path, const char *src, const struct stat *st);
+/* Take (start 1) or give back (0) the video turn: one video at a time. */
+void fs_pool_video(struct fs_pool *p, int start);
+/* Let the workers finish what is queued, join them, free p (NULL is fine). */
+void fs_pool_free(struct fs_pool *p);
+
+/* --- sums.c: checksums of stored files, checked on read ---------------- */
+
+struct fs_check;
+struct sum_file;
+
+/* Start checking reads of n's file, open on fd with backing inode ino and
+ * entry e, against its block digests: nothing happens unless e is at rest
+ * (kept or archived) with digests for fd's whole size, and verify_reads is
+ * on. Handles of one file share one check. */
+void fs_check_attach(struct fs *fs, struct node *n, int fd, uint64_t ino,
+		     const struct idx_entry *e);
+/* Check the blocks that bytes [off, off + size) of n's file touch, reading
+ * whole blocks from fd. 0 (also when nothing is checked), -EIO when one does
+ * not match its digest (the file is flagged damaged and named in the log by
+ * path), or -errno of a failed read. */
+int fs_check_range(struct fs *fs, struct node *n, int fd, uint64_t off, size_t size,
+		   const char *path);
+/* A writer opened n's file: nothing more of it is checked. */
+void fs_check_stop(struct node *n);
+void fs_check_free(struct fs_check *c);
+/* Flag ino damaged in the index and name it in the log, with what failed. */
+void fs_mark_damaged(struct fs *fs, uint64_t ino, const char *path, const char *what);
+/* Record the digests f of ino's stored file in e (sum, checked now, no
+ * longer damaged) and its block digests in txn. */
+int fs_sums_record(struct idx_txn *txn, uint64_t ino, struct idx_entry *e,
+		   const struct sum_file *f);
+/* Digest dirfd/name whole and per block (sum_file). */
+int fs_sum_path(int dirfd, const char *name, struct sum_file *f);
 
 /* --- ops.c ---------------------------------------------------------------- */
 extern const struct fuse_operations fs_ops;

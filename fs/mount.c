@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <fuse.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +18,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LOCK_NAME "lock"   /* flock()ed by the mount for its whole life */
-#define DIRTY_NAME "dirty" /* exists while mounted: its presence at mount
-			      means the last mount did not end cleanly */
-#define INDEX_NAME "index"
+#define LOCK_NAME "lock" /* flock()ed by the mount for its whole life */
+#define DIRTY_NAME                                                                                 \
+	"dirty" /* exists while mounted: its presence at mount                                     \
+		   means the last mount did not end cleanly */
+/* The meta key saying the index has seen the whole tree once. */
+#define WALKED_KEY "walked"
+/* The meta key of the options saved by the first mount (tools/options.c). */
+#define OPTIONS_KEY "config"
 
 void fs_config_init(struct fs_config *cfg)
 {
@@ -28,6 +33,7 @@ void fs_config_init(struct fs_config *cfg)
 	cfg->settle_ms = 1000;
 	cfg->view = FS_VIEW_LEGACY;
 	cfg->cache_bytes = 1024ull << 20;
+	cfg->verify_reads = 1;
 }
 
 /* mkdir that accepts an existing directory. */
@@ -57,53 +63,51 @@ static void fs_close_state(struct fs *fs)
 {
 	idx_close(fs->idx);
 	fs->idx = NULL;
-	if (fs->cache_fd >= 0)
-		close(fs->cache_fd);
-	if (fs->work_fd >= 0)
-		close(fs->work_fd);
-	if (fs->hidden_fd >= 0)
-		close(fs->hidden_fd);
-	if (fs->state_fd >= 0)
-		close(fs->state_fd);
-	if (fs->root_fd >= 0)
-		close(fs->root_fd);
-	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
+	int *fds[] = {&fs->cache_fd, &fs->work_fd,  &fs->hidden_fd,
+		      &fs->meta_fd,  &fs->state_fd, &fs->root_fd};
+	for (size_t i = 0; i < sizeof(fds) / sizeof(*fds); i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
 	free(fs->work_dir);
 	free(fs->cache_dir);
 	fs->work_dir = fs->cache_dir = NULL;
 }
 
-/*
- * Open BACKING and its state directory (creating it), take the mount lock
- * (lock_fd, kept open by the caller) and open the index. *fresh is set when
- * the state directory did not exist or the last mount died.
- */
-static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *fresh)
+/* Open the directory name of dirfd (creating it) as an O_PATH fd. */
+static int open_subdir(int dirfd, const char *name)
 {
-	char *state = join(backing, FS_STATE_DIR);
-	char *index = state ? join(state, INDEX_NAME) : NULL;
-	struct stat st;
-	int rc;
+	int rc = ensure_dir(dirfd, name), fd;
 
-	fs->root_fd = fs->state_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
+	if (rc)
+		return rc;
+	fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd == -1 ? -errno : fd;
+}
+
+/*
+ * Open BACKING and its state (fs_paths_open made the directories), take the
+ * mount lock (lock_fd, kept open by the caller) and open the index. *fresh
+ * is set when the index did not exist or the last mount died.
+ */
+static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, int *fresh)
+{
+	char *index = fs_index_dir(p);
+	struct stat st;
+	int rc = 0;
+
+	fs->root_fd = fs->state_fd = fs->meta_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
 	*lock_fd = -1;
-	if (!index) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	fs->root_fd = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (fs->root_fd == -1) {
+	if (!index)
+		return -ENOMEM;
+	*fresh = stat(index, &st) == -1;
+	fs->root_fd = open(p->backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	fs->meta_fd = open(p->meta, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fs->state_fd = open(p->state, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fs->root_fd == -1 || fs->meta_fd == -1 || fs->state_fd == -1) {
 		rc = -errno;
-		log_msg(LOG_ERR, "%s: %s", backing, strerror(errno));
-		goto out;
-	}
-	*fresh = fstatat(fs->root_fd, FS_STATE_DIR, &st, AT_SYMLINK_NOFOLLOW) == -1;
-	if ((rc = ensure_dir(fs->root_fd, FS_STATE_DIR)))
-		goto out;
-	fs->state_fd = openat(fs->root_fd, FS_STATE_DIR, O_PATH | O_DIRECTORY | O_NOFOLLOW |
-							     O_CLOEXEC);
-	if (fs->state_fd == -1) {
-		rc = -errno;
+		log_msg(LOG_ERR, "%s: %s", p->backing, strerror(errno));
 		goto out;
 	}
 	*lock_fd = openat(fs->state_fd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -115,17 +119,17 @@ static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		goto out;
 	}
-	if ((rc = ensure_dir(fs->state_fd, "work")) || (rc = ensure_dir(fs->state_fd, "cache")) ||
-	    (rc = ensure_dir(fs->state_fd, "hidden")))
+	/* outputs and files removed while open are renamed to and from the
+	 * tree: they live on BACKING's filesystem; the cache with the state */
+	if ((rc = fs->work_fd = open_subdir(fs->meta_fd, "work")) < 0 ||
+	    (rc = fs->hidden_fd = open_subdir(fs->meta_fd, "hidden")) < 0 ||
+	    (rc = fs->cache_fd = open_subdir(fs->state_fd, "cache")) < 0)
 		goto out;
-	fs->work_fd = openat(fs->state_fd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	fs->cache_fd = openat(fs->state_fd, "cache", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	fs->hidden_fd = openat(fs->state_fd, "hidden", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	fs->work_dir = join(state, "work");
-	fs->cache_dir = join(state, "cache");
-	if (fs->work_fd == -1 || fs->cache_fd == -1 || fs->hidden_fd == -1 || !fs->work_dir ||
-	    !fs->cache_dir) {
-		rc = fs->work_fd == -1 || fs->cache_fd == -1 || fs->hidden_fd == -1 ? -errno : -ENOMEM;
+	rc = 0;
+	fs->work_dir = join(p->meta, "work");
+	fs->cache_dir = join(p->state, "cache");
+	if (!fs->work_dir || !fs->cache_dir) {
+		rc = -ENOMEM;
 		goto out;
 	}
 	if (fstatat(fs->state_fd, DIRTY_NAME, &st, 0) == 0)
@@ -133,43 +137,67 @@ static int fs_open_state(struct fs *fs, const char *backing, int *lock_fd, int *
 	rc = idx_open(index, 0, &fs->idx);
 out:
 	free(index);
-	free(state);
 	return rc;
 }
 
-/* Roll one commit forward (the archived copy is in place) or back. */
+/* Roll one commit forward (the archived copy is in place and whole) or
+ * back. An archived copy whose bytes are not the ones the intent recorded
+ * is dropped while the original is still there; without the original it is
+ * kept, flagged damaged. */
 static int recover_intent(void *arg, const struct idx_intent *in)
 {
 	struct fs *fs = arg;
 	const char *name;
-	char target[300];
+	char target[NAME_MAX + 16];
 	struct stat st;
 	struct idx_txn *txn;
-	int parent = fs_open_parent(fs, in->path, &name);
+	struct sum_file f = {0};
+	int parent = fs_open_parent(fs, in->path, &name), whole, original;
 
 	if (parent < 0) {
 		log_msg(LOG_WARNING, "recovery: %s: %s", in->path, strerror(-parent));
 		goto out_forget;
 	}
 	snprintf(target, sizeof(target), "%s%s", name, in->entry.suffix);
-	if (fstatat(parent, target, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    (uint64_t)st.st_ino == in->archive_ino) {
-		/* forward: the archived copy is in place */
-		if (idx_begin(fs->idx, 1, &txn) == 0) {
-			idx_put(txn, in->archive_ino, &in->entry);
-			idx_del(txn, in->staged_ino);
-			idx_queue_del(txn, in->staged_ino);
-			idx_commit(txn);
-			idx_sync(fs->idx);
-		}
-		if (in->entry.suffix[0] && fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    (uint64_t)st.st_ino == in->staged_ino)
-			unlinkat(parent, name, 0);
-		fs_fsync_dir(parent);
-		log_msg(LOG_INFO, "recovery: finished archiving %s", in->path);
-	} else {
+	if (fstatat(parent, target, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+	    (uint64_t)st.st_ino != in->archive_ino) {
 		log_msg(LOG_INFO, "recovery: rolled back archiving %s (queued again)", in->path);
+		goto out_close;
 	}
+	whole = fs_sum_path(parent, target, &f) == 0 &&
+		(sum_is_zero(in->entry.sum) || !memcmp(f.whole, in->entry.sum, SUM_LEN));
+	original = in->entry.suffix[0] && fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		   (uint64_t)st.st_ino == in->staged_ino;
+	if (!whole && original) {
+		unlinkat(parent, target, 0);
+		fs_fsync_dir(parent);
+		log_msg(LOG_WARNING, "recovery: the archived copy of %s is not whole: rolled back",
+			in->path);
+		goto out_close;
+	}
+	/* forward: the archived copy is in place */
+	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		struct idx_entry e = in->entry;
+		if (whole)
+			fs_sums_record(txn, in->archive_ino, &e, &f);
+		else
+			e.flags |= IDX_F_DAMAGED;
+		idx_del(txn, in->staged_ino);
+		idx_put(txn, in->archive_ino, &e);
+		idx_queue_del(txn, in->staged_ino);
+		idx_commit(txn);
+		idx_sync(fs->idx);
+	}
+	if (original)
+		unlinkat(parent, name, 0);
+	fs_fsync_dir(parent);
+	if (whole)
+		log_msg(LOG_INFO, "recovery: finished archiving %s", in->path);
+	else
+		log_msg(LOG_ERR, "damaged: %s: its archived copy does not match its checksum",
+			in->path);
+out_close:
+	sum_file_release(&f);
 	close(parent);
 out_forget:
 	if (idx_begin(fs->idx, 1, &txn) == 0) {
@@ -225,56 +253,11 @@ static void drop_shadowed(struct fs *fs, int dirfd, const char *name, size_t lle
 	fs_fsync_dir(dirfd);
 }
 
-/*
- * Walk the backing tree below dirfd (BACKING itself at depth 0, where the
- * state directory is skipped), calling visit for every regular file with its
- * directory, name, stat and path relative to BACKING (in path, len bytes so
- * far, at most 4095). Symlinks are never followed; visit returning nonzero
- * stops the walk. Returns nonzero when stopped.
- */
-typedef int (*walk_fn)(void *arg, int dirfd, const char *name, const struct stat *st,
-		       const char *path);
+static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
+			const char *path);
 
-static int walk(int dirfd, char *path, size_t len, int depth, walk_fn visit, void *arg)
-{
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), stop = 0;
-	struct dirent *de;
-	DIR *d;
-
-	if (fd < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	while (!stop && (de = readdir(d))) {
-		size_t nlen = strlen(de->d_name), sub = len + (len ? 1 : 0) + nlen;
-		struct stat st;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    (depth == 0 && !strcmp(de->d_name, FS_STATE_DIR)) || sub > 4095 ||
-		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
-			continue;
-		if (len)
-			path[len] = '/';
-		memcpy(path + len + (len ? 1 : 0), de->d_name, nlen + 1);
-		if (S_ISDIR(st.st_mode)) {
-			int child = openat(dirfd, de->d_name,
-					   O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (child >= 0) {
-				stop = walk(child, path, sub, depth + 1, visit, arg);
-				close(child);
-			}
-		} else if (S_ISREG(st.st_mode)) {
-			stop = visit(arg, dirfd, de->d_name, &st, path);
-		}
-		path[len] = '\0';
-	}
-	closedir(d);
-	return stop;
-}
-
-/* Recovery's visit: give a file the index does not know an entry, staged
- * and queued; drop an archived copy shadowed by a plain file. */
+/* Recovery's visit: what the tree says of a file the index does not know
+ * (rebuild_file); drop an archived copy shadowed by a plain file. */
 static int recover_file(void *arg, int dirfd, const char *name, const struct stat *st,
 			const char *path)
 {
@@ -283,7 +266,7 @@ static int recover_file(void *arg, int dirfd, const char *name, const struct sta
 	size_t nlen = strlen(name);
 
 	if (fs_entry_get(fs, st->st_ino, &e) == -ENOENT)
-		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
+		rebuild_file(fs, dirfd, name, st, path);
 	else if (e.state == IDX_ARCHIVED && e.suffix[0] && nlen > strlen(e.suffix) &&
 		 fs_has_archive_suffix(name))
 		drop_shadowed(fs, dirfd, name, nlen - strlen(e.suffix), st->st_ino);
@@ -309,8 +292,9 @@ static int intent_collect(void *arg, const struct idx_intent *in)
 }
 
 /* Recovery proper, on an opened state: finish or undo half-done commits,
- * drop unfinished outputs, and after an unclean end (or on a tree new to
- * hevcfs) give every unknown file an entry so it is archived too. */
+ * drop unfinished outputs, and after an unclean end (fresh 1), or on a
+ * tree the index has never seen, give every unknown file an entry so it is
+ * archived too (fresh -1: never walk the tree). */
 static int recover(struct fs *fs, int fresh)
 {
 	struct intents l = {0};
@@ -328,12 +312,26 @@ static int recover(struct fs *fs, int fresh)
 		return rc;
 	wipe_dir(fs->work_fd);
 	wipe_dir(fs->hidden_fd);
+	/* an index that has never seen the tree (new, or made before a first
+	 * mount only to hold saved options) walks it whole */
+	if (fresh < 0)
+		return idx_sync(fs->idx);
+	if (!fresh && idx_begin(fs->idx, 0, &txn) == 0) {
+		char v[8];
+		size_t n;
+		fresh = idx_meta_get(txn, WALKED_KEY, v, sizeof(v), &n) != 0;
+		idx_abort(txn);
+	}
 	if (fresh) {
-		char *path = calloc(1, 4096);
-		if (!path)
-			return -ENOMEM;
-		walk(fs->root_fd, path, 0, 0, recover_file, fs);
-		free(path);
+		int wrc = fs_walk(fs->root_fd, recover_file, fs);
+		if (wrc < 0)
+			return wrc;
+		if (idx_begin(fs->idx, 1, &txn) == 0) {
+			if (idx_meta_put(txn, WALKED_KEY, "1", 1) == 0)
+				idx_commit(txn);
+			else
+				idx_abort(txn);
+		}
 	}
 	return idx_sync(fs->idx);
 }
@@ -341,9 +339,9 @@ static int recover(struct fs *fs, int fresh)
 /* Containers whose files get ".mp4" or ".mkv" appended when archived. */
 static int video_name(const char *name, size_t len)
 {
-	static const char *const exts[] = {".avi", ".mkv", ".webm", ".mts", ".m2ts", ".ts",
-					   ".mpg", ".mpeg", ".vob", ".ogv", ".ogg", ".wmv",
-					   ".asf", ".flv", ".3gp", ".mp4", ".mov", ".m4v"};
+	static const char *const exts[] = {".avi", ".mkv",  ".webm", ".mts", ".m2ts", ".ts",
+					   ".mpg", ".mpeg", ".vob",  ".ogv", ".ogg",  ".wmv",
+					   ".asf", ".flv",  ".3gp",  ".mp4", ".mov",  ".m4v"};
 
 	for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
 		size_t n = strlen(exts[i]);
@@ -356,9 +354,13 @@ static int video_name(const char *name, size_t len)
 /*
  * Rebuild's visit: what the tree alone says of a file. A HEIC that
  * codec_probe_archived recognises is an archived photo (its header item has
- * the figures); "NAME.EXT.mp4"/".mkv" holding video, where NAME.EXT names a
- * video container, is an archived video; anything else is staged and queued,
- * so it is looked at again (and kept, or archived, as on first write).
+ * the figures); an MP4 that carries hevcfs's digests box, or "NAME.EXT.mp4"
+ * / ".mkv" holding video where NAME.EXT names a video container, is an
+ * archived video. Their checksums come from the file: checked against the
+ * digests it carries where it carries them (a file that does not match is
+ * flagged damaged), learnt as it is otherwise. Anything else is staged and
+ * queued, so it is looked at again (and kept, or archived, as on first
+ * write).
  */
 static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
 			const char *path)
@@ -366,101 +368,138 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 	struct fs *fs = arg;
 	struct idx_entry e = {0};
 	struct codec_result r;
+	struct codec_embedded emb;
+	struct sum_file f = {0};
 	size_t n = strlen(name);
 	struct idx_txn *txn;
-	int fd, archived = 0;
+	int fd, archived = 0, ok = 0;
 
 	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
+	if (codec_embedded_sums(fd, &emb))
+		emb.has = 0;
 	if (n > 5 && !strcmp(name + n - 5, ".heic") && codec_probe_archived(fd, &r) == 0 &&
 	    r.archived) {
 		archived = 1;
+		e.kind = IDX_KIND_PHOTO;
 		e.orig_bytes = r.orig_bytes;
 		e.view_bytes = r.view_bytes;
 		e.quality = (uint32_t)r.quality;
 		e.ssim = r.ssim;
 		e.view_ssim = r.view_ssim;
 		snprintf(e.suffix, sizeof(e.suffix), ".heic");
-	} else if (n > 4 && (!strcmp(name + n - 4, ".mp4") || !strcmp(name + n - 4, ".mkv")) &&
-		   video_name(name, n - 4) && codec_sniff(fd) == CODEC_KIND_VIDEO) {
+	} else if (codec_sniff(fd) == CODEC_KIND_VIDEO &&
+		   (emb.has ||
+		    (n > 4 && (!strcmp(name + n - 4, ".mp4") || !strcmp(name + n - 4, ".mkv")) &&
+		     video_name(name, n - 4)))) {
 		archived = 1;
-		e.orig_bytes = e.view_bytes = (uint64_t)st->st_size;
-		snprintf(e.suffix, sizeof(e.suffix), "%s", name + n - 4);
+		e.kind = IDX_KIND_VIDEO;
+		e.orig_bytes = emb.has ? emb.orig_bytes : (uint64_t)st->st_size;
+		e.view_bytes = (uint64_t)st->st_size;
+		/* a name of its own ("VID.MP4") or one with ".mp4" appended */
+		if (n > 4 && (!strcmp(name + n - 4, ".mp4") || !strcmp(name + n - 4, ".mkv")) &&
+		    video_name(name, n - 4))
+			snprintf(e.suffix, sizeof(e.suffix), "%s", name + n - 4);
 	}
+	if (archived &&
+	    (sum_file(fd, 1, 0, 0, NULL, NULL, &f) || codec_check_self_sum(fd, &emb, &ok)))
+		archived = 0; /* unreadable: looked at again as a new file */
 	close(fd);
 	if (!archived) {
 		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
-		return 0;
+		goto out;
 	}
 	e.state = IDX_ARCHIVED;
 	e.stored_bytes = (uint64_t)st->st_size;
+	if (emb.has)
+		memcpy(e.orig_sum, emb.orig_sum, SUM_LEN);
+	if (emb.has && !ok)
+		log_msg(LOG_ERR, "damaged: %s: does not match the checksum it carries", path);
+	else if (!emb.has)
+		log_msg(LOG_INFO, "rebuild: %s carries no checksum: learnt from it as it is", path);
 	if (idx_begin(fs->idx, 1, &txn) == 0) {
-		if (idx_put(txn, st->st_ino, &e) == 0)
+		int rc = fs_sums_record(txn, st->st_ino, &e, &f);
+		if (emb.has && !ok) {
+			e.flags |= IDX_F_DAMAGED;
+			e.checked = 0;
+		}
+		if (!rc && idx_put(txn, st->st_ino, &e) == 0)
 			idx_commit(txn);
 		else
 			idx_abort(txn);
 	}
+out:
+	sum_file_release(&f);
 	return 0;
 }
 
-int fs_rebuild(const char *backing)
+int fs_rebuild(const struct fs_paths *p)
 {
 	struct fs_config cfg;
 	struct fs fs = {.cfg = &cfg};
-	char *path = NULL, *index = NULL, *old = NULL;
+	struct idx_txn *txn;
+	char *index = NULL, saved[IDX_META_MAX];
+	size_t saved_len = 0;
 	int lock_fd, fresh = 0, rc;
 
 	fs_config_init(&cfg);
-	rc = fs_open_state(&fs, backing, &lock_fd, &fresh);
+	rc = fs_open_state(&fs, p, &lock_fd, &fresh);
 	if (rc)
 		goto out;
-	/* finish or undo interrupted commits with the old index first */
-	rc = recover(&fs, 0);
+	/* finish or undo interrupted commits with the old index first (the
+	 * tree is walked once, below); keep the options it saved */
+	rc = recover(&fs, -1);
+	if (!rc && idx_begin(fs.idx, 0, &txn) == 0) {
+		if (idx_meta_get(txn, OPTIONS_KEY, saved, sizeof(saved), &saved_len))
+			saved_len = 0;
+		idx_abort(txn);
+	}
 	idx_close(fs.idx);
 	fs.idx = NULL;
 	if (rc)
 		goto out;
-	index = join(backing, FS_STATE_DIR "/" INDEX_NAME);
-	old = join(backing, FS_STATE_DIR "/" INDEX_NAME ".old");
-	path = calloc(1, 4352);
-	if (!index || !old || !path) {
+	index = fs_index_dir(p);
+	if (!index) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	/* the old index stays aside until the new one is complete */
-	if (rename(index, old) == -1 && errno != ENOENT) {
-		rc = -errno;
+	rc = idx_set_aside(index);
+	if (rc)
 		goto out;
-	}
 	rc = idx_open(index, 0, &fs.idx);
 	if (rc)
 		goto out;
-	walk(fs.root_fd, path, 0, 0, rebuild_file, &fs);
-	rc = idx_sync(fs.idx);
-	if (!rc) {
-		unlinkat(fs.state_fd, INDEX_NAME ".old/data.mdb", 0);
-		unlinkat(fs.state_fd, INDEX_NAME ".old/lock.mdb", 0);
-		unlinkat(fs.state_fd, INDEX_NAME ".old", AT_REMOVEDIR);
+	rc = fs_walk(fs.root_fd, rebuild_file, &fs);
+	if (rc >= 0 && (rc = idx_begin(fs.idx, 1, &txn)) == 0) {
+		if ((rc = idx_meta_put(txn, WALKED_KEY, "1", 1)) == 0 && saved_len)
+			rc = idx_meta_put(txn, OPTIONS_KEY, saved, saved_len);
+		if (rc)
+			idx_abort(txn);
+		else
+			rc = idx_commit(txn);
 	}
+	if (!rc)
+		rc = idx_sync(fs.idx);
+	if (!rc)
+		idx_remove_aside(index);
 out:
-	free(path);
 	free(index);
-	free(old);
 	fs_close_state(&fs);
 	if (lock_fd >= 0)
 		close(lock_fd);
 	return rc;
 }
 
-int fs_recover(const char *backing)
+int fs_recover(const struct fs_paths *p)
 {
 	struct fs_config cfg;
 	struct fs fs = {.cfg = &cfg};
 	int lock_fd, fresh = 0, rc;
 
 	fs_config_init(&cfg);
-	rc = fs_open_state(&fs, backing, &lock_fd, &fresh);
+	rc = fs_open_state(&fs, p, &lock_fd, &fresh);
 	if (!rc)
 		rc = recover(&fs, 1);
 	fs_close_state(&fs);
@@ -469,9 +508,9 @@ int fs_recover(const char *backing)
 	return rc;
 }
 
-int fs_is_mounted(const char *backing)
+int fs_is_mounted(const struct fs_paths *p)
 {
-	char *state = join(backing, FS_STATE_DIR), *lock = state ? join(state, LOCK_NAME) : NULL;
+	char *lock = join(p->state, LOCK_NAME);
 	int fd, busy = 0;
 
 	if (lock && (fd = open(lock, O_RDONLY | O_CLOEXEC)) >= 0) {
@@ -479,32 +518,31 @@ int fs_is_mounted(const char *backing)
 		close(fd);
 	}
 	free(lock);
-	free(state);
 	return busy;
 }
 
-int fs_mount(struct fs_config *cfg, int argc, char *argv[])
+int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *argv[])
 {
 	struct fs fs = {.cfg = cfg};
 	char *index = NULL;
 	int lock_fd, fresh = 0, dirty, rc;
 
-	rc = fs_open_state(&fs, cfg->backing, &lock_fd, &fresh);
+	rc = fs_open_state(&fs, p, &lock_fd, &fresh);
 	if (fs.state_fd >= 0 && rc != -EBUSY) {
-		char *log = join(cfg->backing, FS_STATE_DIR "/log");
+		char *log = join(p->state, "log");
 		if (log && log_open(log))
 			log_msg(LOG_WARNING, "cannot open %s", log);
 		free(log);
 	}
 	if (rc == -EBUSY) {
-		log_msg(LOG_ERR, "%s is already mounted by another hevcfs", cfg->backing);
+		log_msg(LOG_ERR, "%s is already mounted by another hevcfs", p->backing);
 		goto out_close;
 	}
 	if (rc)
 		goto out_close;
 	rc = recover(&fs, fresh);
 	if (rc) {
-		log_msg(LOG_ERR, "recovery of %s failed: %s", cfg->backing, strerror(-rc));
+		log_msg(LOG_ERR, "recovery of %s failed: %s", p->backing, strerror(-rc));
 		goto out_close;
 	}
 	/* LMDB handles must not cross fork(): the index is reopened in the
@@ -521,15 +559,16 @@ int fs_mount(struct fs_config *cfg, int argc, char *argv[])
 	pthread_mutex_init(&fs.links_lock, NULL);
 	pthread_cond_init(&fs.links_cond, NULL);
 	pthread_mutex_init(&fs.render_lock, NULL);
+	pthread_mutex_init(&fs.scrub_lock, NULL);
+	pthread_cond_init(&fs.scrub_cond, NULL);
 	pthread_cond_init(&fs.render_cond, NULL);
 	fs.nodes_size = 4096;
 	fs.nodes = calloc(fs.nodes_size, sizeof(*fs.nodes));
-	index = malloc(strlen(cfg->backing) + sizeof("/" FS_STATE_DIR "/" INDEX_NAME));
+	index = fs_index_dir(p);
 	if (!fs.nodes || !index) {
 		rc = -ENOMEM;
 		goto out_close;
 	}
-	sprintf(index, "%s/%s/%s", cfg->backing, FS_STATE_DIR, INDEX_NAME);
 	fs.index_path = index;
 
 	/* The kernel has applied the caller's umask to every mode it hands us
@@ -550,6 +589,7 @@ out_free:
 		fs_nodes_free(&fs);
 	free(fs.nodes);
 	free(fs.rendering);
+	free(fs.views_checked);
 	free(index);
 	fs_close_state(&fs);
 	if (lock_fd >= 0)
@@ -562,7 +602,7 @@ struct lister {
 	struct idx_txn *txn;
 	int (*fn)(void *arg, const char *logical, const char *stored, const struct idx_entry *e);
 	void *arg;
-	char logical[4352];
+	char logical[FS_PATH_MAX + NAME_MAX + 2];
 };
 
 /* fs_list's visit: map the stored name to the logical one. */
@@ -583,38 +623,35 @@ static int list_file(void *arg, int dirfd, const char *name, const struct stat *
 	return l->fn(l->arg, l->logical, path, has ? &e : NULL);
 }
 
-int fs_list(const char *backing,
+int fs_list(const struct fs_paths *p,
 	    int (*fn)(void *arg, const char *logical, const char *stored,
 		      const struct idx_entry *e),
 	    void *arg)
 {
 	struct lister *l = calloc(1, sizeof(*l));
-	char *state = join(backing, FS_STATE_DIR), *index = state ? join(state, INDEX_NAME) : NULL;
-	char *path = calloc(1, 4352);
 	struct idx *idx = NULL;
 	int root, rc = 0;
 
-	if (!l || !index || !path) {
+	if (!l) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	root = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	root = open(p->backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (root < 0) {
 		rc = -errno;
 		goto out;
 	}
-	if (idx_open(index, 1, &idx) == 0 && idx_begin(idx, 0, &l->txn) != 0)
+	if (fs_index_open(p, 1, &idx) == 0 && idx_begin(idx, 0, &l->txn) != 0)
 		l->txn = NULL;
 	l->fn = fn;
 	l->arg = arg;
-	walk(root, path, 0, 0, list_file, l);
+	rc = fs_walk(root, list_file, l);
+	if (rc > 0)
+		rc = 0;
 	idx_abort(l->txn);
 	idx_close(idx);
 	close(root);
 out:
-	free(path);
-	free(index);
-	free(state);
 	free(l);
 	return rc;
 }

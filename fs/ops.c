@@ -29,22 +29,22 @@ enum { HANDLE_FILE = 0x46494c45, HANDLE_DIR = 0x44495220 };
 
 /* An open file. */
 struct handle {
-	int kind; /* HANDLE_FILE */
-	int fd;   /* where the bytes are read and written */
-	int bfd;  /* the backing file (differs from fd for a rendered view) */
+	int kind;	   /* HANDLE_FILE */
+	int fd;		   /* where the bytes are read and written */
+	int bfd;	   /* the backing file (differs from fd for a rendered view) */
 	struct node *node; /* writers only */
 	int writable;
-	int staged;        /* the index already says "staged" */
-	int linked;        /* the file has other names (links.c) */
+	int staged; /* the index already says "staged" */
+	int linked; /* the file has other names (links.c) */
 	uint64_t ino;
 };
 
 /* An open directory, read in a stream. */
 struct dirh {
-	int kind;            /* HANDLE_DIR */
+	int kind; /* HANDLE_DIR */
 	DIR *dir;
-	int root;            /* the mount's root: hide the state directory */
-	off_t pos;           /* telldir() after the last entry returned */
+	int root;	     /* the mount's root: hide the state directory */
+	off_t pos;	     /* telldir() after the last entry returned */
 	struct dirent *held; /* read but not yet passed to the filler */
 };
 
@@ -314,7 +314,8 @@ static int op_unlink(const char *path)
 	if (unlinkat(lk.parent, lk.name, 0) == -1) {
 		rc = -errno;
 	} else if (S_ISREG(lk.st.st_mode) &&
-		   (lk.hidden ? lk.st.st_nlink : fs_node_nlink(fs, lk.st.st_ino, lk.st.st_nlink)) <= 1) {
+		   (lk.hidden ? lk.st.st_nlink : fs_node_nlink(fs, lk.st.st_ino, lk.st.st_nlink)) <=
+		       1) {
 		/* the last name; a hidden one is the last link */
 		if (lk.hidden)
 			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1, -1);
@@ -466,7 +467,8 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 		goto out_close;
 	}
 	/* an archived copy keeps its suffix under its new name */
-	size_t slen = strlen(src.name), llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
+	size_t slen = strlen(src.name),
+	       llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
 	const char *suffix = src.name + (slen > llen ? llen : slen);
 	if (snprintf(target, sizeof(target), "%s%s", to_name, suffix) > NAME_MAX) {
 		rc = -ENAMETOOLONG;
@@ -551,7 +553,8 @@ static int op_link(const char *from, const char *to)
 	rc = fs_lookup(fs, from, &src);
 	if (rc)
 		goto out_close;
-	size_t slen = strlen(src.name), llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
+	size_t slen = strlen(src.name),
+	       llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
 	if (snprintf(target, sizeof(target), "%s%s", name, src.name + (slen > llen ? llen : slen)) >
 	    NAME_MAX)
 		rc = -ENAMETOOLONG;
@@ -601,21 +604,36 @@ static int set_attr(const char *path, struct fuse_file_info *fi, const struct at
 {
 	struct fs *fs = fs_get();
 	struct fs_lookup lk;
-	int rc;
+	struct stat st;
+	int rc, fd = attr_fd(fi), locked = 0;
 
-	if (attr_fd(fi) >= 0) {
-		rc = change_fd(attr_fd(fi), c);
-		if (!rc)
-			changed_fd(fs, attr_fd(fi), path);
-		return rc;
+	if (fd < 0) {
+		rc = fs_lookup(fs, path, &lk);
+		if (rc)
+			return rc;
+		st = lk.st;
+	} else if (fstat(fd, &st) == -1) {
+		return -errno;
 	}
-	rc = fs_lookup(fs, path, &lk);
-	if (rc)
-		return rc;
-	rc = change_at(lk.parent, lk.name, c);
-	if (!rc)
-		changed(fs, &lk.st, path);
-	close(lk.parent);
+	/* A commit puts its directory's times back after its renames (cp -a
+	 * set them): a directory's new times must not fall between its look
+	 * and its restore, or they would be undone. */
+	if (c->what == SET_TIMES && S_ISDIR(st.st_mode)) {
+		pthread_mutex_lock(&fs->ns_lock);
+		locked = 1;
+	}
+	if (fd >= 0) {
+		rc = change_fd(fd, c);
+		if (!rc)
+			changed(fs, &st, path);
+	} else {
+		rc = change_at(lk.parent, lk.name, c);
+		if (!rc)
+			changed(fs, &lk.st, path);
+		close(lk.parent);
+	}
+	if (locked)
+		pthread_mutex_unlock(&fs->ns_lock);
 	return rc;
 }
 
@@ -646,7 +664,8 @@ static int copy_fd(int src, int dst, uint64_t limit)
 	off_t off = 0;
 
 	while ((uint64_t)off < limit) {
-		ssize_t n = copy_file_range(src, &off, dst, NULL, (size_t)(limit - (uint64_t)off), 0);
+		ssize_t n =
+		    copy_file_range(src, &off, dst, NULL, (size_t)(limit - (uint64_t)off), 0);
 		if (n == -1 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS))
 			n = sendfile(dst, src, &off, (size_t)(limit - (uint64_t)off));
 		if (n == -1)
@@ -690,7 +709,7 @@ static int materialise(struct fs *fs, struct fs_lookup *lk, const char *path, in
 		goto out_close;
 	}
 	if (keep_bytes) {
-		int view = fs_view_open(fs, lk->parent, lk->name, lk->st.st_ino, &lk->e);
+		int view = fs_view_open(fs, lk->parent, lk->name, lk->st.st_ino, &lk->e, path);
 		if (view < 0) {
 			rc = view;
 			goto out_close;
@@ -807,6 +826,19 @@ static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
 	}
 }
 
+/* A stored file at rest opened for reading: its reads are checked against
+ * its digests (sums.c). */
+static void check_reads(struct fs *fs, struct handle *h, const struct fs_lookup *lk)
+{
+	struct idx_entry e;
+
+	if (lk->has_entry)
+		e = lk->e;
+	else if (fs_entry_get(fs, h->ino, &e) != 0)
+		return;
+	fs_check_attach(fs, h->node, h->fd, h->ino, &e);
+}
+
 static int op_open(const char *path, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_get();
@@ -825,7 +857,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 			if (rc)
 				goto out_close;
 		} else if (!strcmp(lk.e.suffix, ".heic")) {
-			fd = fs_view_open(fs, lk.parent, lk.name, lk.st.st_ino, &lk.e);
+			fd = fs_view_open(fs, lk.parent, lk.name, lk.st.st_ino, &lk.e, path);
 			if (fd < 0) {
 				/* a view that cannot be made is an I/O error to the
 				 * reader (ENOSPC aside); the stored file is untouched */
@@ -858,6 +890,8 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 	}
 	if (fi->flags & O_TRUNC && writable)
 		handle_dirty(fs, fh_of(fi), path);
+	else if (!writable && S_ISREG(lk.st.st_mode) && fs->cfg->verify_reads)
+		check_reads(fs, fh_of(fi), &lk);
 out_close:
 	close(lk.parent);
 out_unlock:
@@ -877,7 +911,8 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return op_open(path, fi);
 	if (parent < 0)
 		return parent;
-	fd = openat(parent, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC, mode);
+	fd = openat(parent, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC,
+		    mode);
 	if (fd == -1) {
 		rc = -errno;
 		goto out_close;
@@ -894,12 +929,23 @@ out_close:
 	return rc;
 }
 
+/* Check what a read of h is about to return, when h's file is checked. */
+static int read_check(struct handle *h, off_t off, size_t size, const char *path)
+{
+	if (h->fd != h->bfd || !atomic_load(&h->node->check))
+		return 0; /* a view (checked when rendered), or nothing to check */
+	return fs_check_range(fs_get(), h->node, h->fd, (uint64_t)off, size, path);
+}
+
 static int op_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	struct fuse_bufvec *bv = malloc(sizeof(*bv));
+	struct fuse_bufvec *bv;
+	int rc = read_check(fh_of(fi), off, size, path);
 
-	(void)path;
+	if (rc)
+		return rc;
+	bv = malloc(sizeof(*bv));
 	if (!bv)
 		return -ENOMEM;
 	*bv = FUSE_BUFVEC_INIT(size);
@@ -912,9 +958,12 @@ static int op_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size,
 
 static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	ssize_t n = pread(fh_of(fi)->fd, buf, size, off);
+	int rc = read_check(fh_of(fi), off, size, path);
+	ssize_t n;
 
-	(void)path;
+	if (rc)
+		return rc;
+	n = pread(fh_of(fi)->fd, buf, size, off);
 	return n == -1 ? -errno : (int)n;
 }
 
@@ -999,7 +1048,7 @@ out_unlock:
 static int op_statfs(const char *path, struct statvfs *sv)
 {
 	(void)path;
-	return fstatvfs(fs_get()->state_fd, sv) == -1 ? -errno : 0;
+	return fstatvfs(fs_get()->root_fd, sv) == -1 ? -errno : 0;
 }
 
 static int op_release(const char *path, struct fuse_file_info *fi)
@@ -1235,8 +1284,7 @@ static int op_access(const char *path, int mask)
 	return rc;
 }
 
-static int op_fallocate(const char *path, int mode, off_t off, off_t len,
-			struct fuse_file_info *fi)
+static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
 {
 	struct handle *h = fh_of(fi);
 
@@ -1285,7 +1333,10 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		fuse_exit(fs->fuse);
 		return fs;
 	}
-	if (fs_links_start(fs) || fs_settle_start(fs) || fs_workers_start(fs))
+	if (!fs->cfg->foreground)
+		log_syslog("hevcfs"); /* a daemon's stderr goes nowhere */
+	if (fs_links_start(fs) || fs_settle_start(fs) || fs_workers_start(fs) ||
+	    fs_scrubber_start(fs))
 		log_msg(LOG_ERR, "cannot start background threads: files stay staged");
 	fs->threads_started = 1;
 	if (fs_queue_load(fs))
@@ -1299,6 +1350,7 @@ static void op_destroy(void *data)
 
 	if (fs->threads_started) {
 		fs_settle_stop(fs);
+		fs_scrubber_stop(fs);
 		fs_workers_stop(fs);
 		fs_links_stop(fs);
 	}
@@ -1311,39 +1363,39 @@ static void op_destroy(void *data)
  * to wait for. Without the operation the kernel skips that round trip on
  * every close (it still writes back dirty mmap pages first). */
 const struct fuse_operations fs_ops = {
-	.getattr = op_getattr,
-	.readlink = op_readlink,
-	.mknod = op_mknod,
-	.mkdir = op_mkdir,
-	.unlink = op_unlink,
-	.rmdir = op_rmdir,
-	.symlink = op_symlink,
-	.rename = op_rename,
-	.link = op_link,
-	.chmod = op_chmod,
-	.chown = op_chown,
-	.truncate = op_truncate,
-	.open = op_open,
-	.read = op_read,
-	.write = op_write,
-	.statfs = op_statfs,
-	.release = op_release,
-	.fsync = op_fsync,
-	.setxattr = op_setxattr,
-	.getxattr = op_getxattr,
-	.listxattr = op_listxattr,
-	.removexattr = op_removexattr,
-	.opendir = op_opendir,
-	.readdir = op_readdir,
-	.releasedir = op_releasedir,
-	.fsyncdir = op_fsyncdir,
-	.init = op_init,
-	.destroy = op_destroy,
-	.access = op_access,
-	.create = op_create,
-	.utimens = op_utimens,
-	.write_buf = op_write_buf,
-	.read_buf = op_read_buf,
-	.fallocate = op_fallocate,
-	.lseek = op_lseek,
+    .getattr = op_getattr,
+    .readlink = op_readlink,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .chmod = op_chmod,
+    .chown = op_chown,
+    .truncate = op_truncate,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .statfs = op_statfs,
+    .release = op_release,
+    .fsync = op_fsync,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
+    .init = op_init,
+    .destroy = op_destroy,
+    .access = op_access,
+    .create = op_create,
+    .utimens = op_utimens,
+    .write_buf = op_write_buf,
+    .read_buf = op_read_buf,
+    .fallocate = op_fallocate,
+    .lseek = op_lseek,
 };

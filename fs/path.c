@@ -6,6 +6,8 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <limits.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,9 +38,9 @@ int fs_path_reserved(const char *path)
 static int open_beneath(int dirfd, const char *rel, int flags, mode_t mode)
 {
 	struct open_how how = {
-		.flags = (uint64_t)flags | O_CLOEXEC,
-		.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	    .flags = (uint64_t)flags | O_CLOEXEC,
+	    .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+	    .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
 	};
 	long fd;
 
@@ -48,6 +50,31 @@ static int open_beneath(int dirfd, const char *rel, int flags, mode_t mode)
 	if (fd == -1)
 		return errno == EXDEV ? -ENOENT : -errno;
 	return (int)fd;
+}
+
+int fs_open_beneath(int root_fd, const char *rel, int flags, mode_t mode)
+{
+	while (*rel == '/')
+		rel++;
+	return open_beneath(root_fd, *rel ? rel : ".", flags | O_NOFOLLOW, mode);
+}
+
+/* Does a video's name already say MP4/MOV, so an MP4 can keep it? */
+static int name_says_mp4(const char *name)
+{
+	const char *dot = strrchr(name, '.');
+
+	return dot &&
+	       (!strcasecmp(dot, ".mp4") || !strcasecmp(dot, ".mov") || !strcasecmp(dot, ".m4v"));
+}
+
+int fs_stored_name(const char *name, const char *suffix, char *out, size_t size)
+{
+	if (!strcmp(suffix, ".mp4") && name_says_mp4(name))
+		suffix = "";
+	if ((size_t)snprintf(out, size, "%s%s", name, suffix) >= size || strlen(out) > NAME_MAX)
+		return -ENAMETOOLONG;
+	return 0;
 }
 
 int fs_open_parent(struct fs *fs, const char *path, const char **name)

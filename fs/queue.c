@@ -32,7 +32,11 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
+
+/* Longest logical path a job handles, with its terminator. */
+#define QUEUE_PATH_MAX 4097
 
 void fs_crash_point(const char *name)
 {
@@ -53,12 +57,12 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 {
 	struct job *j;
 	struct idx_txn *txn;
-	struct idx_entry e;
+	struct idx_entry e = {0};
 	char *path;
 	uint64_t old_gen;
 	int rc;
 
-	path = malloc(4097);
+	path = malloc(QUEUE_PATH_MAX);
 	j = calloc(1, sizeof(*j));
 	if (!path || !j) {
 		rc = -ENOMEM;
@@ -69,9 +73,9 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 	rc = idx_begin(fs->idx, 1, &txn);
 	if (rc)
 		goto out_free;
-	rc = idx_queue_get(txn, ino, &old_gen, path, 4097);
+	rc = idx_queue_get(txn, ino, &old_gen, path, QUEUE_PATH_MAX);
 	if (rc == -ENOENT && node && node->path) {
-		snprintf(path, 4097, "%s", node->path);
+		snprintf(path, QUEUE_PATH_MAX, "%s", node->path);
 		rc = 0;
 	}
 	if (!rc)
@@ -85,6 +89,11 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 			close(fd);
 		e.state = IDX_PENDING;
 		e.gen = gen;
+		rc = idx_put(txn, ino, &e);
+	} else if (!rc && e.state == IDX_PENDING && (e.started || e.total)) {
+		/* queued again (a new mount): not running until a worker takes it */
+		e.started = 0;
+		e.done = e.total = 0;
 		rc = idx_put(txn, ino, &e);
 	}
 	if (rc) {
@@ -136,12 +145,14 @@ static int job_current(struct fs *fs, struct job *j)
 }
 
 /* Record the outcome of a job that keeps the file as it is (or failed),
- * unless the file changed meanwhile (its queue record says so). */
+ * unless the file changed meanwhile (its queue record says so). sums, when
+ * not NULL, are the file's digests, taken while the job had it open: a kept
+ * file is at rest, and its reads are checked against them from now on. */
 static void finish_kept(struct fs *fs, struct job *j, int state, const char *reason,
-			const struct stat *st)
+			const struct stat *st, int kind, const struct sum_file *sums)
 {
 	struct idx_txn *txn;
-	struct idx_entry e = {.state = (uint32_t)state, .gen = j->gen};
+	struct idx_entry e = {.state = (uint32_t)state, .gen = j->gen, .kind = (uint32_t)kind};
 	char path[8];
 	uint64_t qgen;
 	int rc;
@@ -152,7 +163,12 @@ static void finish_kept(struct fs *fs, struct job *j, int state, const char *rea
 	if ((rc == 0 || rc == -ENAMETOOLONG) && qgen == j->gen && job_current(fs, j)) {
 		e.orig_bytes = e.stored_bytes = e.view_bytes = (uint64_t)st->st_size;
 		snprintf(e.reason, sizeof(e.reason), "%s", reason);
-		if (idx_put(txn, j->ino, &e) || idx_queue_del(txn, j->ino)) {
+		rc = 0;
+		if (sums && sums->size == (uint64_t)st->st_size) {
+			memcpy(e.orig_sum, sums->whole, SUM_LEN);
+			rc = fs_sums_record(txn, j->ino, &e, sums);
+		}
+		if (rc || idx_put(txn, j->ino, &e) || idx_queue_del(txn, j->ino)) {
 			idx_abort(txn);
 			return;
 		}
@@ -208,7 +224,8 @@ int fs_copy_attrs(int src, int dst)
 	len = flistxattr(src, NULL, 0);
 	if (len > 0 && (names = malloc((size_t)len))) {
 		len = flistxattr(src, names, (size_t)len);
-		for (ssize_t off = 0; len > 0 && off < len; off += (ssize_t)strlen(names + off) + 1) {
+		for (ssize_t off = 0; len > 0 && off < len;
+		     off += (ssize_t)strlen(names + off) + 1) {
 			const char *n = names + off;
 			char val[65536];
 			if (strncmp(n, "user.", 5) != 0)
@@ -240,15 +257,6 @@ static void restore_dir_times(int parent, const struct stat *before)
 	close(fd);
 }
 
-/* Does a video's name already say MP4/MOV, so an MP4 can keep it? */
-static int name_says_mp4(const char *name)
-{
-	const char *dot = strrchr(name, '.');
-
-	return dot && (!strcasecmp(dot, ".mp4") || !strcasecmp(dot, ".mov") ||
-		       !strcasecmp(dot, ".m4v"));
-}
-
 /*
  * Replace the original of job j by the archived copy at work/out (steps
  * 1-6 above). Returns 0 when committed, 1 when the job was abandoned (file
@@ -258,8 +266,9 @@ static int name_says_mp4(const char *name)
  */
 #define COMMIT_DEFERRED 2
 static int commit_archive(struct fs *fs, struct job *j, const char *out,
-			  const struct codec_result *res, struct idx_entry *e, char *reason,
-			  size_t rsize, char *path, size_t psize)
+			  const struct codec_result *res, struct idx_entry *e,
+			  const struct sum_file *sums, char *reason, size_t rsize, char *path,
+			  size_t psize)
 {
 	struct idx_intent *in = NULL;
 	struct idx_txn *txn;
@@ -299,13 +308,13 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out,
 		snprintf(reason, rsize, "moved while archiving");
 		goto out_close;
 	}
-	if (!strcmp(e->suffix, ".mp4") && name_says_mp4(name))
-		e->suffix[0] = '\0';
-	if (snprintf(target, sizeof(target), "%s%s", name, e->suffix) > 255) {
+	if (fs_stored_name(name, e->suffix, target, sizeof(target))) {
 		rc = 1;
 		snprintf(reason, rsize, "name too long to append %s", e->suffix);
 		goto out_close;
 	}
+	if (strcmp(target, name) == 0)
+		e->suffix[0] = '\0'; /* a video whose name already said MP4 */
 	/* 1. attributes onto the output */
 	dst = openat(fs->work_fd, out, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (dst == -1) {
@@ -357,12 +366,14 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out,
 	fs_crash_point("commit-renamed");
 	rc = fs_fsync_dir(parent);
 	if (rc)
-		log_msg(LOG_WARNING, "commit: fsync of the directory of %s: %s", path, strerror(-rc));
+		log_msg(LOG_WARNING, "commit: fsync of the directory of %s: %s", path,
+			strerror(-rc));
 
 	/* 4. index */
 	if ((rc = idx_begin(fs->idx, 1, &txn)))
 		goto out_close;
-	if ((rc = idx_put(txn, in->archive_ino, e)) || (rc = idx_del(txn, j->ino)) ||
+	if ((rc = idx_del(txn, j->ino)) || (rc = idx_put(txn, in->archive_ino, e)) ||
+	    (rc = idx_blocks_put(txn, in->archive_ino, sums->blocks, sums->nblocks)) ||
 	    (rc = idx_queue_del(txn, j->ino))) {
 		idx_abort(txn);
 		goto out_close;
@@ -461,6 +472,165 @@ static void video_done(struct fs *fs)
 	pthread_mutex_unlock(&fs->jobs_lock);
 }
 
+/* What a job's file is, for the index, from what its bytes say. */
+static int kind_of(enum codec_kind k)
+{
+	switch (k) {
+	case CODEC_KIND_JPEG:
+		return IDX_KIND_PHOTO;
+	case CODEC_KIND_VIDEO:
+		return IDX_KIND_VIDEO;
+	default:
+		return IDX_KIND_OTHER;
+	}
+}
+
+/* sum_file's progress: stop hashing a file whose job was cancelled. */
+static int hash_progress(void *arg, uint64_t done, uint64_t size)
+{
+	const atomic_int *cancel = arg;
+
+	(void)done;
+	(void)size;
+	return atomic_load(cancel) ? -ECANCELED : 0;
+}
+
+/* Seconds on the monotonic clock. */
+static double mono_sec(void)
+{
+	return (double)fs_now_ms() / 1000.0;
+}
+
+/* A job began encoding: status shows it running from now on. */
+static void job_started(struct fs *fs, struct job *j)
+{
+	struct idx_txn *txn;
+	struct idx_entry e;
+
+	if (idx_begin(fs->idx, 1, &txn))
+		return;
+	if (idx_get(txn, j->ino, &e) == 0 && e.state == IDX_PENDING) {
+		e.started = (int64_t)time(NULL);
+		e.done = e.total = 0;
+		if (idx_put(txn, j->ino, &e) == 0) {
+			idx_commit(txn);
+			return;
+		}
+	}
+	idx_abort(txn);
+}
+
+/* The meta key of the archiving rate `hevcfs status` estimates with:
+ * "SECONDS_PER_BYTE WORKERS". */
+#define RATE_KEY "rate"
+/* Weight of the newest job in the rate (an exponential moving average). */
+#define RATE_WEIGHT 0.2
+
+/* An encode of bytes took seconds: fold it into the rate. */
+static void note_rate(struct fs *fs, uint64_t bytes, double seconds)
+{
+	struct idx_txn *txn;
+	char buf[64];
+	size_t len;
+	double rate = 0, x = bytes ? seconds / (double)bytes : 0;
+	int workers = 0;
+
+	if (!bytes || idx_begin(fs->idx, 1, &txn))
+		return;
+	if (idx_meta_get(txn, RATE_KEY, buf, sizeof(buf) - 1, &len) == 0) {
+		buf[len] = '\0';
+		sscanf(buf, "%lf %d", &rate, &workers);
+	}
+	rate = rate > 0 ? (1 - RATE_WEIGHT) * rate + RATE_WEIGHT * x : x;
+	snprintf(buf, sizeof(buf), "%.6e %d", rate, fs->nworkers);
+	if (idx_meta_put(txn, RATE_KEY, buf, strlen(buf)) == 0)
+		idx_commit(txn);
+	else
+		idx_abort(txn);
+}
+
+/* Commit a verified archive of job j (its files work/out and work/view),
+ * recording what res measured and the digests of the original (src) and
+ * of what is stored. Logs the outcome. */
+static void commit_job(struct fs *fs, struct job *j, const char *path, const char *out,
+		       const char *view, const struct codec_result *res, const struct stat *st,
+		       int kind, const struct sum_file *src, double t0)
+{
+	struct idx_entry e = {
+	    .state = IDX_ARCHIVED,
+	    .kind = (uint32_t)kind,
+	    .quality = (uint32_t)res->quality,
+	    .orig_bytes = (uint64_t)st->st_size,
+	    .stored_bytes = res->stored_bytes,
+	    .view_bytes = res->view_bytes,
+	    .ssim = res->ssim,
+	    .view_ssim = res->view_ssim,
+	};
+	struct sum_file osum = {0}, vsum = {0};
+	char reason[600];
+	int rc;
+
+	snprintf(e.suffix, sizeof(e.suffix), "%s", res->suffix);
+	memcpy(e.orig_sum, src->whole, SUM_LEN);
+	rc = fs_sum_path(fs->work_fd, out, &osum);
+	if (!rc && osum.size != res->stored_bytes)
+		rc = -EIO;
+	if (!rc) {
+		memcpy(e.sum, osum.whole, SUM_LEN);
+		e.checked = (int64_t)time(NULL);
+	}
+	if (!rc && !strcmp(res->suffix, ".heic")) {
+		int vfd = openat(fs->work_fd, view, O_RDONLY | O_CLOEXEC);
+		if (vfd >= 0 && sum_file(vfd, 0, 0, 0, NULL, NULL, &vsum) == 0 &&
+		    vsum.size == res->view_bytes)
+			memcpy(e.view_sum, vsum.whole, SUM_LEN);
+		if (vfd >= 0)
+			close(vfd);
+	}
+	e.elapsed = mono_sec() - t0;
+	if (!rc)
+		rc = commit_archive(fs, j, out, res, &e, &osum, reason, sizeof(reason),
+				    (char *)path, QUEUE_PATH_MAX);
+	sum_file_release(&osum);
+	if (rc == COMMIT_DEFERRED) {
+		log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
+		return; /* keeping the output and view */
+	}
+	if (rc == 1) {
+		log_msg(LOG_INFO, "kept: %s: %s", path, reason);
+		if (job_current(fs, j))
+			finish_kept(fs, j, IDX_KEPT, reason, st, kind, src);
+	} else if (rc < 0) {
+		snprintf(reason, sizeof(reason), "commit failed: %s", strerror(-rc));
+		log_msg(LOG_ERR, "failed: %s: %s", path, reason);
+		finish_kept(fs, j, IDX_FAILED, reason, st, kind, src);
+	} else {
+		char cname[32];
+		snprintf(cname, sizeof(cname), "%llu", (unsigned long long)e.gen);
+		if (renameat(fs->work_fd, view, fs->cache_fd, cname) == -1 && errno != ENOENT)
+			log_msg(LOG_WARNING, "queue: view of %s not cached: %s", path,
+				strerror(errno));
+		else
+			fs_cache_trim(fs);
+		log_msg(LOG_INFO,
+			"archived: %s: %llu -> %llu bytes (%.0f%%), %s %d, SSIM %.4f, %.1f s", path,
+			(unsigned long long)st->st_size, (unsigned long long)e.stored_bytes,
+			st->st_size ? 100.0 * (double)e.stored_bytes / (double)st->st_size : 0.0,
+			kind == IDX_KIND_VIDEO ? "crf" : "q", res->quality, res->ssim, e.elapsed);
+		if (fs->fuse) {
+			char *abs = malloc(strlen(path) + 2);
+			if (abs) {
+				abs[0] = '/';
+				strcpy(abs + 1, path);
+				fuse_invalidate_path(fs->fuse, abs);
+				free(abs);
+			}
+		}
+	}
+	unlinkat(fs->work_fd, out, 0);
+	unlinkat(fs->work_fd, view, 0);
+}
+
 /* Run one job: open the settled file, archive it, keep or commit. Returns 1
  * when the job was handed back to the queue (a video waiting its turn). */
 static int run_job(struct fs *fs, struct job *j)
@@ -469,20 +639,25 @@ static int run_job(struct fs *fs, struct job *j)
 	struct codec_opts opts = fs->cfg->codec;
 	struct idx_txn *txn;
 	struct stat st;
-	char out[64], view[64], outpath[4200], viewpath[4200];
-	char *path = malloc(4097);
+	struct sum_file src = {0};
+	char out[64], view[64];
+	char *path = malloc(QUEUE_PATH_MAX), *outpath = NULL, *viewpath = NULL;
 	char reason[600];
 	uint64_t qgen;
-	int fd = -1, rc, video = 0, requeued = 0;
+	int fd = -1, rc, video = 0, requeued = 0, kind;
+	enum codec_kind sniffed;
 	struct progress prog = {fs, j, 0};
+	double t0 = mono_sec();
 
 	if (!path)
 		return 0;
+	/* a write from here on cancels the job again */
+	atomic_store(&j->node->cancel, 0);
 	if (!job_current(fs, j))
 		goto out;
 	if ((rc = idx_begin(fs->idx, 0, &txn)))
 		goto out;
-	rc = idx_queue_get(txn, j->ino, &qgen, path, 4097);
+	rc = idx_queue_get(txn, j->ino, &qgen, path, QUEUE_PATH_MAX);
 	idx_abort(txn);
 	if (rc || qgen != j->gen)
 		goto out;
@@ -496,31 +671,39 @@ static int run_job(struct fs *fs, struct job *j)
 		drop_job(fs, j);
 		goto out;
 	}
-	if (st.st_nlink > 1) {
-		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st);
-		goto out;
-	}
 	/* the first bytes decide; only photos and videos need a child */
-	switch (codec_sniff(fd)) {
-	case CODEC_KIND_OTHER:
-		finish_kept(fs, j, IDX_KEPT, "not a photo or video", &st);
-		goto out;
-	case CODEC_KIND_VIDEO:
+	sniffed = codec_sniff(fd);
+	kind = kind_of(sniffed);
+	if (sniffed == CODEC_KIND_VIDEO) {
 		if (!video_turn(fs, j)) {
 			requeued = 1;
 			goto out;
 		}
 		video = 1;
-		break;
-	case CODEC_KIND_JPEG: {
-		/* no room for ".heic" after the name: do not encode for nothing */
-		const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-		if (strlen(base) + strlen(".heic") > 255) {
-			finish_kept(fs, j, IDX_KEPT, "name too long to append .heic", &st);
-			goto out;
-		}
-		break;
 	}
+	/* the original's digests: what a kept file is checked against, and
+	 * what names the original of an archive */
+	rc = sum_file(fd, 1, 0, 0, hash_progress, &j->node->cancel, &src);
+	if (rc == -ECANCELED || !job_current(fs, j))
+		goto out;
+	if (rc) {
+		snprintf(reason, sizeof(reason), "reading failed: %s", strerror(-rc));
+		log_msg(LOG_ERR, "failed: %s: %s", path, reason);
+		finish_kept(fs, j, IDX_FAILED, reason, &st, kind, NULL);
+		goto out;
+	}
+	if (st.st_nlink > 1) {
+		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st, kind, &src);
+		goto out;
+	}
+	if (sniffed == CODEC_KIND_OTHER) {
+		finish_kept(fs, j, IDX_KEPT, "not a photo or video", &st, kind, &src);
+		goto out;
+	}
+	if (sniffed == CODEC_KIND_JPEG && strlen(fs_basename(path)) + strlen(".heic") > 255) {
+		/* no room for ".heic" after the name: do not encode for nothing */
+		finish_kept(fs, j, IDX_KEPT, "name too long to append .heic", &st, kind, &src);
+		goto out;
 	}
 	opts.progress = on_progress;
 	opts.progress_arg = &prog;
@@ -529,9 +712,11 @@ static int run_job(struct fs *fs, struct job *j)
 		 (unsigned long long)j->gen);
 	snprintf(view, sizeof(view), "%llu.%llu.view", (unsigned long long)j->ino,
 		 (unsigned long long)j->gen);
-	snprintf(outpath, sizeof(outpath), "%s/%s", fs->work_dir, out);
-	snprintf(viewpath, sizeof(viewpath), "%s/%s", fs->work_dir, view);
-	atomic_store(&j->node->cancel, 0);
+	if (asprintf(&outpath, "%s/%s", fs->work_dir, out) < 0 ||
+	    asprintf(&viewpath, "%s/%s", fs->work_dir, view) < 0) {
+		outpath = viewpath = NULL;
+		goto out;
+	}
 	if (!job_current(fs, j))
 		goto out;
 	opts.cancel = &j->node->cancel;
@@ -539,57 +724,24 @@ static int run_job(struct fs *fs, struct job *j)
 		/* made and verified before; its commit waited for readers */
 		rc = 0;
 	} else {
+		double e0 = mono_sec();
+		job_started(fs, j);
 		rc = fs_archive_isolated(fd, outpath, viewpath, &opts, &res);
+		if (rc == 0)
+			note_rate(fs, (uint64_t)st.st_size, mono_sec() - e0);
 	}
 	if (rc == -ECANCELED || !job_current(fs, j)) {
 		log_msg(LOG_DEBUG, "queue: %s changed, archive abandoned", path);
 	} else if (rc < 0) {
 		snprintf(reason, sizeof(reason), "archiving failed: %s", strerror(-rc));
-		log_msg(LOG_ERR, "queue: %s: %s", path, reason);
-		finish_kept(fs, j, IDX_FAILED, reason, &st);
+		log_msg(LOG_ERR, "failed: %s: %s", path, reason);
+		finish_kept(fs, j, IDX_FAILED, reason, &st, kind, &src);
 	} else if (!res.archived) {
-		log_msg(LOG_INFO, "queue: %s kept: %s", path, res.reason);
-		finish_kept(fs, j, IDX_KEPT, res.reason, &st);
+		log_msg(LOG_INFO, "kept: %s: %s", path, res.reason);
+		finish_kept(fs, j, IDX_KEPT, res.reason, &st, kind, &src);
 	} else {
-		struct idx_entry e = {
-			.state = IDX_ARCHIVED,
-			.quality = (uint32_t)res.quality,
-			.orig_bytes = (uint64_t)st.st_size,
-			.stored_bytes = res.stored_bytes,
-			.view_bytes = res.view_bytes,
-			.ssim = res.ssim,
-			.view_ssim = res.view_ssim,
-		};
-		snprintf(e.suffix, sizeof(e.suffix), "%s", res.suffix);
-		rc = commit_archive(fs, j, out, &res, &e, reason, sizeof(reason), path, 4097);
-		if (rc == COMMIT_DEFERRED) {
-			log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
-			goto out; /* keeping the output and view */
-		} else if (rc == 1) {
-			log_msg(LOG_INFO, "queue: %s kept: %s", path, reason);
-			if (job_current(fs, j))
-				finish_kept(fs, j, IDX_KEPT, reason, &st);
-		} else if (rc < 0) {
-			snprintf(reason, sizeof(reason), "commit failed: %s", strerror(-rc));
-			log_msg(LOG_ERR, "queue: %s: %s", path, reason);
-			finish_kept(fs, j, IDX_FAILED, reason, &st);
-		} else {
-			char cname[32];
-			snprintf(cname, sizeof(cname), "%llu", (unsigned long long)e.gen);
-			if (renameat(fs->work_fd, view, fs->cache_fd, cname) == -1 && errno != ENOENT)
-				log_msg(LOG_WARNING, "queue: view of %s not cached: %s", path,
-					strerror(errno));
-			else
-				fs_cache_trim(fs);
-			log_msg(LOG_INFO, "queue: %s archived: %llu -> %llu bytes", path,
-				(unsigned long long)st.st_size,
-				(unsigned long long)e.stored_bytes);
-			if (fs->fuse) {
-				char abs[4200];
-				snprintf(abs, sizeof(abs), "/%s", path);
-				fuse_invalidate_path(fs->fuse, abs);
-			}
-		}
+		commit_job(fs, j, path, out, view, &res, &st, kind, &src, t0);
+		goto out; /* commit_job cleans work/ (or keeps it for a deferred commit) */
 	}
 	unlinkat(fs->work_fd, out, 0);
 	unlinkat(fs->work_fd, view, 0);
@@ -598,6 +750,9 @@ out:
 		video_done(fs);
 	if (fd >= 0)
 		close(fd);
+	sum_file_release(&src);
+	free(outpath);
+	free(viewpath);
 	free(path);
 	return requeued;
 }

@@ -10,6 +10,8 @@
  *   progress DONE TOTAL FPS
  *   result RC ARCHIVED SUFFIX ORIG STORED VIEW QUALITY SSIM VIEW_SSIM
  *   reason TEXT
+ * A scrub's decode runs the same way ("__check"), reporting
+ *   check RC WHY
  */
 #include "internal.h"
 
@@ -48,8 +50,8 @@ static void opts_to_args(const struct codec_opts *o, char buf[][96], char **argv
 }
 
 /* Read the child's report until EOF, polling the cancel flag. */
-static int read_report(int fd, pid_t pid, const struct codec_opts *opts,
-		       struct codec_result *res, int *have)
+static int read_report(int fd, pid_t pid, const struct codec_opts *opts, struct codec_result *res,
+		       int *have)
 {
 	char line[512];
 	size_t len = 0;
@@ -78,10 +80,11 @@ static int read_report(int fd, pid_t pid, const struct codec_opts *opts,
 			double x, y, z;
 			int ar, q, code;
 			char suffix[8];
-			if (sscanf(line, "progress %llu %llu %lf", &a, &b, &x) == 3 && opts->progress) {
+			if (sscanf(line, "progress %llu %llu %lf", &a, &b, &x) == 3 &&
+			    opts->progress) {
 				opts->progress(opts->progress_arg, a, b, x);
-			} else if (sscanf(line, "result %d %d %7s %llu %llu %llu %d %lf %lf", &code, &ar,
-					  suffix, &b, &c, &d, &q, &y, &z) == 9) {
+			} else if (sscanf(line, "result %d %d %7s %llu %llu %llu %d %lf %lf", &code,
+					  &ar, suffix, &b, &c, &d, &q, &y, &z) == 9) {
 				*have = 1;
 				rc = code;
 				res->archived = ar;
@@ -107,18 +110,39 @@ static int read_report(int fd, pid_t pid, const struct codec_opts *opts,
 	}
 }
 
+/* Start "hevcfs CMD PPID args..." with src_fd as its fd 3 and its stdout
+ * on a pipe (*out, the read end). 0 or -errno. */
+static int spawn_child(int src_fd, char **argv, pid_t *pid, int *out)
+{
+	posix_spawn_file_actions_t fa;
+	int pipefd[2], rc;
+
+	if (pipe2(pipefd, O_CLOEXEC) == -1)
+		return -errno;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, src_fd, CHILD_SRC_FD);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
+	rc = posix_spawn(pid, "/proc/self/exe", &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	if (rc) {
+		close(pipefd[0]);
+		log_msg(LOG_ERR, "cannot start a child process: %s", strerror(rc));
+		return -rc;
+	}
+	*out = pipefd[0];
+	return 0;
+}
+
 int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *res)
 {
-	posix_spawn_file_actions_t fa;
 	char optbuf[8][96];
 	char *argv[24];
-	int argc = 0, pipefd[2], have = 0, status, rc;
+	int argc = 0, fd, have = 0, status, rc;
 	pid_t pid;
 
 	memset(res, 0, sizeof(*res));
-	if (pipe2(pipefd, O_CLOEXEC) == -1)
-		return -errno;
 	char ppid[32];
 	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
 	argv[argc++] = "hevcfs";
@@ -130,20 +154,11 @@ int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 	argv[argc++] = (char *)(opts->x265_params ? opts->x265_params : "-");
 	opts_to_args(opts, optbuf, argv, &argc);
 	argv[argc] = NULL;
-
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, src_fd, CHILD_SRC_FD);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
-	rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(pipefd[1]);
-	if (rc) {
-		close(pipefd[0]);
-		log_msg(LOG_ERR, "cannot start an archive job: %s", strerror(rc));
-		return -rc;
-	}
-	rc = read_report(pipefd[0], pid, opts, res, &have);
-	close(pipefd[0]);
+	rc = spawn_child(src_fd, argv, &pid, &fd);
+	if (rc)
+		return rc;
+	rc = read_report(fd, pid, opts, res, &have);
+	close(fd);
 	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
 		;
 	if (rc == -ECANCELED)
@@ -164,6 +179,62 @@ int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 	return rc;
 }
 
+int fs_check_isolated(int src_fd, const struct codec_opts *opts, char *why, size_t len)
+{
+	char optbuf[8][96], line[512];
+	char *argv[24];
+	int argc = 0, fd, status, rc, code = 0, have = 0;
+	size_t n = 0;
+	pid_t pid;
+
+	char ppid[32];
+	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
+	argv[argc++] = "hevcfs";
+	argv[argc++] = "__check";
+	argv[argc++] = ppid;
+	argv[argc++] = (char *)(opts && opts->preset ? opts->preset : "-");
+	if (opts)
+		opts_to_args(opts, optbuf, argv, &argc);
+	argv[argc] = NULL;
+	why[0] = '\0';
+	rc = spawn_child(src_fd, argv, &pid, &fd);
+	if (rc)
+		return rc;
+	for (;;) {
+		ssize_t r = read(fd, line + n, sizeof(line) - 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		if (n == sizeof(line) - 1)
+			break;
+	}
+	line[n] = '\0';
+	close(fd);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (!strncmp(line, "check ", 6)) {
+		char *sp = strchr(line + 6, ' ');
+		code = atoi(line + 6);
+		have = 1;
+		if (sp) {
+			sp[strcspn(sp, "\n")] = '\0';
+			snprintf(why, len, "%s", sp + 1);
+		}
+	}
+	if (WIFSIGNALED(status)) {
+		snprintf(why, len, "the decoder crashed on it (signal %d)", WTERMSIG(status));
+		return 1;
+	}
+	if (!have || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		snprintf(why, len, "the decoding process failed (exit %d)",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+		return -EIO;
+	}
+	return code;
+}
+
 /* The child's progress: a line on stdout. */
 static void child_progress(void *arg, uint64_t done, uint64_t total, double fps)
 {
@@ -171,6 +242,39 @@ static void child_progress(void *arg, uint64_t done, uint64_t total, double fps)
 	printf("progress %llu %llu %.2f\n", (unsigned long long)done, (unsigned long long)total,
 	       fps);
 	fflush(stdout);
+}
+
+/* Read codec options from "key=value" arguments. */
+static void args_to_opts(int argc, char *argv[], struct codec_opts *o)
+{
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strncmp(a, "photo_quality=", 14))
+			o->photo_quality = atoi(a + 14);
+		else if (!strncmp(a, "min_ssim=", 9))
+			o->min_ssim = strtod(a + 9, NULL);
+		else if (!strncmp(a, "view_quality=", 13))
+			o->view_quality = atoi(a + 13);
+		else if (!strncmp(a, "min_view_ssim=", 14))
+			o->min_view_ssim = strtod(a + 14, NULL);
+		else if (!strncmp(a, "crf=", 4))
+			o->crf = atoi(a + 4);
+		else if (!strncmp(a, "min_video_ssim=", 15))
+			o->min_video_ssim = strtod(a + 15, NULL);
+		else if (!strncmp(a, "threads=", 8))
+			o->threads = atoi(a + 8);
+		else if (!strncmp(a, "max_pixels=", 11))
+			o->max_pixels = strtoull(a + 11, NULL, 10);
+	}
+}
+
+/* A child's start: die with the parent that named itself in argv[2] (a
+ * killed daemon must leave no child writing into its work directory). 0, or
+ * the exit status when the parent is not that one. */
+static int child_start(char *argv[])
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	return getppid() == (pid_t)atoi(argv[2]) ? 0 : 3;
 }
 
 int fs_archive_child(int argc, char *argv[])
@@ -181,36 +285,15 @@ int fs_archive_child(int argc, char *argv[])
 
 	if (argc < 7)
 		return 2;
-	/* die with the mount: a killed daemon must leave no job writing into
-	 * the work directory that the next mount's recovery empties */
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != (pid_t)atoi(argv[2]))
-		return 3;
+	if ((rc = child_start(argv)))
+		return rc;
 	argv++; /* past the parent's pid */
 	argc--;
 	if (strcmp(argv[4], "-"))
 		o.preset = argv[4];
 	if (strcmp(argv[5], "-"))
 		o.x265_params = argv[5];
-	for (int i = 6; i < argc; i++) {
-		const char *a = argv[i];
-		if (!strncmp(a, "photo_quality=", 14))
-			o.photo_quality = atoi(a + 14);
-		else if (!strncmp(a, "min_ssim=", 9))
-			o.min_ssim = strtod(a + 9, NULL);
-		else if (!strncmp(a, "view_quality=", 13))
-			o.view_quality = atoi(a + 13);
-		else if (!strncmp(a, "min_view_ssim=", 14))
-			o.min_view_ssim = strtod(a + 14, NULL);
-		else if (!strncmp(a, "crf=", 4))
-			o.crf = atoi(a + 4);
-		else if (!strncmp(a, "min_video_ssim=", 15))
-			o.min_video_ssim = strtod(a + 15, NULL);
-		else if (!strncmp(a, "threads=", 8))
-			o.threads = atoi(a + 8);
-		else if (!strncmp(a, "max_pixels=", 11))
-			o.max_pixels = strtoull(a + 11, NULL, 10);
-	}
+	args_to_opts(argc - 6, argv + 6, &o);
 	o.progress = child_progress;
 	rc = codec_archive(CHILD_SRC_FD, argv[2], strcmp(argv[3], "-") ? argv[3] : NULL, &o, &r);
 	printf("result %d %d %s %llu %llu %llu %d %.6f %.6f\n", rc, r.archived,
@@ -221,5 +304,26 @@ int fs_archive_child(int argc, char *argv[])
 		if (*p == '\n')
 			*p = ' ';
 	printf("reason %s\n", r.reason);
+	return fflush(stdout) == 0 ? 0 : 1;
+}
+
+int fs_check_child(int argc, char *argv[])
+{
+	struct codec_opts o = {0};
+	char why[256];
+	int rc;
+
+	if (argc < 4)
+		return 2;
+	if ((rc = child_start(argv)))
+		return rc;
+	if (strcmp(argv[3], "-"))
+		o.preset = argv[3];
+	args_to_opts(argc - 4, argv + 4, &o);
+	rc = codec_check_stored(CHILD_SRC_FD, &o, why, sizeof(why));
+	for (char *p = why; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	printf("check %d %s\n", rc, why);
 	return fflush(stdout) == 0 ? 0 : 1;
 }

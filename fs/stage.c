@@ -112,6 +112,7 @@ void fs_node_put(struct fs *fs, struct node *n)
 		ready_unlink(fs, n->ino, n->ready->gen);
 	free(n->ready);
 	free(n->path);
+	fs_check_free(atomic_load(&n->check));
 	free(n);
 }
 
@@ -163,6 +164,16 @@ void fs_node_writer_open(struct fs *fs, struct node *n, const char *path)
 	n->writers++;
 	node_opened_as(n, path);
 	pthread_mutex_unlock(&fs->nodes_lock);
+	/* its bytes may change from now on: they are checked once settled */
+	fs_check_stop(n);
+}
+
+int fs_node_writing(struct fs *fs, struct node *n)
+{
+	pthread_mutex_lock(&fs->nodes_lock);
+	int w = n->writers > 0;
+	pthread_mutex_unlock(&fs->nodes_lock);
+	return w;
 }
 
 void fs_node_opened(struct fs *fs, struct node *n, const char *path)
@@ -246,8 +257,7 @@ nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink)
 	return nlink;
 }
 
-void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta,
-			 int64_t size)
+void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta, int64_t size)
 {
 	/* the hidden links hold a reference: what they show outlives the
 	 * handles (the inode a removed name had may have none of its own) */
@@ -297,6 +307,7 @@ void fs_nodes_free(struct fs *fs)
 			fs->nodes[i] = n->next;
 			free(n->ready); /* its files go with work/ at the next mount */
 			free(n->path);
+			fs_check_free(atomic_load(&n->check));
 			free(n);
 		}
 	}
@@ -391,8 +402,8 @@ void fs_node_gone(struct fs *fs, uint64_t ino)
 
 int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
 {
-	struct idx_entry e = {.state = IDX_STAGED, .orig_bytes = size, .stored_bytes = size,
-			      .view_bytes = size};
+	struct idx_entry e = {
+	    .state = IDX_STAGED, .orig_bytes = size, .stored_bytes = size, .view_bytes = size};
 	struct idx_txn *txn;
 	int rc = idx_begin(fs->idx, 1, &txn);
 
@@ -401,6 +412,8 @@ int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
 	while (*path == '/')
 		path++;
 	rc = idx_put(txn, ino, &e);
+	if (!rc)
+		rc = idx_blocks_del(txn, ino); /* digests come again when it settles */
 	if (!rc)
 		rc = idx_queue_put(txn, ino, 0, path);
 	if (rc) {

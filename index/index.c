@@ -3,11 +3,14 @@
 #include "index.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Virtual size of the map: entries are ~300 bytes, so this holds tens of
  * millions of files; the file itself only grows as it fills. */
@@ -398,8 +401,9 @@ static int upgrade(struct idx *idx, MDB_txn *mtxn)
 	rc = mdb_drop(mtxn, idx->journal, 0);
 	if (rc)
 		return mdb_err(rc, "upgrade journal");
-	log_msg(LOG_INFO, "index: upgraded to version %d (checksums of files archived before "
-			  "are recorded by the first `hevcfs verify`)",
+	log_msg(LOG_INFO,
+		"index: upgraded to version %d (checksums of files archived before "
+		"are recorded by the first `hevcfs verify`)",
 		IDX_SCHEMA_VERSION);
 	return 0;
 }
@@ -500,6 +504,53 @@ out_env:
 	mdb_env_close(idx->env);
 out_free:
 	free(idx);
+	return rc;
+}
+
+/* LMDB's files in an environment's directory. */
+static const char *const env_files[] = {"data.mdb", "lock.mdb"};
+
+/* dir with ".old" appended (malloc'd). */
+static char *aside_name(const char *dir)
+{
+	size_t n = strlen(dir);
+	char *p = malloc(n + sizeof(".old"));
+
+	if (p) {
+		memcpy(p, dir, n);
+		memcpy(p + n, ".old", sizeof(".old"));
+	}
+	return p;
+}
+
+void idx_remove_aside(const char *dir)
+{
+	char *old = aside_name(dir);
+	int fd;
+
+	if (!old)
+		return;
+	fd = open(old, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		for (size_t i = 0; i < sizeof(env_files) / sizeof(*env_files); i++)
+			unlinkat(fd, env_files[i], 0);
+		close(fd);
+		rmdir(old);
+	}
+	free(old);
+}
+
+int idx_set_aside(const char *dir)
+{
+	char *old = aside_name(dir);
+	int rc = 0;
+
+	if (!old)
+		return -ENOMEM;
+	idx_remove_aside(dir); /* a leftover of an interrupted rebuild */
+	if (rename(dir, old) == -1 && errno != ENOENT)
+		rc = -errno;
+	free(old);
 	return rc;
 }
 
@@ -1048,8 +1099,7 @@ int idx_stats(struct idx_txn *txn, struct idx_stats *st)
 }
 
 int idx_reasons_each(struct idx_txn *txn,
-		     int (*fn)(void *arg, const char *group, const struct idx_count *c),
-		     void *arg)
+		     int (*fn)(void *arg, const char *group, const struct idx_count *c), void *arg)
 {
 	MDB_cursor *cur;
 	MDB_val k = {.mv_size = 1, .mv_data = "r"}, v;
@@ -1082,8 +1132,8 @@ int idx_reasons_each(struct idx_txn *txn,
 const char *idx_state_name(enum idx_state s)
 {
 	static const char *const names[IDX_NSTATES] = {
-		[IDX_STAGED] = "staged",     [IDX_PENDING] = "pending", [IDX_ARCHIVED] = "archived",
-		[IDX_KEPT] = "kept",         [IDX_FAILED] = "failed",
+	    [IDX_STAGED] = "staged", [IDX_PENDING] = "pending", [IDX_ARCHIVED] = "archived",
+	    [IDX_KEPT] = "kept",     [IDX_FAILED] = "failed",
 	};
 	return s > 0 && s < IDX_NSTATES ? names[s] : "unknown";
 }
@@ -1091,10 +1141,10 @@ const char *idx_state_name(enum idx_state s)
 const char *idx_kind_name(enum idx_kind k)
 {
 	static const char *const names[IDX_NKINDS] = {
-		[IDX_KIND_UNKNOWN] = "unknown",
-		[IDX_KIND_PHOTO] = "photo",
-		[IDX_KIND_VIDEO] = "video",
-		[IDX_KIND_OTHER] = "other",
+	    [IDX_KIND_UNKNOWN] = "unknown",
+	    [IDX_KIND_PHOTO] = "photo",
+	    [IDX_KIND_VIDEO] = "video",
+	    [IDX_KIND_OTHER] = "other",
 	};
 	return k < IDX_NKINDS ? names[k] : "unknown";
 }

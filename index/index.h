@@ -49,19 +49,19 @@
 
 enum idx_state {
 	IDX_STAGED = 1, /* written, still open or settling */
-	IDX_PENDING,    /* settled, queued for a worker */
-	IDX_ARCHIVED,   /* transcoded; the backing file is the archived copy */
-	IDX_KEPT,       /* stored byte for byte, with the reason */
-	IDX_FAILED,     /* a job failed operationally (I/O); the original is kept */
+	IDX_PENDING,	/* settled, queued for a worker */
+	IDX_ARCHIVED,	/* transcoded; the backing file is the archived copy */
+	IDX_KEPT,	/* stored byte for byte, with the reason */
+	IDX_FAILED,	/* a job failed operationally (I/O); the original is kept */
 	IDX_NSTATES
 };
 
 /* What a file is, by content (never by name). */
 enum idx_kind {
 	IDX_KIND_UNKNOWN = 0, /* not looked at yet */
-	IDX_KIND_PHOTO,       /* JPEG, HEIC/HEIF/AVIF */
+	IDX_KIND_PHOTO,	      /* JPEG, HEIC/HEIF/AVIF */
 	IDX_KIND_VIDEO,
-	IDX_KIND_OTHER,       /* anything else (camera raw too) */
+	IDX_KIND_OTHER, /* anything else (camera raw too) */
 	IDX_NKINDS
 };
 
@@ -70,32 +70,32 @@ enum idx_kind {
 
 /* One stored file. */
 struct idx_entry {
-	uint32_t state;       /* enum idx_state */
-	uint32_t kind;        /* enum idx_kind */
-	uint32_t flags;       /* IDX_F_* */
-	uint32_t carries;     /* what an archived photo carried besides its
-				 picture (codec's CODEC_CARRIES_* bits) */
-	uint32_t quality;     /* photo quality or video CRF used */
-	uint64_t gen;         /* write generation the figures belong to */
-	uint64_t orig_bytes;  /* size as written */
-	uint64_t stored_bytes;/* size of the backing file */
-	uint64_t view_bytes;  /* size the mount reports (the view's) */
-	uint64_t done, total; /* progress of a running job (frames) */
-	int64_t updated;      /* unix time of the last change (set by idx_put) */
-	int64_t started;      /* unix time the running job started, 0: none */
-	int64_t checked;      /* unix time the stored bytes were last found
-				 whole against sum, 0: never */
-	double elapsed;       /* seconds the archive job took */
-	double ssim;          /* luma SSIM archived vs original */
-	double view_ssim;     /* luma SSIM of the view vs original */
-	double fps;           /* speed of a running job */
-	uint8_t sum[SUM_LEN]; /* SHA-256 of the stored file; zeros: not known
-				 (archived before checksums, or not at rest) */
+	uint32_t state;		   /* enum idx_state */
+	uint32_t kind;		   /* enum idx_kind */
+	uint32_t flags;		   /* IDX_F_* */
+	uint32_t carries;	   /* what an archived photo carried besides its
+				      picture (codec's CODEC_CARRIES_* bits) */
+	uint32_t quality;	   /* photo quality or video CRF used */
+	uint64_t gen;		   /* write generation the figures belong to */
+	uint64_t orig_bytes;	   /* size as written */
+	uint64_t stored_bytes;	   /* size of the backing file */
+	uint64_t view_bytes;	   /* size the mount reports (the view's) */
+	uint64_t done, total;	   /* progress of a running job (frames) */
+	int64_t updated;	   /* unix time of the last change (set by idx_put) */
+	int64_t started;	   /* unix time the running job started, 0: none */
+	int64_t checked;	   /* unix time the stored bytes were last found
+				      whole against sum, 0: never */
+	double elapsed;		   /* seconds the archive job took */
+	double ssim;		   /* luma SSIM archived vs original */
+	double view_ssim;	   /* luma SSIM of the view vs original */
+	double fps;		   /* speed of a running job */
+	uint8_t sum[SUM_LEN];	   /* SHA-256 of the stored file; zeros: not known
+				      (archived before checksums, or not at rest) */
 	uint8_t orig_sum[SUM_LEN]; /* SHA-256 of the original bytes */
 	uint8_t view_sum[SUM_LEN]; /* SHA-256 of a photo's view */
 	uint8_t scan_sum[SUM_LEN]; /* SHA-256 of the view's image data */
-	char suffix[8];       /* appended to the logical name on the backing tree */
-	char reason[160];     /* why kept or failed, or what was found damaged */
+	char suffix[8];		   /* appended to the logical name on the backing tree */
+	char reason[160];	   /* why kept or failed, or what was found damaged */
 };
 
 /* Largest encoded entry (idx_entry_encode). */
@@ -110,10 +110,10 @@ int idx_entry_decode(const uint8_t *buf, size_t len, struct idx_entry *e);
 /* A commit in progress (see fs/queue.c for the protocol): enough to roll it
  * forward once the archived copy is in place, or back before. */
 struct idx_intent {
-	uint64_t staged_ino;   /* the original */
-	uint64_t archive_ino;  /* the archived copy, before and after its rename */
-	struct idx_entry entry;/* the record the archived copy gets */
-	char path[4096];       /* logical path of the original (relative) */
+	uint64_t staged_ino;	/* the original */
+	uint64_t archive_ino;	/* the archived copy, before and after its rename */
+	struct idx_entry entry; /* the record the archived copy gets */
+	char path[4096];	/* logical path of the original (relative) */
 };
 
 struct idx;
@@ -122,6 +122,11 @@ struct idx_txn;
 /* Open (creating if needed) the environment in dir. read_only for status
  * tools. Returns 0 or -errno; *out is set on success. */
 int idx_open(const char *dir, int read_only, struct idx **out);
+/* Move the environment in dir aside (to dir.old), for a new one to be
+ * built in its place; nothing there is fine. 0 or -errno. */
+int idx_set_aside(const char *dir);
+/* Remove what idx_set_aside moved aside (the new one is complete). */
+void idx_remove_aside(const char *dir);
 /* Close the environment; accepts NULL. */
 void idx_close(struct idx *idx);
 /* Flush everything committed so far to disk. */
@@ -186,10 +191,10 @@ struct idx_stats {
 	uint64_t files;
 	uint64_t by_state[IDX_NSTATES];
 	uint64_t bytes_original, bytes_stored;
-	uint64_t queued;                        /* records in the queue */
+	uint64_t queued;			      /* records in the queue */
 	struct idx_count by[IDX_NSTATES][IDX_NKINDS]; /* by state and kind */
-	uint64_t damaged;                       /* entries flagged damaged */
-	uint64_t unsummed;                      /* at rest without a checksum */
+	uint64_t damaged;			      /* entries flagged damaged */
+	uint64_t unsummed;			      /* at rest without a checksum */
 };
 int idx_stats(struct idx_txn *txn, struct idx_stats *st);
 
@@ -199,8 +204,7 @@ int idx_stats(struct idx_txn *txn, struct idx_stats *st);
 void idx_reason_group(const char *reason, char *buf, size_t size);
 /* Call fn for each reason group of kept files with their count and bytes. */
 int idx_reasons_each(struct idx_txn *txn,
-		     int (*fn)(void *arg, const char *group, const struct idx_count *c),
-		     void *arg);
+		     int (*fn)(void *arg, const char *group, const struct idx_count *c), void *arg);
 
 /* Call fn for every entry; fn returning nonzero stops. */
 int idx_each(struct idx_txn *txn, int (*fn)(void *arg, uint64_t ino, const struct idx_entry *e),

@@ -38,7 +38,7 @@ void log_syslog(const char *ident);
 
 /* ---- sum.c: SHA-256 ---------------------------------------------------- */
 
-#define SUM_LEN 32           /* bytes of a digest */
+#define SUM_LEN 32 /* bytes of a digest */
 #define SUM_HEX (2 * SUM_LEN + 1)
 /* Stored files are also summed per block of this many bytes, so a read
  * checks only the blocks it touches (as ZFS checks records). */

@@ -17,10 +17,18 @@ static atomic_int log_to_syslog;
 static const char *level_name(int level)
 {
 	switch (level) {
-	case LOG_EMERG: case LOG_ALERT: case LOG_CRIT: case LOG_ERR: return "error";
-	case LOG_WARNING: return "warning";
-	case LOG_NOTICE: case LOG_INFO: return "info";
-	default: return "debug";
+	case LOG_EMERG:
+	case LOG_ALERT:
+	case LOG_CRIT:
+	case LOG_ERR:
+		return "error";
+	case LOG_WARNING:
+		return "warning";
+	case LOG_NOTICE:
+	case LOG_INFO:
+		return "info";
+	default:
+		return "debug";
 	}
 }
 
@@ -37,8 +45,8 @@ void log_msg(int level, const char *fmt, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	localtime_r(&ts.tv_sec, &tm);
 	n = (int)strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
-	n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld hevcfs %s: ",
-		      ts.tv_nsec / 1000000, level_name(level));
+	n += snprintf(line + n, sizeof(line) - (size_t)n,
+		      ".%03ld hevcfs %s: ", ts.tv_nsec / 1000000, level_name(level));
 	va_start(ap, fmt);
 	m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
 	va_end(ap);

@@ -191,7 +191,7 @@ void sum_hex(const uint8_t sum[SUM_LEN], char out[SUM_HEX])
 /* Value of one hex digit, or -1. */
 static int hex_digit(char c)
 {
-	return c >= '0' && c <= '9' ? c - '0'
+	return c >= '0' && c <= '9'   ? c - '0'
 	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
 	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
 				      : -1;

@@ -2,8 +2,8 @@
 # Install what is missing, build hevcfs and mount a demo archive:
 #   backing directory  $HEVCFS_DEMO/Archive.store  (default ~/hevcfs-demo)
 #   mount point        $HEVCFS_DEMO/Archive
-# A couple of sample photos and a short clip are copied in so there is
-# something to watch being archived.
+# A couple of photos and a short clip are copied in, and their archiving is
+# shown as it happens, ending with the space saved.
 set -eu
 cd "$(dirname "$0")/.."
 sh tools/deps.sh
@@ -24,13 +24,30 @@ if [ ! -e "$MNT/samples" ]; then
 		[ -f "$f" ] && cp -p "$f" "$MNT/samples/" && i=$((i + 1))
 	done
 	if [ "$i" -eq 0 ]; then
-		ffmpeg -loglevel error -f lavfi -i testsrc2=size=1280x960 -frames:v 1 -q:v 2 \
-			"$MNT/samples/test-pattern.jpg"
+		# a camera-like photo: a test pattern saved at a camera's quality
+		ffmpeg -loglevel error -f lavfi -i testsrc2=size=2048x1536 -frames:v 1 -q:v 2 \
+			"$MNT/samples/IMG_0001.JPG"
 	fi
+	# a clip as an older camera writes it (MPEG-4 at a high bit rate, with
+	# sound): what HEVC stores in a fraction of the space
 	ffmpeg -loglevel error -f lavfi -i testsrc2=size=640x360:rate=30 -f lavfi \
-		-i sine=frequency=440 -t 3 -c:v libx264 -c:a aac -shortest \
-		"$MNT/samples/clip.mp4" 2>/dev/null || true
+		-i sine=frequency=440 -t 4 -c:v mpeg4 -q:v 2 -c:a aac -shortest \
+		"$MNT/samples/MVI_0002.AVI"
 fi
+echo
+echo "Archiving in the background (hevcfs status $STORE):"
+n=0
+while ! ./hevcfs wait "$STORE" --timeout 2 >/dev/null 2>&1; do
+	./hevcfs status "$STORE" --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+jobs = ", ".join("%s %.0f%%" % (j["path"], j["percent"]) for j in s["running"]) or "settling"
+print("  %d archived, %d waiting; running: %s" % (s["archived"], s["pending"] + s["staged"], jobs))'
+	n=$((n + 1))
+	[ "$n" -lt 150 ] || break
+done
+echo
+./hevcfs status "$STORE"
 cat <<MSG
 
 hevcfs demo archive mounted.

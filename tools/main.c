@@ -1,6 +1,7 @@
 /*
- * hevcfs — the program: mount, status, wait, fsck. Argument parsing and
- * reporting only; the filesystem lives in fs/, the index in index/.
+ * hevcfs — the program: mount, status, wait, fsck, verify, config, import,
+ * export. Argument parsing and reporting only; the filesystem lives in fs/,
+ * the index in index/.
  */
 #define FUSE_USE_VERSION 314
 #include <errno.h>
@@ -11,162 +12,194 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "../fs/fs.h"
-#include "../index/index.h"
-#include "../lib/lib.h"
+#include "tools.h"
 
-static const char usage_text[] =
-	"usage: hevcfs BACKING MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]\n"
-	"       hevcfs mount BACKING MOUNTPOINT [...]\n"
-	"       hevcfs status BACKING [--json] [--files]\n"
-	"       hevcfs wait BACKING [--timeout SECONDS]\n"
-	"       hevcfs fsck BACKING [--rebuild]\n"
-	"       hevcfs --help | --version\n";
+const char usage_text[] =
+    "usage: hevcfs BACKING MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]\n"
+    "       hevcfs mount BACKING MOUNTPOINT [...]\n"
+    "       hevcfs status BACKING [--json] [--files] [--watch]\n"
+    "       hevcfs wait BACKING [--timeout SECONDS]\n"
+    "       hevcfs verify BACKING [PATH...] [--rate MB/s] [--json]\n"
+    "       hevcfs fsck BACKING [--rebuild]\n"
+    "       hevcfs config BACKING [KEY=VALUE...]\n"
+    "       hevcfs import SRC... BACKING [--into DIR] [--dry-run] [--shard K/N] [--jobs N]\n"
+    "       hevcfs export BACKING DEST [PATH...] [--view=legacy|native] [--jobs N]\n"
+    "       hevcfs --help | --version\n"
+    "Every command but the mount takes --state DIR (or -o state=DIR) when BACKING\n"
+    "keeps its state on a local directory.\n";
 
 static const char help_text[] =
-	"\n"
-	"hevcfs keeps every file written to MOUNTPOINT on BACKING at once, then in\n"
-	"the background stores JPEG photos as HEIC and videos as HEVC MP4, and\n"
-	"reads them back under their original names (photos as JPEG).\n"
-	"\n"
-	"Commands:\n"
-	"  (mount)   mount BACKING on MOUNTPOINT (daemonizes unless -f)\n"
-	"  status    counts by state, bytes written and stored, queue, running jobs;\n"
-	"            --files: each file's state, sizes, quality, SSIM, reason;\n"
-	"            --json: one JSON object\n"
-	"  wait      return 0 once nothing is staged or pending, 1 on timeout\n"
-	"            (69 at once when BACKING is not mounted and work is waiting)\n"
-	"  fsck      finish or roll back interrupted work, index files it does not know;\n"
-	"            --rebuild: a new index from the backing tree alone\n"
-	"\n"
-	"Mount options (-o):\n"
-	"  workers=N          transcoding threads (default: number of cores)\n"
-	"  settle_ms=N        quiet time after the last close before archiving (1000)\n"
-	"  view=legacy|native legacy: photos read as JPEG under their names (default);\n"
-	"                     native: the stored files as they are (IMG.JPG.heic)\n"
-	"  cache_mb=N         bound of the rendered-view cache (1024)\n"
-	"  photo_quality=auto|N  HEIC quality: auto = lowest meeting min_ssim (auto)\n"
-	"  min_ssim=X         photo luma SSIM floor (0.99)\n"
-	"  view_quality=N     JPEG view quality (92)\n"
-	"  crf=N              x265 CRF for videos (22)\n"
-	"  preset=NAME        x265 preset for videos (medium) and photos (fast)\n"
-	"  x265_params=K=V:.. extra x265 parameters\n"
-	"  min_video_ssim=X   video luma SSIM floor (0.97)\n"
-	"  Standard FUSE options pass through (allow_other, ro, ...);\n"
-	"  default_permissions is always on.\n";
+    "\n"
+    "hevcfs keeps every file written to MOUNTPOINT on BACKING at once, then in\n"
+    "the background stores JPEG photos as HEIC and videos as HEVC MP4, and\n"
+    "reads them back under their original names (photos as JPEG).\n"
+    "\n"
+    "Commands:\n"
+    "  (mount)   mount BACKING on MOUNTPOINT (daemonizes unless -f)\n"
+    "  status    counts and bytes by state and kind, space saved, kept files by\n"
+    "            reason, running jobs with progress and ETA; --files: each file;\n"
+    "            --json: one JSON object; --watch: refresh every second\n"
+    "  wait      return 0 once nothing is staged or pending, 1 on timeout\n"
+    "            (69 at once when BACKING is not mounted and work is waiting)\n"
+    "  verify    re-read every stored file (or those named), check its checksum and\n"
+    "            decode it whole; exit 0 only if all is well; --rate MB/s throttles\n"
+    "            it; interrupted, the next run goes on where it stopped\n"
+    "  fsck      finish or roll back interrupted work, index files it does not know;\n"
+    "            --rebuild: a new index from the backing tree alone\n"
+    "  config    show the options BACKING was first mounted with (its defaults),\n"
+    "            or set them\n"
+    "  import    archive SRC files and folders into BACKING without a mount\n"
+    "            (resumable; --dry-run estimates the saving from a sample;\n"
+    "            --shard K/N does the K-th of N shares, for N machines at once,\n"
+    "            leaving the index to `hevcfs fsck --rebuild`)\n"
+    "  export    write BACKING's tree out to DEST as the mount shows it (legacy:\n"
+    "            photos as JPEG views) or as stored (native), checksums checked\n"
+    "\n"
+    "Mount options (-o); the first mount's are saved as BACKING's defaults:\n"
+    "  workers=N          transcoding threads (default: number of cores)\n"
+    "  settle_ms=N        quiet time after the last close before archiving (1000)\n"
+    "  view=legacy|native legacy: photos read as JPEG under their names (default);\n"
+    "                     native: the stored files as they are (IMG.JPG.heic)\n"
+    "  cache_mb=N         bound of the rendered-view cache (1024)\n"
+    "  photo_quality=auto|N  HEIC quality: auto = lowest meeting min_ssim (auto)\n"
+    "  min_ssim=X         photo luma SSIM floor (0.99)\n"
+    "  view_quality=N     JPEG view quality (92)\n"
+    "  crf=N              x265 CRF for videos (22)\n"
+    "  preset=NAME        x265 preset for videos (medium) and photos (fast)\n"
+    "  x265_params=K=V:.. extra x265 parameters\n"
+    "  min_video_ssim=X   video luma SSIM floor (0.97)\n"
+    "  verify_reads=on|off  check every read against the stored checksums (on)\n"
+    "  scrub_days=N       scrub in the background, each file every N days (off)\n"
+    "  state=DIR          keep the index, lock, log and cache in DIR (a local\n"
+    "                     directory: required when BACKING is on NFS/CIFS/FUSE)\n"
+    "  Standard FUSE options pass through (allow_other, ro, ...);\n"
+    "  default_permissions is always on.\n";
 
-/* hevcfs's own -o options, parsed into these before FUSE sees the rest. */
-struct cli {
-	int workers, settle_ms, view_quality, crf, cache_mb;
-	char *view, *photo_quality, *preset, *x265_params;
-	double min_ssim, min_video_ssim;
+/* What the mount's argument parsing collects. */
+struct mount_cli {
 	char *backing;
 	int nonopts;
-	int help, version;
+	char given[4096]; /* hevcfs's own options given, "k=v,k=v" */
+	int bad;
+	int foreground;
 };
 
-#define OPT(t, f) {t, offsetof(struct cli, f), 0}
-static const struct fuse_opt cli_opts[] = {
-	OPT("workers=%d", workers),
-	OPT("settle_ms=%d", settle_ms),
-	OPT("view=%s", view),
-	OPT("cache_mb=%d", cache_mb),
-	OPT("photo_quality=%s", photo_quality),
-	OPT("min_ssim=%lf", min_ssim),
-	OPT("view_quality=%d", view_quality),
-	OPT("crf=%d", crf),
-	OPT("preset=%s", preset),
-	OPT("x265_params=%s", x265_params),
-	OPT("min_video_ssim=%lf", min_video_ssim),
-	FUSE_OPT_END,
-};
-
-/* Take BACKING (the first non-option) for ourselves; the rest goes to FUSE. */
-static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
+/* Take BACKING (the first non-option) and hevcfs's own options for
+ * ourselves; the rest goes to FUSE. */
+static int mount_proc(void *data, const char *arg, int key, struct fuse_args *out)
 {
-	struct cli *c = data;
+	struct mount_cli *c = data;
 
 	(void)out;
 	if (key == FUSE_OPT_KEY_NONOPT && c->nonopts++ == 0) {
-		c->backing = realpath(arg, NULL);
-		if (!c->backing) {
-			fprintf(stderr, "hevcfs: %s: %s\n", arg, strerror(errno));
-			return -1;
+		c->backing = strdup(arg);
+		return c->backing ? 0 : -1;
+	}
+	if (key == FUSE_OPT_KEY_OPT && opt_is_own(arg)) {
+		size_t n = strlen(c->given);
+		if (n + strlen(arg) + 2 > sizeof(c->given)) {
+			c->bad = 1;
+			return 0;
 		}
+		snprintf(c->given + n, sizeof(c->given) - n, "%s%s", n ? "," : "", arg);
 		return 0;
 	}
+	if (key == FUSE_OPT_KEY_OPT && !strcmp(arg, "-f"))
+		c->foreground = 1;
 	return 1;
+}
+
+/* Apply each "k=v" of a comma-separated list to cfg, except the keys skip
+ * sets (the options given on the command line win over the saved ones). */
+static int apply_list(struct fs_config *cfg, const char *list, const char *skip)
+{
+	char *copy = strdup(list), *save = NULL, err[256];
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (char *kv = strtok_r(copy, ",", &save); kv && !rc; kv = strtok_r(NULL, ",", &save)) {
+		char key[32];
+		snprintf(key, sizeof(key), "%.*s", (int)strcspn(kv, "="), kv);
+		if (skip && opt_has(skip, key))
+			continue;
+		rc = opt_apply(cfg, kv, err, sizeof(err));
+		if (rc)
+			fprintf(stderr, "hevcfs: %s\n", err);
+	}
+	free(copy);
+	return rc;
+}
+
+/* The options to save as BACKING's defaults: the given ones but state. */
+static void saveable(const char *given, char *out, size_t size)
+{
+	char *copy = strdup(given), *save = NULL;
+	size_t n = 0;
+
+	out[0] = '\0';
+	if (!copy)
+		return;
+	for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save))
+		if (strncmp(kv, "state=", 6) && n + strlen(kv) + 2 < size)
+			n += (size_t)snprintf(out + n, size - n, "%s%s", n ? "," : "", kv);
+	free(copy);
 }
 
 static int cmd_mount(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fs_config cfg;
-	struct cli c = {.workers = -1, .settle_ms = -1, .view_quality = -1, .crf = -1,
-			.cache_mb = -1, .min_ssim = -1, .min_video_ssim = -1};
-	char fsname[PATH_MAX + 128];
-	int rc = EX_USAGE;
+	struct fs_paths paths = {0};
+	struct mount_cli c = {0};
+	char fsname[PATH_MAX + 128], saved[4096], err[PATH_MAX + 256];
+	int rc = EX_USAGE, have_saved;
 
-	if (fuse_opt_parse(&args, &c, cli_opts, cli_proc) == -1)
+	if (fuse_opt_parse(&args, &c, NULL, mount_proc) == -1)
 		goto out;
 	if (c.nonopts < 2) {
-		fprintf(stderr, "hevcfs: %s\n%s", c.nonopts ? "missing MOUNTPOINT" : "missing BACKING",
-			usage_text);
+		fprintf(stderr, "hevcfs: %s\n%s",
+			c.nonopts ? "missing MOUNTPOINT" : "missing BACKING", usage_text);
+		goto out;
+	}
+	if (c.bad) {
+		fprintf(stderr, "hevcfs: too many options\n");
 		goto out;
 	}
 	fs_config_init(&cfg);
-	cfg.backing = c.backing;
-	if (c.workers >= 0)
-		cfg.workers = c.workers;
-	if (c.settle_ms >= 0)
-		cfg.settle_ms = c.settle_ms;
-	if (c.cache_mb >= 0)
-		cfg.cache_bytes = (uint64_t)c.cache_mb << 20;
-	if (c.view && !strcmp(c.view, "native")) {
-		cfg.view = FS_VIEW_NATIVE;
-	} else if (c.view && strcmp(c.view, "legacy")) {
-		fprintf(stderr, "hevcfs: view=%s: expected legacy or native\n", c.view);
+	cfg.foreground = c.foreground;
+	/* the options are checked before anything is made */
+	if (apply_list(&cfg, c.given, NULL))
+		goto out;
+	rc = fs_paths_open(c.backing, cfg.state, 1, &paths, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "hevcfs: %s\n", err);
+		rc = rc == -ENOENT ? EX_NOINPUT : rc == -EACCES ? EX_NOPERM : EX_CONFIG;
 		goto out;
 	}
-	if (c.photo_quality && strcmp(c.photo_quality, "auto")) {
-		char *end;
-		long q = strtol(c.photo_quality, &end, 10);
-		if (*end || q < 1 || q > 100) {
-			fprintf(stderr, "hevcfs: photo_quality=%s: expected auto or 1..100\n",
-				c.photo_quality);
+	rc = EX_CONFIG;
+	/* the options BACKING was first mounted with are its defaults; the
+	 * first mount saves the ones it was given */
+	have_saved = opt_load(&paths, saved, sizeof(saved)) == 0;
+	if (have_saved) {
+		fs_config_init(&cfg);
+		cfg.foreground = c.foreground;
+		if (apply_list(&cfg, saved, c.given) || apply_list(&cfg, c.given, NULL))
 			goto out;
-		}
-		cfg.codec.photo_quality = (int)q;
+	} else {
+		saveable(c.given, saved, sizeof(saved));
+		if (opt_save(&paths, saved))
+			fprintf(stderr, "hevcfs: warning: the options could not be saved\n");
 	}
-	if (c.view_quality >= 0) {
-		if (c.view_quality < 1 || c.view_quality > 100) {
-			fprintf(stderr, "hevcfs: view_quality must be 1..100\n");
-			goto out;
-		}
-		cfg.codec.view_quality = c.view_quality;
-	}
-	if (c.crf >= 0) {
-		if (c.crf > 51) {
-			fprintf(stderr, "hevcfs: crf must be 0..51\n");
-			goto out;
-		}
-		cfg.codec.crf = c.crf;
-	}
-	if (c.min_ssim >= 0)
-		cfg.codec.min_ssim = c.min_ssim;
-	if (c.min_video_ssim >= 0)
-		cfg.codec.min_video_ssim = c.min_video_ssim;
-	cfg.codec.preset = c.preset;
-	cfg.codec.x265_params = c.x265_params;
+	cfg.backing = paths.backing;
 
 	/* default_permissions: the kernel checks modes as a local disk does.
 	 * The backing path names the mount in /proc/mounts; a comma in it
 	 * would split the option list, so it is shown as '_' there. */
 	char shown[PATH_MAX];
-	snprintf(shown, sizeof(shown), "%s", c.backing);
+	snprintf(shown, sizeof(shown), "%s", paths.backing);
 	for (char *p = shown; *p; p++)
 		if (*p == ',')
 			*p = '_';
@@ -174,297 +207,103 @@ static int cmd_mount(int argc, char *argv[])
 	 * default otherwise; 16 request threads are plenty for 2-8 cores. An
 	 * -o max_threads given by the user comes later and wins. */
 	snprintf(fsname, sizeof(fsname),
-		 "-odefault_permissions,max_threads=16,max_idle_threads=8,subtype=hevcfs,fsname=%s", shown);
+		 "-odefault_permissions,max_threads=16,max_idle_threads=8,subtype=hevcfs,fsname=%s",
+		 shown);
 	if (fuse_opt_insert_arg(&args, 1, fsname) == -1)
 		goto out;
-	rc = fs_mount(&cfg, args.argc, args.argv) ? EX_SOFTWARE : EX_OK;
+	rc = fs_mount(&cfg, &paths, args.argc, args.argv) ? EX_SOFTWARE : EX_OK;
 out:
 	fuse_opt_free_args(&args);
+	fs_paths_release(&paths);
 	free(c.backing);
-	free(c.view);
-	free(c.photo_quality);
-	/* preset and x265_params live in cfg until fs_mount returns */
-	free(c.preset);
-	free(c.x265_params);
 	return rc;
 }
 
-/* Read the totals; -ENOENT when BACKING was never mounted. */
-static int read_stats(const char *backing, struct idx_stats *st)
+int cmd_parse(const char *cmd, int argc, char *argv[], struct cmd_args *a,
+	      int (*flag)(void *arg, int argc, char *argv[]), void *arg)
 {
-	char path[PATH_MAX];
-	struct idx *idx;
-	struct idx_txn *txn;
-	int rc;
-
-	snprintf(path, sizeof(path), "%s/%s/index", backing, FS_STATE_DIR);
-	rc = idx_open(path, 1, &idx);
-	if (rc)
-		return rc;
-	rc = idx_begin(idx, 0, &txn);
-	if (!rc) {
-		rc = idx_stats(txn, st);
-		idx_abort(txn);
-	}
-	idx_close(idx);
-	return rc;
-}
-
-/* Print s as a JSON string. */
-static void json_str(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
-	}
-	putchar('"');
-}
-
-/* One file of `status --files`. */
-static int print_file(void *arg, const char *logical, const char *stored,
-		      const struct idx_entry *e)
-{
-	int *json = arg;
-	static int first = 1;
-	struct idx_entry none = {0};
-
-	if (!e)
-		e = &none;
-	if (*json) {
-		printf("%s{\"path\":", first ? "" : ",");
-		json_str(logical);
-		printf(",\"stored\":");
-		json_str(stored);
-		printf(",\"state\":\"%s\",\"bytes_original\":%llu,\"bytes_stored\":%llu,"
-		       "\"view_bytes\":%llu,\"quality\":%u,\"ssim\":%.5f,\"view_ssim\":%.5f,"
-		       "\"reason\":",
-		       e->state ? idx_state_name(e->state) : "unindexed",
-		       (unsigned long long)e->orig_bytes, (unsigned long long)e->stored_bytes,
-		       (unsigned long long)e->view_bytes, e->quality, e->ssim, e->view_ssim);
-		json_str(e->reason);
-		putchar('}');
-	} else {
-		printf("%-9s %12llu %12llu", e->state ? idx_state_name(e->state) : "unindexed",
-		       (unsigned long long)e->orig_bytes, (unsigned long long)e->stored_bytes);
-		if (e->state == IDX_ARCHIVED)
-			printf("  q%-3u ssim %.4f", e->quality, e->ssim);
-		else
-			printf("  %-15s", "");
-		printf("  %s", logical);
-		if (e->reason[0])
-			printf("  (%s)", e->reason);
-		putchar('\n');
-	}
-	first = 0;
-	return 0;
-}
-
-/* Running jobs (queued files with progress), for status. */
-struct running {
-	struct idx_txn *txn;
-	int json, n;
-};
-
-static int print_running(void *arg, uint64_t ino, uint64_t gen, const char *path)
-{
-	struct running *r = arg;
-	struct idx_entry e;
-
-	(void)gen;
-	if (idx_get(r->txn, ino, &e) || e.total == 0)
-		return 0;
-	if (r->json) {
-		printf("%s{\"path\":", r->n ? "," : "");
-		json_str(path);
-		printf(",\"done\":%llu,\"total\":%llu,\"fps\":%.1f}", (unsigned long long)e.done,
-		       (unsigned long long)e.total, e.fps);
-	} else {
-		double eta = e.fps > 0 ? (double)(e.total - (e.done < e.total ? e.done : e.total)) / e.fps : 0;
-		printf("  running   %s: %llu/%llu frames, %.1f fps, about %.0f s left\n", path,
-		       (unsigned long long)e.done, (unsigned long long)e.total, e.fps, eta);
-	}
-	r->n++;
-	return 0;
-}
-
-/* The running list, read in its own transaction. */
-static void show_running(const char *backing, int json)
-{
-	char path[PATH_MAX];
-	struct running r = {.json = json};
-	struct idx *idx;
-
-	snprintf(path, sizeof(path), "%s/%s/index", backing, FS_STATE_DIR);
-	if (idx_open(path, 1, &idx))
-		return;
-	if (idx_begin(idx, 0, &r.txn) == 0) {
-		idx_queue_each(r.txn, print_running, &r);
-		idx_abort(r.txn);
-	}
-	idx_close(idx);
-}
-
-static int cmd_status(int argc, char *argv[])
-{
-	struct idx_stats st;
-	const char *backing = NULL;
-	int json = 0, files = 0, rc;
-
+	memset(a, 0, sizeof(*a));
+	a->rest = calloc((size_t)argc + 1, sizeof(*a->rest));
+	if (!a->rest)
+		return EX_OSERR;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--json"))
-			json = 1;
-		else if (!strcmp(argv[i], "--files"))
-			files = 1;
-		else if (!backing && argv[i][0] != '-')
-			backing = argv[i];
-		else {
-			fprintf(stderr, "hevcfs status: unexpected %s\n%s", argv[i], usage_text);
+		int took = flag ? flag(arg, argc - i, argv + i) : 0;
+		if (took < 0)
 			return EX_USAGE;
-		}
-	}
-	if (!backing) {
-		fprintf(stderr, "hevcfs status: missing BACKING\n%s", usage_text);
-		return EX_USAGE;
-	}
-	rc = read_stats(backing, &st);
-	if (rc == -ENOENT) {
-		memset(&st, 0, sizeof(st));
-	} else if (rc) {
-		fprintf(stderr, "hevcfs status: %s: %s\n", backing, strerror(-rc));
-		return EX_NOINPUT;
-	}
-	int mounted = fs_is_mounted(backing);
-	if (json) {
-		printf("{\"files\":%llu,\"staged\":%llu,\"pending\":%llu,\"archived\":%llu,"
-		       "\"kept\":%llu,\"failed\":%llu,\"bytes_original\":%llu,"
-		       "\"bytes_stored\":%llu,\"queue\":%llu,\"mounted\":%s,\"running\":[",
-		       (unsigned long long)st.files, (unsigned long long)st.by_state[IDX_STAGED],
-		       (unsigned long long)st.by_state[IDX_PENDING],
-		       (unsigned long long)st.by_state[IDX_ARCHIVED],
-		       (unsigned long long)st.by_state[IDX_KEPT],
-		       (unsigned long long)st.by_state[IDX_FAILED],
-		       (unsigned long long)st.bytes_original, (unsigned long long)st.bytes_stored,
-		       (unsigned long long)st.queued, mounted ? "true" : "false");
-		show_running(backing, 1);
-		printf("]");
-		if (files) {
-			printf(",\"entries\":[");
-			fs_list(backing, print_file, &json);
-			printf("]");
-		}
-		printf("}\n");
-		return EX_OK;
-	}
-	printf("%s (%s)\n", backing, mounted ? "mounted" : "not mounted");
-	printf("  files     %llu\n", (unsigned long long)st.files);
-	for (int s = IDX_STAGED; s < IDX_NSTATES; s++)
-		printf("  %-9s %llu\n", idx_state_name(s), (unsigned long long)st.by_state[s]);
-	printf("  written   %llu bytes\n  stored    %llu bytes", (unsigned long long)st.bytes_original,
-	       (unsigned long long)st.bytes_stored);
-	if (st.bytes_original)
-		printf(" (%.1f%%)", 100.0 * (double)st.bytes_stored / (double)st.bytes_original);
-	printf("\n  queue     %llu\n", (unsigned long long)st.queued);
-	show_running(backing, 0);
-	if (files) {
-		printf("\n%-9s %12s %12s\n", "state", "written", "stored");
-		fs_list(backing, print_file, &json);
-	}
-	return EX_OK;
-}
-
-static int cmd_wait(int argc, char *argv[])
-{
-	const char *backing = NULL;
-	double timeout = -1;
-	struct timespec t0, now;
-
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-			char *end;
-			timeout = strtod(argv[++i], &end);
-			if (*end || timeout < 0) {
-				fprintf(stderr, "hevcfs wait: bad --timeout %s\n", argv[i]);
-				return EX_USAGE;
-			}
-		} else if (!backing && argv[i][0] != '-') {
-			backing = argv[i];
+		if (took > 0) {
+			i += took - 1;
+		} else if (!strcmp(argv[i], "--state") && i + 1 < argc) {
+			a->state = argv[++i];
+		} else if (!strncmp(argv[i], "--state=", 8)) {
+			a->state = argv[i] + 8;
+		} else if (!strcmp(argv[i], "-o") && i + 1 < argc &&
+			   !strncmp(argv[i + 1], "state=", 6)) {
+			a->state = argv[++i] + 6;
+		} else if (argv[i][0] == '-' && argv[i][1]) {
+			fprintf(stderr, "hevcfs %s: unexpected %s\n%s", cmd, argv[i], usage_text);
+			return EX_USAGE;
+		} else if (!a->backing) {
+			a->backing = argv[i];
 		} else {
-			fprintf(stderr, "hevcfs wait: unexpected %s\n%s", argv[i], usage_text);
-			return EX_USAGE;
+			a->rest[a->nrest++] = argv[i];
 		}
 	}
-	if (!backing) {
-		fprintf(stderr, "hevcfs wait: missing BACKING\n%s", usage_text);
+	if (!a->backing) {
+		fprintf(stderr, "hevcfs %s: missing BACKING\n%s", cmd, usage_text);
 		return EX_USAGE;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (;;) {
-		struct idx_stats st;
-		int rc = read_stats(backing, &st);
-		if (rc && rc != -ENOENT) {
-			fprintf(stderr, "hevcfs wait: %s: %s\n", backing, strerror(-rc));
-			return EX_NOINPUT;
-		}
-		if (rc == -ENOENT || (st.queued == 0 && st.by_state[IDX_STAGED] == 0 &&
-				      st.by_state[IDX_PENDING] == 0))
-			return 0;
-		if (!fs_is_mounted(backing)) {
-			fprintf(stderr,
-				"hevcfs wait: %s is not mounted: %llu staged, %llu pending wait "
-				"for the next mount\n",
-				backing, (unsigned long long)st.by_state[IDX_STAGED],
-				(unsigned long long)st.by_state[IDX_PENDING]);
-			return EX_UNAVAILABLE;
-		}
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		double el = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
-		if (timeout >= 0 && el >= timeout) {
-			fprintf(stderr, "hevcfs wait: timed out: %llu staged, %llu pending\n",
-				(unsigned long long)st.by_state[IDX_STAGED],
-				(unsigned long long)st.by_state[IDX_PENDING]);
-			return 1;
-		}
-		usleep(100000);
-	}
+	return 0;
+}
+
+int cmd_paths(const char *cmd, const struct cmd_args *a, int create, struct fs_paths *p)
+{
+	char err[PATH_MAX + 256];
+	int rc = fs_paths_open(a->backing, a->state, create, p, err, sizeof(err));
+
+	if (!rc)
+		return 0;
+	fprintf(stderr, "hevcfs %s: %s\n", cmd, err);
+	return rc == -ENOENT ? EX_NOINPUT : rc == -EACCES ? EX_NOPERM : EX_CONFIG;
+}
+
+/* fsck's own flag. */
+static int fsck_flag(void *arg, int argc, char *argv[])
+{
+	(void)argc;
+	if (strcmp(argv[0], "--rebuild"))
+		return 0;
+	*(int *)arg = 1;
+	return 1;
 }
 
 static int cmd_fsck(int argc, char *argv[])
 {
-	const char *backing = NULL;
+	struct cmd_args a;
+	struct fs_paths p;
 	int rebuild = 0, rc;
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--rebuild"))
-			rebuild = 1;
-		else if (!backing && argv[i][0] != '-')
-			backing = argv[i];
-		else {
-			fprintf(stderr, "hevcfs fsck: unexpected %s\n%s", argv[i], usage_text);
-			return EX_USAGE;
-		}
+	rc = cmd_parse("fsck", argc, argv, &a, fsck_flag, &rebuild);
+	if (!rc && a.nrest) {
+		fprintf(stderr, "hevcfs fsck: unexpected %s\n", a.rest[0]);
+		rc = EX_USAGE;
 	}
-	if (!backing) {
-		fprintf(stderr, "hevcfs fsck: missing BACKING\n%s", usage_text);
-		return EX_USAGE;
-	}
-	argv[1] = (char *)backing;
-	rc = rebuild ? fs_rebuild(backing) : fs_recover(backing);
+	if (!rc)
+		rc = cmd_paths("fsck", &a, 1, &p);
+	free(a.rest);
+	if (rc)
+		return rc;
+	rc = rebuild ? fs_rebuild(&p) : fs_recover(&p);
 	if (rc == -EBUSY) {
-		fprintf(stderr, "hevcfs fsck: %s is mounted: unmount it first\n", argv[1]);
-		return EX_TEMPFAIL;
+		fprintf(stderr, "hevcfs fsck: %s is mounted: unmount it first\n", p.backing);
+		rc = EX_TEMPFAIL;
+	} else if (rc) {
+		fprintf(stderr, "hevcfs fsck: %s: %s\n", p.backing, strerror(-rc));
+		rc = EX_SOFTWARE;
+	} else {
+		printf("%s: consistent\n", p.backing);
 	}
-	if (rc) {
-		fprintf(stderr, "hevcfs fsck: %s: %s\n", argv[1], strerror(-rc));
-		return EX_SOFTWARE;
-	}
-	printf("%s: consistent\n", argv[1]);
-	return EX_OK;
+	fs_paths_release(&p);
+	return rc;
 }
 
 /* TurboJPEG reads TJ_* variables (progressive, restart, optimise) from the
@@ -486,11 +325,41 @@ static void clean_environment(void)
 	}
 }
 
+/* The commands besides the mount. */
+static const struct {
+	const char *name;
+	int (*run)(int argc, char *argv[]);
+} commands[] = {
+    {"status", cmd_status}, {"wait", cmd_wait},	    {"fsck", cmd_fsck},	    {"verify", cmd_verify},
+    {"config", cmd_config}, {"import", cmd_import}, {"export", cmd_export},
+};
+
+/* HEVCFS_LOG_LEVEL (error, warning, info, debug) sets how much is logged:
+ * the commands that run archive children quiet them this way. */
+static void log_level_from_env(void)
+{
+	static const struct {
+		const char *name;
+		int level;
+	} levels[] = {
+	    {"error", LOG_ERR}, {"warning", LOG_WARNING}, {"info", LOG_INFO}, {"debug", LOG_DEBUG}};
+	const char *v = getenv("HEVCFS_LOG_LEVEL");
+
+	for (size_t i = 0; v && i < sizeof(levels) / sizeof(*levels); i++)
+		if (!strcmp(v, levels[i].name))
+			log_set_level(levels[i].level);
+}
+
 int main(int argc, char *argv[])
 {
+	int rc;
+
 	clean_environment();
+	log_level_from_env();
 	if (argc >= 2 && !strcmp(argv[1], "__archive"))
 		return fs_archive_child(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "__check"))
+		return fs_check_child(argc, argv);
 	if (argc < 2) {
 		fprintf(stderr, "%s", usage_text);
 		return EX_USAGE;
@@ -503,15 +372,15 @@ int main(int argc, char *argv[])
 		printf("hevcfs %s (libfuse %d)\n", HEVCFS_VERSION, fuse_version());
 		return EX_OK;
 	}
-	if (!strcmp(argv[1], "status"))
-		return cmd_status(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "wait"))
-		return cmd_wait(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "fsck"))
-		return cmd_fsck(argc - 1, argv + 1);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(*commands); i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "mount")) {
 		argv[1] = argv[0];
-		return cmd_mount(argc - 1, argv + 1);
+		rc = cmd_mount(argc - 1, argv + 1);
+	} else {
+		rc = cmd_mount(argc, argv);
 	}
-	return cmd_mount(argc, argv);
+	opt_release();
+	return rc;
 }

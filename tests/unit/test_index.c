@@ -28,8 +28,12 @@ static void test_entry_round_trip(void)
 {
 	struct idx *idx = open_fresh();
 	struct idx_txn *t;
-	struct idx_entry e = {.state = IDX_ARCHIVED, .quality = 61, .orig_bytes = 3000000,
-			      .stored_bytes = 900000, .view_bytes = 3100000, .ssim = 0.9912};
+	struct idx_entry e = {.state = IDX_ARCHIVED,
+			      .quality = 61,
+			      .orig_bytes = 3000000,
+			      .stored_bytes = 900000,
+			      .view_bytes = 3100000,
+			      .ssim = 0.9912};
 	struct idx_entry got;
 
 	strcpy(e.suffix, ".heic");
@@ -57,7 +61,8 @@ static void test_stats_count_states(void)
 
 	CHECK_EQ(idx_begin(idx, 1, &t), 0);
 	for (uint64_t i = 1; i <= 100; i++) {
-		struct idx_entry e = {.state = (uint32_t)(i % 5) + 1, .orig_bytes = 10,
+		struct idx_entry e = {.state = (uint32_t)(i % 5) + 1,
+				      .orig_bytes = 10,
 				      .stored_bytes = i % 5 == 2 ? 4 : 10};
 		CHECK_EQ(idx_put(t, i, &e), 0);
 	}
@@ -196,16 +201,28 @@ static void test_reader_in_other_handle(void)
 	CHECK_EQ(idx_open("/nonexistent/dir/env", 1, &r), -ENOENT);
 }
 
-
 /* Every field survives encoding; any shorter, longer or altered record is
  * refused without reading past its end. */
 static void test_encoding(void)
 {
-	struct idx_entry e = {.state = IDX_KEPT, .kind = IDX_KIND_VIDEO, .flags = IDX_F_DAMAGED,
-			      .carries = 5, .quality = 22, .gen = 1ull << 40, .orig_bytes = 7,
-			      .stored_bytes = 8, .view_bytes = 9, .done = 10, .total = 11,
-			      .updated = -12, .started = 13, .checked = 14, .elapsed = 1.5,
-			      .ssim = 0.25, .view_ssim = 0.125, .fps = 30};
+	struct idx_entry e = {.state = IDX_KEPT,
+			      .kind = IDX_KIND_VIDEO,
+			      .flags = IDX_F_DAMAGED,
+			      .carries = 5,
+			      .quality = 22,
+			      .gen = 1ull << 40,
+			      .orig_bytes = 7,
+			      .stored_bytes = 8,
+			      .view_bytes = 9,
+			      .done = 10,
+			      .total = 11,
+			      .updated = -12,
+			      .started = 13,
+			      .checked = 14,
+			      .elapsed = 1.5,
+			      .ssim = 0.25,
+			      .view_ssim = 0.125,
+			      .fps = 30};
 	struct idx_entry got;
 	uint8_t buf[IDX_ENTRY_MAX], bad[IDX_ENTRY_MAX + 1];
 	size_t n;
@@ -268,8 +285,8 @@ static void test_totals_follow_changes(void)
 	struct idx *idx = open_fresh();
 	struct idx_txn *t;
 	struct idx_stats st;
-	struct idx_entry e = {.state = IDX_STAGED, .kind = IDX_KIND_PHOTO, .orig_bytes = 100,
-			      .stored_bytes = 100};
+	struct idx_entry e = {
+	    .state = IDX_STAGED, .kind = IDX_KIND_PHOTO, .orig_bytes = 100, .stored_bytes = 100};
 	struct groups g = {0};
 
 	CHECK_EQ(idx_begin(idx, 1, &t), 0);
@@ -408,8 +425,12 @@ static void test_upgrade_from_v1(void)
 		double ssim, view_ssim, fps;
 		char suffix[8];
 		char reason[160];
-	} o = {.state = IDX_ARCHIVED, .quality = 60, .orig_bytes = 1000, .stored_bytes = 400,
-	       .view_bytes = 1100, .ssim = 0.991};
+	} o = {.state = IDX_ARCHIVED,
+	       .quality = 60,
+	       .orig_bytes = 1000,
+	       .stored_bytes = 400,
+	       .view_bytes = 1100,
+	       .ssim = 0.991};
 	char path[300];
 	MDB_env *env;
 	MDB_txn *mt;

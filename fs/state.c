@@ -1,0 +1,279 @@
+/*
+ * state — where a backing directory keeps what hevcfs knows about it.
+ *
+ * BACKING/.hevcfs always holds what must live on BACKING's own filesystem
+ * (archive outputs before their rename into the tree, files removed while
+ * open) and an id file. The state proper — the LMDB index, the mount lock,
+ * the log and the view cache — lives there too, unless state=DIR puts it on a
+ * local directory: LMDB's locks and memory map are not safe on NFS, CIFS,
+ * FUSE or cluster filesystems, so a BACKING on one of those is refused
+ * without it. The two id files name each other, so a state directory is never
+ * used with another BACKING, nor a BACKING without its state directory.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#define ID_NAME "id"
+#define INDEX_NAME "index"
+#define ID_MAX 8192
+
+/* Filesystems whose locking or coherence LMDB cannot rely on. */
+static const struct {
+	unsigned long magic;
+	const char *name;
+} remote_fs[] = {
+    {0x6969, "NFS"},	    {0x517B, "SMB"},	      {0xFF534D42, "CIFS"}, {0xFE534D42, "SMB2"},
+    {0x65735546, "FUSE"},   {0x00C36400, "CephFS"},   {0x5346414F, "AFS"},  {0x73757245, "Coda"},
+    {0x564C, "NCP"},	    {0x01021997, "9P"},	      {0x01161970, "GFS2"}, {0x7461636F, "OCFS2"},
+    {0x0BD00BD0, "Lustre"}, {0x20030528, "OrangeFS"}, {0x47504653, "GPFS"},
+};
+
+const char *fs_remote_type(const char *path)
+{
+	struct statfs sf;
+
+	if (statfs(path, &sf) == -1)
+		return NULL;
+	for (size_t i = 0; i < sizeof(remote_fs) / sizeof(*remote_fs); i++)
+		if ((unsigned long)sf.f_type == remote_fs[i].magic)
+			return remote_fs[i].name;
+	return NULL;
+}
+
+/* What an id file says: its id, and the other side's path (BACKING's file:
+ * the state directory, when external; the state directory's: BACKING). */
+struct id_file {
+	char id[40];
+	char other[PATH_MAX];
+	int has;
+};
+
+/* Read dir/id. 0 (f->has tells whether it was there) or -errno. */
+static int id_read(const char *dir, struct id_file *f)
+{
+	char path[PATH_MAX + 8], buf[ID_MAX];
+	ssize_t n;
+	int fd;
+
+	memset(f, 0, sizeof(*f));
+	if (snprintf(path, sizeof(path), "%s/%s", dir, ID_NAME) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		if (!strncmp(line, "id ", 3))
+			snprintf(f->id, sizeof(f->id), "%s", line + 3);
+		else if (!strncmp(line, "state ", 6) || !strncmp(line, "backing ", 8))
+			snprintf(f->other, sizeof(f->other), "%s", strchr(line, ' ') + 1);
+	}
+	f->has = f->id[0] != '\0';
+	return 0;
+}
+
+/* Write dir/id durably: the id, and "key other" when other is set. */
+static int id_write(const char *dir, const char *id, const char *key, const char *other)
+{
+	char path[PATH_MAX + 8], tmp[PATH_MAX + 16], buf[ID_MAX];
+	int fd, n, rc = 0;
+
+	n = other ? snprintf(buf, sizeof(buf), "id %s\n%s %s\n", id, key, other)
+		  : snprintf(buf, sizeof(buf), "id %s\n", id);
+	if (n >= (int)sizeof(buf) ||
+	    snprintf(path, sizeof(path), "%s/%s", dir, ID_NAME) >= (int)sizeof(path) ||
+	    snprintf(tmp, sizeof(tmp), "%s/%s.new", dir, ID_NAME) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, buf, (size_t)n) != n || fsync(fd) == -1)
+		rc = errno ? -errno : -EIO;
+	close(fd);
+	if (!rc && rename(tmp, path) == -1)
+		rc = -errno;
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
+/* A new random id. */
+static int new_id(char out[40])
+{
+	unsigned char r[16];
+
+	if (getrandom(r, sizeof(r), 0) != sizeof(r))
+		return -EIO;
+	for (int i = 0; i < 16; i++)
+		snprintf(out + 2 * i, 3, "%02x", r[i]);
+	return 0;
+}
+
+void fs_paths_release(struct fs_paths *p)
+{
+	free(p->backing);
+	free(p->meta);
+	free(p->state);
+	memset(p, 0, sizeof(*p));
+}
+
+/* mkdir that accepts an existing directory. */
+static int make_dir(const char *path)
+{
+	return mkdir(path, 0700) == -1 && errno != EEXIST ? -errno : 0;
+}
+
+int fs_paths_open(const char *backing, const char *state, int create, struct fs_paths *p, char *err,
+		  size_t errlen)
+{
+	struct id_file m, s;
+	const char *remote;
+	char *real = NULL;
+	int rc;
+
+	memset(p, 0, sizeof(*p));
+	err[0] = '\0';
+	p->backing = realpath(backing, NULL);
+	if (!p->backing) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: %s", backing, strerror(errno));
+		return rc;
+	}
+	if (asprintf(&p->meta, "%s/%s", p->backing, FS_STATE_DIR) < 0) {
+		p->meta = NULL;
+		rc = -ENOMEM;
+		goto out_fail;
+	}
+	if (create && (rc = make_dir(p->meta))) {
+		snprintf(err, errlen, "%s: %s", p->meta, strerror(-rc));
+		goto out_fail;
+	}
+	if ((rc = id_read(p->meta, &m)))
+		goto out_io;
+	if (state) {
+		if (create && (rc = make_dir(state))) {
+			snprintf(err, errlen, "state=%s: %s", state, strerror(-rc));
+			goto out_fail;
+		}
+		real = realpath(state, NULL);
+		if (!real) {
+			rc = -errno;
+			snprintf(err, errlen, "state=%s: %s", state, strerror(errno));
+			goto out_fail;
+		}
+	}
+	if (!real || !strcmp(real, p->meta)) {
+		/* the state in BACKING itself */
+		free(real);
+		real = NULL;
+		if (m.other[0]) {
+			snprintf(err, errlen,
+				 "%s keeps its index in %s (it was mounted with -o state=%s): give "
+				 "the same option",
+				 p->backing, m.other, m.other);
+			rc = -EXDEV;
+			goto out_fail;
+		}
+		if ((remote = fs_remote_type(p->backing))) {
+			snprintf(
+			    err, errlen,
+			    "%s is on a network filesystem (%s): its index must live on a local "
+			    "disk: use -o state=DIR (a local directory)",
+			    p->backing, remote);
+			rc = -EREMOTE;
+			goto out_fail;
+		}
+		p->state = strdup(p->meta);
+		if (!p->state) {
+			rc = -ENOMEM;
+			goto out_fail;
+		}
+		if (create && !m.has) {
+			char id[40];
+			if ((rc = new_id(id)) || (rc = id_write(p->meta, id, NULL, NULL)))
+				goto out_io;
+		}
+		return 0;
+	}
+	p->state = real;
+	p->external = 1;
+	if ((remote = fs_remote_type(p->state))) {
+		snprintf(err, errlen, "state=%s is on a network filesystem (%s): it must be local",
+			 p->state, remote);
+		rc = -EREMOTE;
+		goto out_fail;
+	}
+	if ((rc = id_read(p->state, &s)))
+		goto out_io;
+	if (s.has && (!m.has || strcmp(s.id, m.id))) {
+		snprintf(err, errlen, "state=%s is the state of another backing directory (%s)",
+			 p->state, s.other[0] ? s.other : "unknown");
+		rc = -EXDEV;
+		goto out_fail;
+	}
+	if (!s.has && m.has && m.other[0] && strcmp(m.other, p->state)) {
+		snprintf(err, errlen, "%s keeps its index in %s, not in %s", p->backing, m.other,
+			 p->state);
+		rc = -EXDEV;
+		goto out_fail;
+	}
+	if (!create) {
+		if (!s.has) {
+			rc = -ENOENT;
+			snprintf(err, errlen, "state=%s holds no state of %s", p->state,
+				 p->backing);
+			goto out_fail;
+		}
+		return 0;
+	}
+	if (!s.has || strcmp(m.other, p->state) || strcmp(s.other, p->backing)) {
+		/* pair them (again: a state directory moved, or BACKING) */
+		char id[40];
+		if (m.has)
+			snprintf(id, sizeof(id), "%s", m.id);
+		else if ((rc = new_id(id)))
+			goto out_io;
+		if ((rc = id_write(p->state, id, "backing", p->backing)) ||
+		    (rc = id_write(p->meta, id, "state", p->state)))
+			goto out_io;
+	}
+	return 0;
+out_io:
+	snprintf(err, errlen, "%s: %s", p->backing, strerror(-rc));
+out_fail:
+	fs_paths_release(p);
+	return rc;
+}
+
+char *fs_index_dir(const struct fs_paths *p)
+{
+	char *dir;
+
+	return asprintf(&dir, "%s/%s", p->state, INDEX_NAME) < 0 ? NULL : dir;
+}
+
+int fs_index_open(const struct fs_paths *p, int read_only, struct idx **idx)
+{
+	char *dir = fs_index_dir(p);
+	int rc;
+
+	if (!dir)
+		return -ENOMEM;
+	rc = idx_open(dir, read_only, idx);
+	free(dir);
+	return rc;
+}

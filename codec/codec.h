@@ -51,6 +51,22 @@ struct codec_opts {
 	void *progress_arg;
 };
 
+/* What a photo carried besides its primary image (codec_result.carries):
+ * bytes after the primary's EOI, archived verbatim and put back in its
+ * view. */
+#define CODEC_CARRIES_MOTION                                                                       \
+	(1u << 0) /* a motion photo's video (Google                                                \
+		     Motion Photo, MicroVideo, an MP4) */
+#define CODEC_CARRIES_GAIN_MAP                                                                     \
+	(1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF                                           \
+		     plus the hdrgm XMP namespace */
+#define CODEC_CARRIES_MPF                                                                          \
+	(1u << 2)			/* other MPF images (previews,                             \
+					   stereo pairs) */
+#define CODEC_CARRIES_SEF (1u << 3)	/* a Samsung SEF trailer (SEFH..SEFT) */
+#define CODEC_CARRIES_PADDING (1u << 4) /* zero bytes only */
+#define CODEC_CARRIES_OTHER (1u << 5)	/* trailer bytes of no known kind */
+
 /* What codec_archive() decided and measured. */
 struct codec_result {
 	int archived;         /* 1: out_path holds the archived file */
@@ -68,6 +84,15 @@ struct codec_result {
 	int quality;          /* photo: HEVC quality used; video: CRF */
 	double ssim;          /* luma SSIM archived vs original (min over samples) */
 	double view_ssim;     /* photo: luma SSIM of the view vs original */
+	uint32_t carries;     /* photo: CODEC_CARRIES_* bits */
+	int view_own_size;    /* photo: 1 when the view is not the original's
+				 size (its scan does not fit the original's
+				 layout at any quality that meets
+				 min_view_ssim); view_why says why */
+	char view_why[96];
+	uint8_t orig_sum[SUM_LEN]; /* photo: SHA-256 of the original JPEG */
+	uint8_t scan_sum[SUM_LEN]; /* photo: SHA-256 of the view's image data
+				      (first table marker through EOI) */
 };
 
 /* Look at the first bytes of fd and say what it is. Never fails: unreadable

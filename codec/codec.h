@@ -134,4 +134,31 @@ int codec_render_view(int stored_fd, const char *out_path,
  */
 int codec_probe_archived(int fd, struct codec_result *result);
 
+/* The digests a stored file carries about itself (for fsck --rebuild:
+ * a stored file checked from the tree alone). */
+struct codec_embedded {
+	int has;		   /* 1: the fields below are set */
+	uint8_t orig_sum[SUM_LEN]; /* SHA-256 of the original the file was made of */
+	uint8_t self_sum[SUM_LEN]; /* SHA-256 of the file itself, with the
+				      SUM_LEN bytes at self_off counted as zeros */
+	uint64_t self_off;	   /* file offset of self_sum */
+	uint64_t orig_bytes;	   /* size of the original */
+};
+
+/*
+ * Read the embedded digests of a stored file on fd (borrowed, read with
+ * pread; only its boxes and header, never its coded pixels): for a HEIC
+ * written by photo_archive (header item version 4 on), from its header
+ * item. e->has = 0 for anything else (a file of another kind, an older
+ * archive, a damaged one). 0, or -errno on I/O errors, -ENOMEM.
+ */
+int codec_embedded_sums(int fd, struct codec_embedded *e);
+
+/*
+ * Recompute the self-digest of the file on fd (read whole) as e says
+ * (e->has must be 1): *ok = 1 when it matches e->self_sum. 0, -EINVAL when
+ * e has no digests, or -errno.
+ */
+int codec_check_self_sum(int fd, const struct codec_embedded *e, int *ok);
+
 #endif

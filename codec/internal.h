@@ -31,6 +31,10 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
  * codec_probe_archived() (photo.c). */
 int photo_probe_archived(int fd, struct codec_result *result);
 
+/* A HEIC written by photo_archive: its embedded digests. Same contract as
+ * codec_embedded_sums() (photo.c). */
+int photo_embedded_sums(int fd, struct codec_embedded *e);
+
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
 

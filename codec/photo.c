@@ -1785,44 +1785,73 @@ static int heif_brand(int fd)
 	return 0;
 }
 
+/*
+ * The hevcfs header item of the HEIC on fd, read through libheif without
+ * the coded pixels: *ctx and *h are open (the caller releases both, and f
+ * must outlive them), *item malloc'd and vh parsed from it. 0; 1 when fd is
+ * not an archived photo (*why says why; nothing is left open); -errno.
+ */
+static int header_fd(int fd, struct heic_fd *f, struct heif_context **ctx,
+		     struct heif_image_handle **h, uint8_t **item, size_t *len, struct view_hdr *vh,
+		     const char **why)
+{
+	int ret;
+
+	*ctx = NULL;
+	*h = NULL;
+	*item = NULL;
+	ret = heif_brand(fd);
+	if (ret <= 0) {
+		*why = "not a HEIF file";
+		return ret ? ret : 1;
+	}
+	ret = heic_open_fd(f, fd, ctx, h);
+	if (ret == -EINVAL) {
+		*why = "HEIF file libheif cannot read";
+		return 1;
+	}
+	if (ret)
+		return ret;
+	ret = heic_get_item(*h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, item, len);
+	if (ret == -EINVAL && f->err)
+		ret = f->err;
+	if (ret == -ENOENT || ret == -EINVAL) {
+		*why = ret == -ENOENT ? "HEIF file without a hevcfs header item"
+				      : "unreadable hevcfs header item";
+		ret = 1;
+	} else if (!ret && hdr_parse(*item, *len, vh)) {
+		*why = "damaged hevcfs header item";
+		ret = 1;
+	}
+	if (ret) {
+		free(*item);
+		*item = NULL;
+		heif_image_handle_release(*h);
+		heif_context_free(*ctx);
+		*h = NULL;
+		*ctx = NULL;
+	}
+	return ret;
+}
+
 int photo_probe_archived(int fd, struct codec_result *result)
 {
-	struct heif_context *ctx = NULL;
-	struct heif_image_handle *h = NULL;
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
 	struct heic_fd f;
 	struct view_hdr vh;
-	uint8_t *item = NULL;
+	const char *why = NULL;
+	uint8_t *item;
 	size_t len;
 	int ret;
 
-	ret = heif_brand(fd);
-	if (ret <= 0) {
-		if (!ret)
-			codec_keep(result, "not a HEIF file");
-		return ret;
-	}
-	ret = heic_open_fd(&f, fd, &ctx, &h);
-	if (ret == -EINVAL) {
-		codec_keep(result, "HEIF file libheif cannot read");
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1) {
+		codec_keep(result, "%s", why);
 		return 0;
 	}
 	if (ret)
 		return ret;
-	ret = heic_get_item(h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, &item, &len);
-	if (ret == -EINVAL && f.err)
-		ret = f.err;
-	if (ret == -ENOENT || ret == -EINVAL) {
-		codec_keep(result, ret == -ENOENT ? "HEIF file without a hevcfs header item"
-						  : "unreadable hevcfs header item");
-		ret = 0;
-		goto out_release;
-	}
-	if (ret)
-		goto out_release;
-	if (hdr_parse(item, len, &vh)) {
-		codec_keep(result, "damaged hevcfs header item");
-		goto out_release;
-	}
 	result->archived = 1;
 	result->reason[0] = '\0';
 	memcpy(result->suffix, ".heic", sizeof(".heic"));
@@ -1841,7 +1870,61 @@ int photo_probe_archived(int fd, struct codec_result *result)
 	}
 	memcpy(result->orig_sum, vh.orig_sum, SUM_LEN);
 	memcpy(result->scan_sum, vh.scan_sum, SUM_LEN);
+	free(item);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	return 0;
+}
+
+int photo_embedded_sums(int fd, struct codec_embedded *e)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	struct heic_fd f;
+	struct view_hdr vh;
+	const char *why = NULL;
+	uint8_t *item, *again = NULL;
+	uint64_t off, size;
+	size_t len;
+	ssize_t n;
+	int ret;
+
+	memset(e, 0, sizeof(*e));
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1)
+		return 0;
+	if (ret)
+		return ret;
+	if (vh.version < HDR_VERSION_LAYOUT)
+		goto out_release; /* no digests recorded */
+	/* the field's offset: where iloc puts the item, which must hold the
+	 * bytes libheif read */
+	ret = mime_item_at(fd, NULL, 0, h, HDR_CONTENT_TYPE, &off, &size);
+	if (ret == -EINVAL || ret == -ENOTSUP || ret == -ENOENT) {
+		ret = 0;
+		goto out_release;
+	}
+	if (ret)
+		goto out_release;
+	again = malloc(len);
+	if (!again) {
+		ret = -ENOMEM;
+		goto out_release;
+	}
+	n = pread(fd, again, len, (off_t)off);
+	if (n == -1) {
+		ret = -errno;
+		goto out_release;
+	}
+	if ((size_t)n != len || size != len || memcmp(again, item, len) != 0)
+		goto out_release;
+	e->has = 1;
+	memcpy(e->orig_sum, vh.orig_sum, SUM_LEN);
+	memcpy(e->self_sum, vh.self_sum, SUM_LEN);
+	e->self_off = off + HDR_SELF_SUM;
+	e->orig_bytes = vh.orig_bytes;
 out_release:
+	free(again);
 	free(item);
 	heif_image_handle_release(h);
 	heif_context_free(ctx);

@@ -1855,6 +1855,87 @@ static void test_trailers(void)
 	buf_free(&f);
 }
 
+static int embedded_path(const char *path, struct codec_embedded *e, int *ok)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = codec_embedded_sums(fd, e);
+	if (!ret && ok)
+		ret = e->has ? codec_check_self_sum(fd, e, ok) : -EINVAL;
+	close(fd);
+	return ret;
+}
+
+/* The digests: the original's, the view's image data (what TurboJPEG
+ * regenerates), and the stored file's own, which it carries and which
+ * fails on any changed byte; other files carry none. */
+static void test_digests(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg_pf(480, 360, TJSAMP_420, 0, 100, TJPF_RGB, 140), f, v, heic, z;
+	struct codec_result res;
+	struct codec_embedded e;
+	uint8_t sum[SUM_LEN];
+	size_t vd, ve;
+	uint8_t *mdat;
+	int ok = -1;
+
+	make_rich(&r, 3);
+	f = splice_segs(&j, &r.segs);
+	CHECK_EQ(archive(&f, "sums.jpg", &res), 0);
+	CHECK(res.archived);
+	CHECK_EQ(sum_buf(f.p, f.len, sum), 0);
+	CHECK(!memcmp(sum, res.orig_sum, SUM_LEN));
+	v = read_path(tpath("sums.jpg.view.jpg"));
+	jpeg_bounds(&v, &vd, &ve);
+	CHECK_EQ(sum_buf(v.p + vd, ve - vd, sum), 0);
+	CHECK(!memcmp(sum, res.scan_sum, SUM_LEN));
+
+	CHECK_EQ(embedded_path(tpath("sums.jpg.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 1 && e.orig_bytes == f.len);
+	CHECK(!memcmp(e.orig_sum, res.orig_sum, SUM_LEN));
+	heic = read_path(tpath("sums.jpg.heic"));
+	CHECK(e.self_off + SUM_LEN <= heic.len);
+	CHECK(!memcmp(heic.p + e.self_off, e.self_sum, SUM_LEN));
+	/* the same digest, computed here */
+	z = (struct buf){0};
+	buf_add(&z, heic.p, heic.len);
+	memset(z.p + e.self_off, 0, SUM_LEN);
+	CHECK_EQ(sum_buf(z.p, z.len, sum), 0);
+	CHECK(!memcmp(sum, e.self_sum, SUM_LEN));
+	buf_free(&z);
+
+	/* one flipped bit in the coded picture, then in the digest itself */
+	mdat = memmem(heic.p, heic.len, "mdat", 4);
+	CHECK(mdat != NULL);
+	mdat[500] ^= 1;
+	write_path(tpath("sums.bad.heic"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.bad.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 0);
+	mdat[500] ^= 1;
+	heic.p[e.self_off + 7] ^= 0x80;
+	write_path(tpath("sums.bad.heic"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.bad.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 0);
+
+	/* a JPEG, an empty file, a header of version 3: none */
+	CHECK_EQ(embedded_path(tpath("sums.jpg"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	heic.len = 0;
+	write_path(tpath("sums.empty"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.empty"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	CHECK_EQ(embedded_path(tpath("versions.v3.heic"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	buf_free(&heic);
+	buf_free(&v);
+	buf_free(&f);
+	buf_free(&j);
+	rich_free(&r);
+}
+
 /* exiftool sees the same tags in the original and in its view. */
 static void test_exiftool_tags(void)
 {
@@ -2029,6 +2110,7 @@ int main(void)
 	RUN(test_probe);
 	RUN(test_motion_photo);
 	RUN(test_trailers);
+	RUN(test_digests);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

@@ -97,3 +97,48 @@ int codec_probe_archived(int fd, struct codec_result *result)
 	memset(result, 0, sizeof(*result));
 	return photo_probe_archived(fd, result);
 }
+
+/* Does the head of a file start with an ftyp box (ISO BMFF)? */
+static int is_bmff(const uint8_t *head, size_t n)
+{
+	return n >= 12 && memcmp(head + 4, "ftyp", 4) == 0;
+}
+
+int codec_embedded_sums(int fd, struct codec_embedded *e)
+{
+	uint8_t head[16];
+	ssize_t n = pread(fd, head, sizeof(head), 0);
+	int ret;
+
+	memset(e, 0, sizeof(*e));
+	if (n == -1)
+		return -errno;
+	/* by content: a HEIC carries them in its hevcfs header item, an MP4 in
+	 * its last box */
+	if (!is_bmff(head, (size_t)n))
+		return 0;
+	ret = photo_embedded_sums(fd, e);
+	if (ret || e->has)
+		return ret;
+	ret = video_embedded_sums(fd, e->orig_sum, e->self_sum, &e->self_off, &e->orig_bytes);
+	if (ret < 0)
+		return ret;
+	e->has = ret == 1;
+	return 0;
+}
+
+int codec_check_self_sum(int fd, const struct codec_embedded *e, int *ok)
+{
+	struct sum_file sf;
+	int ret;
+
+	*ok = 0;
+	if (!e->has)
+		return -EINVAL;
+	ret = sum_file(fd, 0, e->self_off, SUM_LEN, NULL, NULL, &sf);
+	if (ret)
+		return ret;
+	*ok = sf.size >= e->self_off + SUM_LEN && memcmp(sf.whole, e->self_sum, SUM_LEN) == 0;
+	sum_file_release(&sf);
+	return 0;
+}

@@ -51,6 +51,22 @@ struct codec_opts {
 	void *progress_arg;
 };
 
+/* What a photo carried besides its primary image (codec_result.carries):
+ * bytes after the primary's EOI, archived verbatim and put back in its
+ * view. */
+#define CODEC_CARRIES_MOTION                                                                       \
+	(1u << 0) /* a motion photo's video (Google                                                \
+		     Motion Photo, MicroVideo, an MP4) */
+#define CODEC_CARRIES_GAIN_MAP                                                                     \
+	(1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF                                           \
+		     plus the hdrgm XMP namespace */
+#define CODEC_CARRIES_MPF                                                                          \
+	(1u << 2)			/* other MPF images (previews,                             \
+					   stereo pairs) */
+#define CODEC_CARRIES_SEF (1u << 3)	/* a Samsung SEF trailer (SEFH..SEFT) */
+#define CODEC_CARRIES_PADDING (1u << 4) /* zero bytes only */
+#define CODEC_CARRIES_OTHER (1u << 5)	/* trailer bytes of no known kind */
+
 /* What codec_archive() decided and measured. */
 struct codec_result {
 	int archived;         /* 1: out_path holds the archived file */
@@ -68,6 +84,15 @@ struct codec_result {
 	int quality;          /* photo: HEVC quality used; video: CRF */
 	double ssim;          /* luma SSIM archived vs original (min over samples) */
 	double view_ssim;     /* photo: luma SSIM of the view vs original */
+	uint32_t carries;     /* photo: CODEC_CARRIES_* bits */
+	int view_own_size;    /* photo: 1 when the view is not the original's
+				 size (its scan does not fit the original's
+				 layout at any quality that meets
+				 min_view_ssim); view_why says why */
+	char view_why[96];
+	uint8_t orig_sum[SUM_LEN]; /* photo: SHA-256 of the original JPEG */
+	uint8_t scan_sum[SUM_LEN]; /* photo: SHA-256 of the view's image data
+				      (first table marker through EOI) */
 };
 
 /* Look at the first bytes of fd and say what it is. Never fails: unreadable
@@ -109,23 +134,32 @@ int codec_render_view(int stored_fd, const char *out_path,
  */
 int codec_probe_archived(int fd, struct codec_result *result);
 
-/* The digests a stored file carries inside it: the original's, and its own
- * (SHA-256 of the whole file with those SUM_LEN bytes, at self_off, counted
- * as zeros). has = 0 when it carries none. */
+/* The digests a stored file carries about itself (for fsck --rebuild:
+ * a stored file checked from the tree alone). */
 struct codec_embedded {
-	int has;
-	uint8_t orig_sum[SUM_LEN], self_sum[SUM_LEN];
-	uint64_t self_off;
-	uint64_t orig_bytes;
+	int has;		   /* 1: the fields below are set */
+	uint8_t orig_sum[SUM_LEN]; /* SHA-256 of the original the file was made of */
+	uint8_t self_sum[SUM_LEN]; /* SHA-256 of the file itself, with the
+				      SUM_LEN bytes at self_off counted as zeros */
+	uint64_t self_off;	   /* file offset of self_sum */
+	uint64_t orig_bytes;	   /* size of the original */
 };
 
-/* Read the digests the stored file on fd carries (an archived MP4's last
- * box, an archived HEIC's header item). 0 (e->has says whether there were
- * any) or -errno. */
+/*
+ * Read the embedded digests of a stored file on fd (borrowed, read with
+ * pread; only its boxes and header, never its coded pixels): for a HEIC
+ * written by photo_archive (header item version 4 on), from its header
+ * item; for an MP4 written by video_archive, from its last box. e->has = 0
+ * for anything else (a file of another kind, an older archive, a damaged
+ * one). 0, or -errno on I/O errors, -ENOMEM.
+ */
 int codec_embedded_sums(int fd, struct codec_embedded *e);
 
-/* Does the file on fd match the self-digest it carries? *ok is 1 when it
- * does, 0 when not (or it carries none). 0 or -errno. */
+/*
+ * Recompute the self-digest of the file on fd (read whole) as e says
+ * (e->has must be 1): *ok = 1 when it matches e->self_sum. 0, -EINVAL when
+ * e has no digests, or -errno.
+ */
 int codec_check_self_sum(int fd, const struct codec_embedded *e, int *ok);
 
 /*

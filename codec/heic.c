@@ -709,3 +709,148 @@ int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int 
 	heif_decoding_options_free(dopt);
 	return ret;
 }
+
+/* ---- where an item's bytes lie: the iloc box (ISO/IEC 14496-12 8.11.3) ---- */
+
+/* Largest meta box we read (a photo's is a few KB; a grid's, tens). */
+#define HEIC_MAX_META_BYTES (16u << 20)
+
+/* A big-endian unsigned of n bytes (0, 4 or 8) at p. */
+static uint64_t be_n(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+int heic_iloc_find(const uint8_t *meta, size_t len, uint32_t id, uint64_t *off, uint64_t *size)
+{
+	size_t p = 4; /* the meta box's version and flags */
+
+	while (p + 8 <= len) {
+		uint64_t box = be_n(meta + p, 4);
+		size_t hdr = 8, q, end;
+		int v, os, ls, bs, is, count;
+
+		if (box == 1) {
+			if (p + 16 > len)
+				return -EINVAL;
+			box = be_n(meta + p + 8, 8);
+			hdr = 16;
+		}
+		if (box < hdr || box > len - p)
+			return -EINVAL;
+		if (memcmp(meta + p + 4, "iloc", 4) != 0) {
+			p += (size_t)box;
+			continue;
+		}
+		q = p + hdr;
+		end = p + (size_t)box;
+		if (q + 8 > end)
+			return -EINVAL;
+		v = meta[q];
+		if (v > 2)
+			return -ENOTSUP;
+		os = meta[q + 4] >> 4, ls = meta[q + 4] & 15;
+		bs = meta[q + 5] >> 4, is = v ? meta[q + 5] & 15 : 0;
+		if ((os && os != 4 && os != 8) || (ls && ls != 4 && ls != 8) ||
+		    (bs && bs != 4 && bs != 8) || (is && is != 4 && is != 8))
+			return -EINVAL;
+		q += 6;
+		count = (int)be_n(meta + q, v < 2 ? 2 : 4);
+		q += v < 2 ? 2 : 4;
+		for (int i = 0; i < count; i++) {
+			uint32_t item;
+			int method = 0, extents;
+			uint64_t base;
+
+			if (q + (v < 2 ? 2 : 4) + (v ? 2 : 0) + 2 + (size_t)bs + 2 > end)
+				return -EINVAL;
+			item = (uint32_t)be_n(meta + q, v < 2 ? 2 : 4);
+			q += v < 2 ? 2 : 4;
+			if (v) {
+				method = meta[q + 1] & 15;
+				q += 2;
+			}
+			q += 2; /* data reference index */
+			base = be_n(meta + q, bs);
+			q += (size_t)bs;
+			extents = (int)be_n(meta + q, 2);
+			q += 2;
+			if (q + (size_t)extents * (size_t)(is + os + ls) > end)
+				return -EINVAL;
+			if (item == id) {
+				/* one extent in the file itself: the data is contiguous */
+				if (method != 0 || extents != 1)
+					return -ENOTSUP;
+				*off = base + be_n(meta + q + is, os);
+				*size = be_n(meta + q + is + os, ls);
+				return 0;
+			}
+			q += (size_t)extents * (size_t)(is + os + ls);
+		}
+		return -ENOENT;
+	}
+	return -ENOENT;
+}
+
+int heic_meta_read(int fd, const uint8_t *buf, size_t len, uint8_t **meta, size_t *meta_len)
+{
+	uint64_t pos = 0;
+	struct stat st;
+
+	if (!buf) {
+		if (fstat(fd, &st) == -1)
+			return -errno;
+		len = (size_t)st.st_size;
+	}
+	while (pos + 8 <= len) {
+		uint8_t h[16];
+		uint64_t box;
+		size_t hdr = 8;
+
+		if (buf)
+			memcpy(h, buf + pos, pos + 16 <= len ? 16 : 8);
+		else if (pread(fd, h, sizeof(h), (off_t)pos) < 8)
+			return -EIO;
+		box = be_n(h, 4);
+		if (box == 1) {
+			if (pos + 16 > len)
+				return -EINVAL;
+			box = be_n(h + 8, 8);
+			hdr = 16;
+		} else if (box == 0) {
+			box = len - pos; /* to the end of the file */
+		}
+		if (box < hdr || box > len - pos)
+			return -EINVAL;
+		if (!memcmp(h + 4, "meta", 4)) {
+			size_t n = (size_t)box - hdr;
+			uint8_t *m;
+			ssize_t got;
+
+			if (box > HEIC_MAX_META_BYTES)
+				return -EINVAL;
+			m = malloc(n ? n : 1);
+			if (!m)
+				return -ENOMEM;
+			if (buf) {
+				memcpy(m, buf + pos + hdr, n);
+			} else {
+				got = pread(fd, m, n, (off_t)(pos + hdr));
+				if (got != (ssize_t)n) {
+					int err = got == -1 ? -errno : -EINVAL;
+					free(m);
+					return err;
+				}
+			}
+			*meta = m;
+			*meta_len = n;
+			return 0;
+		}
+		pos += box;
+	}
+	return -ENOENT;
+}

@@ -31,6 +31,10 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
  * codec_probe_archived() (photo.c). */
 int photo_probe_archived(int fd, struct codec_result *result);
 
+/* A HEIC written by photo_archive: its embedded digests. Same contract as
+ * codec_embedded_sums() (photo.c). */
+int photo_embedded_sums(int fd, struct codec_embedded *e);
+
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
 
@@ -129,7 +133,14 @@ struct jpeg_info {
 	int scans;           /* SOS count: 1 baseline, more when progressive */
 	int adobe_transform; /* APP14 "Adobe" transform, -1 when absent */
 	int mpf, motion;     /* MPF APP2 seen; XMP names a motion photo */
+	int mpf_images;	     /* images the MPF index points to besides the first */
+	int hdrgm;	     /* XMP uses the gain map namespace (Ultra HDR) */
 	size_t eoi_end;      /* offset just past the real EOI */
+	size_t head_end;     /* offset of the first marker that is not APPn/COM */
+	int head_in_place;   /* every APPn/COM segment comes before it, with no
+				fill bytes: the view's head is the original's */
+	const uint8_t *trailer; /* the bytes after the EOI (into the parsed buffer) */
+	size_t trailer_len;
 	uint8_t *segs;       /* every APPn and COM segment, verbatim, in order */
 	size_t segs_len;
 	const uint8_t *exif; /* "Exif\0\0" + TIFF, the first Exif APP1 */
@@ -148,11 +159,16 @@ struct jpeg_info {
 
 /*
  * Walk the markers of the JPEG in buf and collect what photo archiving needs.
- * Returns 0 when the file is a JPEG we can archive, -ENOTSUP (unsupported
- * coding, trailer after EOI) or -EINVAL (malformed, truncated) with ji->why
+ * Returns 0 when the file is a JPEG we can archive (bytes after the EOI are
+ * its trailer, ji->trailer borrows them from buf), -ENOTSUP (unsupported
+ * coding) or -EINVAL (malformed, truncated) with ji->why
  * set, -ENOMEM.
  */
 int jpeg_parse(const uint8_t *buf, size_t len, struct jpeg_info *ji);
+
+/* Store the segments drawn from src verbatim (the HEIC's item for it will
+ * not hold the same bytes). */
+void jpeg_info_drop_source(struct jpeg_info *ji, int src);
 
 /* Free what jpeg_parse allocated (NULL is fine). */
 void jpeg_info_release(struct jpeg_info *ji);
@@ -172,6 +188,45 @@ int jpeg_decode_planes(const uint8_t *buf, size_t len, struct photo_planes *pl, 
  */
 int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *segs,
 		     size_t segs_len, uint8_t **out, size_t *out_len);
+
+/* Encode planes as a baseline JPEG at quality: what follows TurboJPEG's SOI
+ * and APPn segments, tables through EOI (the view's image data). Same input,
+ * same bytes. *scan is malloc'd. 0 or -errno. */
+int jpeg_encode_scan(const struct photo_planes *pl, int quality, uint8_t **scan, size_t *scan_len);
+
+/* Padding segments (jpeg.c says which and why): each at least this long
+ * (marker, length, 4 payload bytes), at most a whole segment. */
+#define JPEG_PAD_MIN 8
+#define JPEG_PAD_SEG_MAX 65537
+/* Can gap bytes be padding (0, or at least JPEG_PAD_MIN)? */
+int jpeg_pad_ok(size_t gap);
+
+/* A view: SOI, segs, pad bytes of padding (jpeg_pad_ok), scan, trailer.
+ * *out is malloc'd. 0, -EINVAL (pad) or -ENOMEM. */
+int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uint8_t *scan,
+		     size_t scan_len, const uint8_t *trailer, size_t trailer_len, uint8_t **out,
+		     size_t *out_len);
+
+/* The size of an mpvd box header (Motion Photo format 1.0 for HEIC: the
+ * video in a top-level box after all others). */
+#define MPVD_HEADER 8
+
+/* A JPEG's trailer: what it carries and where it goes (trailer.c). */
+struct photo_trailer {
+	uint32_t carries; /* CODEC_CARRIES_* */
+	size_t video_len; /* a motion photo's MP4 that ends the file: the HEIC's
+			     mpvd box (0: none) */
+	size_t item_len;  /* the bytes before it: the trailer item */
+};
+
+/* Classify ji's trailer. 0 (never fails). */
+int trailer_classify(const struct jpeg_info *ji, struct photo_trailer *t);
+
+/* The XMP the HEIC's own XMP item gets when the original's describes the
+ * JPEG's layout or t has a video (*xmp malloc'd), or *xmp NULL when the
+ * original's serves as it is. 0 or -ENOMEM. */
+int trailer_heic_xmp(const struct jpeg_info *ji, const struct photo_trailer *t, uint8_t **xmp,
+		     size_t *xmp_len);
 
 /* How heic_encode codes the picture. */
 struct heic_params {
@@ -251,6 +306,16 @@ int heic_open_fd(struct heic_fd *f, int fd, struct heif_context **ctx,
 /* Largest metadata item heic_get_item copies out: more than any photo we
  * archive carries (its APPn/COM segments are capped at half of it). */
 #define HEIC_MAX_ITEM_BYTES (64ull << 20)
+
+/* The meta box's payload (after its header) of the HEIF file in buf (len
+ * bytes), or when buf is NULL on fd (read with pread). *meta is malloc'd.
+ * 0, -ENOENT (none), -EINVAL (damaged, or over 16 MiB), -ENOMEM, -errno. */
+int heic_meta_read(int fd, const uint8_t *buf, size_t len, uint8_t **meta, size_t *meta_len);
+
+/* Where item id's data lies in the file, from the iloc box of meta (a meta
+ * box's payload): its offset and size. 0; -ENOTSUP when the data is not
+ * one extent of the file itself; -ENOENT, -EINVAL. */
+int heic_iloc_find(const uint8_t *meta, size_t len, uint32_t id, uint64_t *off, uint64_t *size);
 
 /* Copy out the first metadata item of item_type (and content_type, when not
  * NULL). 0, -ENOENT, -ENOMEM or -EINVAL (also when larger than

@@ -29,6 +29,8 @@ static const char EXIF_ID[] = "Exif\0";          /* 6 bytes with the final NUL *
 static const char XMP_ID[] = "http://ns.adobe.com/xap/1.0/";        /* + NUL */
 static const char XMP_EXT_ID[] = "http://ns.adobe.com/xmp/extension/"; /* + NUL */
 static const char ICC_ID[] = "ICC_PROFILE";      /* + NUL */
+/* Adobe's gain map namespace: Ultra HDR (JPEG_R) names its gain map with it. */
+#define HDRGM_NS "http://ns.adobe.com/hdr-gain-map/1.0/"
 #define XMP_GUID_LEN 32 /* Extended XMP chunks: GUID, full length, offset */
 #define XMP_EXT_HDR (sizeof(XMP_EXT_ID) + XMP_GUID_LEN + 8)
 #define ICC_HDR (sizeof(ICC_ID) + 2) /* then sequence number and count */
@@ -181,6 +183,11 @@ static void drop_refs(struct jpeg_info *ji, int src)
 		if (ji->refs[i].src != src)
 			ji->refs[k++] = ji->refs[i];
 	ji->nrefs = k;
+}
+
+void jpeg_info_drop_source(struct jpeg_info *ji, int src)
+{
+	drop_refs(ji, src);
 }
 
 /* Reassemble the ICC profile from the APP2 chunks in segs, in sequence-number
@@ -406,6 +413,46 @@ static int sof_supported(struct jpeg_info *ji)
 	return 1;
 }
 
+/* The images other than the first that an MPF index (CIPA DC-007: a TIFF
+ * header, then an IFD whose tag 0xB002 holds one 16-byte MP entry per
+ * image: attributes, size, offset from the TIFF header, two dependents)
+ * points to. 0 when the index is unreadable. Untrusted: bounds-checked. */
+static int mpf_images(const uint8_t *t, size_t n)
+{
+	size_t ifd, count;
+	int le, images = 0;
+
+	if (n < 8)
+		return 0;
+	if (t[0] == 'I' && t[1] == 'I')
+		le = 1;
+	else if (t[0] == 'M' && t[1] == 'M')
+		le = 0;
+	else
+		return 0;
+#define RD16(q) (le ? (unsigned)((q)[0] | (q)[1] << 8) : be16(q))
+#define RD32(q)                                                                                    \
+	(le ? (uint32_t)((q)[0] | (q)[1] << 8 | (q)[2] << 16 | (uint32_t)(q)[3] << 24) : be32(q))
+	ifd = RD32(t + 4);
+	if (ifd > n - 2)
+		return 0;
+	count = RD16(t + ifd);
+	for (size_t i = 0; i < count && ifd + 2 + 12 * (i + 1) <= n; i++) {
+		const uint8_t *e = t + ifd + 2 + 12 * i;
+		uint32_t len = RD32(e + 4), off = RD32(e + 8);
+
+		if (RD16(e) != 0xB002 || RD16(e + 2) != 7 /* UNDEFINED */)
+			continue;
+		if (off > n || len > n - off)
+			return 0;
+		for (uint32_t k = 0; k + 16 <= len; k += 16)
+			images += RD32(t + off + k + 8) != 0; /* the first image has offset 0 */
+	}
+#undef RD16
+#undef RD32
+	return images;
+}
+
 /* Inspect an APPn/COM payload for the metadata we carry; remember offsets
  * into segs (pointers are resolved once segs stops moving). */
 static void note_app(struct jpeg_info *ji, int marker, const uint8_t *p, size_t n,
@@ -422,6 +469,8 @@ static void note_app(struct jpeg_info *ji, int marker, const uint8_t *p, size_t 
 		*xmp_off = seg_off + 4 + sizeof(XMP_ID);
 		ji->xmp_len = n - sizeof(XMP_ID);
 	} else if (marker == M_APP0 + 2 && has_id(p, n, "MPF", 4)) {
+		if (!ji->mpf)
+			ji->mpf_images = mpf_images(p + 4, n - 4);
 		ji->mpf = 1;
 	} else if (marker == M_APP0 + 14 && n >= 12 && memcmp(p, "Adobe", 5) == 0) {
 		ji->adobe_transform = p[11];
@@ -474,6 +523,8 @@ int jpeg_parse(const uint8_t *buf, size_t len, struct jpeg_info *ji)
 			ret = -EINVAL;
 			goto out_release;
 		}
+		if (!ji->head_end && !((marker >= M_APP0 && marker <= M_APP15) || marker == M_COM))
+			ji->head_end = pos - 2;
 		if ((marker >= M_APP0 && marker <= M_APP15) || marker == M_COM) {
 			size_t seg_off = ji->segs_len;
 			ret = add_seg(ji, &cap, buf + pos - 2, seglen + 2u);
@@ -537,6 +588,8 @@ int jpeg_parse(const uint8_t *buf, size_t len, struct jpeg_info *ji)
 		if (memmem(ji->xmp, ji->xmp_len, "MotionPhoto", 11) ||
 		    memmem(ji->xmp, ji->xmp_len, "MicroVideo", 10))
 			ji->motion = 1;
+		if (memmem(ji->xmp, ji->xmp_len, HDRGM_NS, sizeof(HDRGM_NS) - 1))
+			ji->hdrgm = 1;
 	}
 	if (!sof_supported(ji)) {
 		ret = -ENOTSUP;
@@ -547,14 +600,11 @@ int jpeg_parse(const uint8_t *buf, size_t len, struct jpeg_info *ji)
 		ret = -ENOTSUP;
 		goto out_release;
 	}
-	if (ji->eoi_end < len) {
-		set_why(ji, "%zu bytes after EOI%s", len - ji->eoi_end,
-			ji->motion ? " (motion photo video)"
-			: ji->mpf  ? " (MPF multi-picture images)"
-				   : "");
-		ret = -ENOTSUP;
-		goto out_release;
-	}
+	/* what follows the primary's EOI (a motion photo's video, MPF images,
+	 * padding) is the trailer, archived verbatim */
+	ji->trailer = buf + ji->eoi_end;
+	ji->trailer_len = len - ji->eoi_end;
+	ji->head_in_place = ji->head_end == 2 + ji->segs_len;
 	if (ji->exif)
 		ji->orientation = exif_orientation(ji->exif, ji->exif_len);
 	ret = collect_icc(ji);
@@ -658,14 +708,12 @@ out_destroy:
  * TJ_RESTART and TJ_PROGRESSIVE from the environment: the mount must not have
  * them set, or the views it renders change size.
  */
-int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *segs,
-		     size_t segs_len, uint8_t **out, size_t *out_len)
+int jpeg_encode_scan(const struct photo_planes *pl, int quality, uint8_t **scan, size_t *scan_len)
 {
 	unsigned char *jbuf = NULL;
 	unsigned long jlen = 0;
 	const uint8_t *planes[3] = {pl->plane[0], pl->plane[1], pl->plane[2]};
 	size_t p = 2;
-	uint8_t *o;
 	tjhandle tj;
 	int ret;
 
@@ -684,26 +732,105 @@ int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *
 	while (p + 4 <= jlen && jbuf[p] == 0xFF && jbuf[p + 1] >= M_APP0 &&
 	       jbuf[p + 1] <= M_APP15)
 		p += 2 + be16(jbuf + p + 2);
-	if (p + 2 > jlen || jbuf[0] != 0xFF || jbuf[1] != M_SOI) {
+	if (p + 4 > jlen || jbuf[0] != 0xFF || jbuf[1] != M_SOI || jbuf[jlen - 2] != 0xFF ||
+	    jbuf[jlen - 1] != M_EOI) {
 		log_msg(LOG_ERR, "jpeg: unexpected TurboJPEG output");
 		ret = -EIO;
 		goto out_free;
 	}
-	o = malloc(2 + segs_len + (jlen - p));
-	if (!o) {
+	*scan = malloc(jlen - p);
+	if (!*scan) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	o[0] = 0xFF;
-	o[1] = M_SOI;
-	if (segs_len)
-		memcpy(o + 2, segs, segs_len);
-	memcpy(o + 2 + segs_len, jbuf + p, jlen - p);
-	*out = o;
-	*out_len = 2 + segs_len + (jlen - p);
+	memcpy(*scan, jbuf + p, jlen - p);
+	*scan_len = jlen - p;
 	ret = 0;
 out_free:
 	tjFree(jbuf);
 	tjDestroy(tj);
+	return ret;
+}
+
+/*
+ * The padding that puts a view's EOI where the original's was is APP15
+ * segments of NUL bytes, each at least JPEG_PAD_MIN and at most
+ * JPEG_PAD_SEG_MAX bytes long. Measured on a JPEG with the padding between
+ * its APPn run and its tables (Debian 12's tools), against a COM segment of
+ * NULs:
+ *   - libjpeg-turbo's djpeg: silent for both.
+ *   - FFmpeg 5.1 (-v warning): silent for both, but an APPn whose payload is
+ *     under 4 bytes gives "unable to decode APP fields": hence 8 bytes at
+ *     least (marker, length, 4 NULs).
+ *   - exiftool 12.57: -a -G1 lists the COM as a second, empty [File] Comment;
+ *     APP15 lists nothing (only -validate says "[minor] Unknown APP15
+ *     segment").
+ *   - ImageMagick (identify -verbose, convert): a COM replaces the photo's
+ *     own comment with an empty one (the last COM wins); APP15 shows as
+ *     "Profile-app15: N bytes" and nothing else changes.
+ *   - GdkPixbuf 2.42 (gdk-pixbuf-thumbnailer): silent for both.
+ * So APP15, which no known writer fills with NULs (GraphicConverter's
+ * APP15 starts with an ASCII "Q"): it changes no tag any tool shows.
+ */
+int jpeg_pad_ok(size_t gap)
+{
+	return gap == 0 || gap >= JPEG_PAD_MIN;
+}
+
+/* Write gap bytes of padding (jpeg_pad_ok(gap)) at p: as few segments as
+ * hold it, of sizes as equal as whole bytes allow (so each is far above
+ * JPEG_PAD_MIN once there are several). */
+static void write_pad(uint8_t *p, size_t gap)
+{
+	size_t n = (gap + JPEG_PAD_SEG_MAX - 1) / JPEG_PAD_SEG_MAX;
+
+	for (size_t i = 0; i < n; i++) {
+		size_t seg = gap / n + (i < gap % n ? 1 : 0);
+
+		p[0] = 0xFF;
+		p[1] = M_APP15;
+		p[2] = (uint8_t)((seg - 2) >> 8);
+		p[3] = (uint8_t)(seg - 2);
+		memset(p + 4, 0, seg - 4);
+		p += seg;
+	}
+}
+
+int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uint8_t *scan,
+		     size_t scan_len, const uint8_t *trailer, size_t trailer_len, uint8_t **out,
+		     size_t *out_len)
+{
+	size_t n = 2 + segs_len + pad + scan_len + trailer_len;
+	uint8_t *o;
+
+	if (!jpeg_pad_ok(pad))
+		return -EINVAL;
+	o = malloc(n);
+	if (!o)
+		return -ENOMEM;
+	o[0] = 0xFF;
+	o[1] = M_SOI;
+	if (segs_len)
+		memcpy(o + 2, segs, segs_len);
+	write_pad(o + 2 + segs_len, pad);
+	memcpy(o + 2 + segs_len + pad, scan, scan_len);
+	if (trailer_len)
+		memcpy(o + 2 + segs_len + pad + scan_len, trailer, trailer_len);
+	*out = o;
+	*out_len = n;
+	return 0;
+}
+
+int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *segs,
+		     size_t segs_len, uint8_t **out, size_t *out_len)
+{
+	uint8_t *scan;
+	size_t scan_len;
+	int ret = jpeg_encode_scan(pl, quality, &scan, &scan_len);
+
+	if (ret)
+		return ret;
+	ret = jpeg_view_layout(segs, segs_len, 0, scan, scan_len, NULL, 0, out, out_len);
+	free(scan);
 	return ret;
 }

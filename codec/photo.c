@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <libheif/heif.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -19,7 +20,7 @@
  * Stored as a metadata item of type "mime" with the content type below,
  * attached to the primary image. Layout (integers big-endian):
  *   0  8  magic "HVFSJPEG"
- *   8  1  version (3; 1 and 2 are read too, see below)
+ *   8  1  version (4; 1 to 3 are read too, see below)
  *   9  1  view quality (TurboJPEG 1..100)
  *  10  1  subsampling of the original (TJSAMP_444/422/420/GRAY: 0/1/2/3)
  *  11  1  EXIF orientation of the original (informational)
@@ -33,17 +34,40 @@
  *  57  3  zero                                                  | version 2
  *  60  4  luma SSIM of the HEIC vs the original, x 1e6 (0..1e6) | only
  *  64  4  luma SSIM of the view vs the original, x 1e6         /
- *  68  N  one record per APPn and COM segment of the original, in order:
+ *  68  N  (232 from version 4 on) one record per APPn and COM segment of
+ *         the original, in order:
  *         0x00, then the segment verbatim (marker, length, payload): IPTC,
  *         maker notes, comments, vendor segments;
  *         or a source (1 Exif, 2 XMP, 3 Extended XMP, 4 ICC), marker byte,
  *         u16 prefix length P, P payload bytes (e.g. "ICC_PROFILE\0", seq,
  *         count), u32 offset and u16 length of the source bytes that end
  *         the payload. So Exif, XMP and ICC are not stored twice.
+ * Version 4 adds, between byte 68 and the records (which start at 232):
+ *  68  1  flags: 1 = the view keeps its own size (its scan did not fit the
+ *         original's layout at any quality meeting the view's SSIM floor)
+ *  69  3  zero
+ *  72  4  what the original carried (CODEC_CARRIES_*)
+ *  76  4  bytes of padding in the view (jpeg.c: APP15 segments)
+ *  80  8  length T of the trailer (the bytes after the primary's EOI)
+ *  88  8  length V of its last part that is a motion photo's MP4, stored in
+ *         the top-level mpvd box that ends the file (the rest, T - V bytes,
+ *         is the trailer item's data)
+ *  96  8  file offset where the whole trailer lies contiguous (the mpvd
+ *         payload or the trailer item's data), 0 when it does not
+ * 104 32  SHA-256 of the trailer
+ * 136 32  SHA-256 of the original JPEG
+ * 168 32  SHA-256 of the view's image data (first table marker through EOI)
+ * 200 32  SHA-256 of the whole stored file with these 32 bytes counted as
+ *         zeros (the file checks itself)
+ * The view of version 4 is the original's layout: SOI, the segments, the
+ * padding, the scan ending at the original's EOI offset, the trailer; so it
+ * has the original's size (unless flag 1 says otherwise).
  * Version 3 has the layout of version 2; its view (and the SSIMs) are made
  * of the planes as the HEVC decoder produced them. Versions 1 and 2 were
  * made of the planes libheif 1.15 hands out, converted to RGB and back: their
  * views are rendered that way still, so that they keep the size recorded.
+ * Versions 1 to 3 have no padding and no trailer: their view is SOI, the
+ * segments, then the image data.
  * Version 1 (written before the quality and SSIMs were recorded) is the same
  * without bytes 56..67: its records start at 56. A reader that sees another
  * version refuses the file (-EINVAL).
@@ -51,12 +75,29 @@
 #define HDR_ITEM_TYPE "mime"
 #define HDR_CONTENT_TYPE "application/x-hevcfs-jpeg-header"
 #define HDR_MAGIC "HVFSJPEG"
-#define HDR_VERSION 3
+#define HDR_VERSION 4
 /* The first version whose view is made of the decoder's own planes. */
 #define HDR_VERSION_RAW 3
-#define HDR_FIXED 68
+/* The first version whose view is the original's layout. */
+#define HDR_VERSION_LAYOUT 4
+#define HDR_FIXED 232
+#define HDR_FIXED_V2 68
 #define HDR_FIXED_V1 56
 #define HDR_SSIM_SCALE 1e6
+/* Offsets of the version 4 fields (above). */
+#define HDR_FLAGS 68
+#define HDR_CARRIES 72
+#define HDR_PAD 76
+#define HDR_TRAILER_LEN 80
+#define HDR_VIDEO_LEN 88
+#define HDR_TAIL_SRC 96
+#define HDR_TRAILER_SUM 104
+#define HDR_ORIG_SUM 136
+#define HDR_SCAN_SUM 168
+#define HDR_SELF_SUM 200
+#define HDR_F_OWN_SIZE 1u
+/* The trailer item: the trailer bytes not in an mpvd box, verbatim. */
+#define TRAILER_CONTENT_TYPE "application/x-hevcfs-jpeg-trailer"
 /* What libheif calls an XMP item. */
 #define XMP_CONTENT_TYPE "application/rdf+xml"
 /* libheif puts a 4-byte offset to the TIFF header before the Exif payload. */
@@ -155,6 +196,10 @@ struct view_hdr {
 	uint32_t src_len[JPEG_SRC_COUNT]; /* index by enum jpeg_src */
 	const uint8_t *recs;              /* segment records, borrowed */
 	size_t recs_len;
+	/* version 4 (zero before) */
+	uint32_t flags, carries, pad;
+	uint64_t trailer_len, video_len, tail_src;
+	uint8_t trailer_sum[SUM_LEN], orig_sum[SUM_LEN], scan_sum[SUM_LEN], self_sum[SUM_LEN];
 };
 
 /* One full-size encode: the HEIC as it will be written (but for the
@@ -166,6 +211,7 @@ struct attempt {
 	uint8_t *heic; /* serialised HEIC, malloc'd */
 	size_t heic_len;
 	size_t hdr_off; /* offset of the header item's bytes in heic */
+	size_t item_off; /* offset of the trailer item's bytes (0: none) */
 	struct photo_planes dec;
 };
 
@@ -174,6 +220,12 @@ struct photo_job {
 	uint8_t *src;
 	size_t src_len;
 	struct jpeg_info ji;
+	struct jpeg_info enc_ji; /* ji as the HEIC's items get it (XMP rewritten) */
+	struct photo_trailer tr;
+	uint8_t *heic_xmp; /* the HEIC's XMP when not the original's */
+	size_t heic_xmp_len;
+	uint8_t *scan; /* the view's image data */
+	size_t scan_len;
 	struct photo_planes orig, mosaic;
 	struct view_hdr vh; /* the header item's fields */
 	uint8_t *hdr;	    /* vh packed with the segment records */
@@ -197,6 +249,8 @@ static void job_release(struct photo_job *j)
 {
 	free(j->src);
 	jpeg_info_release(&j->ji);
+	free(j->heic_xmp);
+	free(j->scan);
 	photo_planes_release(&j->orig);
 	photo_planes_release(&j->mosaic);
 	free(j->hdr);
@@ -287,6 +341,16 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	p[57] = p[58] = p[59] = 0;
 	put_be32(p + 60, ssim_word(vh->ssim));
 	put_be32(p + 64, ssim_word(vh->view_ssim));
+	put_be32(p + HDR_FLAGS, vh->flags);
+	put_be32(p + HDR_CARRIES, vh->carries);
+	put_be32(p + HDR_PAD, vh->pad);
+	put_be64(p + HDR_TRAILER_LEN, vh->trailer_len);
+	put_be64(p + HDR_VIDEO_LEN, vh->video_len);
+	put_be64(p + HDR_TAIL_SRC, vh->tail_src);
+	memcpy(p + HDR_TRAILER_SUM, vh->trailer_sum, SUM_LEN);
+	memcpy(p + HDR_ORIG_SUM, vh->orig_sum, SUM_LEN);
+	memcpy(p + HDR_SCAN_SUM, vh->scan_sum, SUM_LEN);
+	memcpy(p + HDR_SELF_SUM, vh->self_sum, SUM_LEN);
 	for (size_t off = 0; off < ji->segs_len;) {
 		const uint8_t *seg = ji->segs + off;
 		size_t seglen = 2 + get_be16(seg + 2);
@@ -314,7 +378,7 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	return 0;
 }
 
-/* Parse and check a header item (versions 1 to 3). 0 or -EINVAL (logged). */
+/* Parse and check a header item (versions 1 to 4). 0 or -EINVAL (logged). */
 static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 {
 	size_t fixed;
@@ -329,7 +393,9 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 		return -EINVAL;
 	}
 	vh->version = p[8];
-	fixed = vh->version == 1 ? HDR_FIXED_V1 : HDR_FIXED;
+	fixed = vh->version == 1		   ? HDR_FIXED_V1
+		: vh->version < HDR_VERSION_LAYOUT ? HDR_FIXED_V2
+						   : HDR_FIXED;
 	if (len < fixed) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is malformed");
 		return -EINVAL;
@@ -338,6 +404,18 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 		vh->quality = p[56];
 		vh->ssim = get_be32(p + 60) / HDR_SSIM_SCALE;
 		vh->view_ssim = get_be32(p + 64) / HDR_SSIM_SCALE;
+	}
+	if (vh->version >= HDR_VERSION_LAYOUT) {
+		vh->flags = get_be32(p + HDR_FLAGS);
+		vh->carries = get_be32(p + HDR_CARRIES);
+		vh->pad = get_be32(p + HDR_PAD);
+		vh->trailer_len = get_be64(p + HDR_TRAILER_LEN);
+		vh->video_len = get_be64(p + HDR_VIDEO_LEN);
+		vh->tail_src = get_be64(p + HDR_TAIL_SRC);
+		memcpy(vh->trailer_sum, p + HDR_TRAILER_SUM, SUM_LEN);
+		memcpy(vh->orig_sum, p + HDR_ORIG_SUM, SUM_LEN);
+		memcpy(vh->scan_sum, p + HDR_SCAN_SUM, SUM_LEN);
+		memcpy(vh->self_sum, p + HDR_SELF_SUM, SUM_LEN);
 	}
 	vh->view_quality = p[9];
 	vh->subsamp = p[10];
@@ -351,12 +429,14 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 	vh->recs_len = get_be32(p + 52);
 	vh->recs = p + fixed;
 	if (vh->recs_len != len - fixed || vh->view_quality < 1 || vh->view_quality > 100 ||
-	    (vh->subsamp != TJSAMP_444 && vh->subsamp != TJSAMP_422 &&
-	     vh->subsamp != TJSAMP_420 && vh->subsamp != TJSAMP_GRAY) ||
+	    (vh->subsamp != TJSAMP_444 && vh->subsamp != TJSAMP_422 && vh->subsamp != TJSAMP_420 &&
+	     vh->subsamp != TJSAMP_GRAY) ||
 	    vh->width < 1 || vh->height < 1 || vh->width > HEVC_MAX_SIDE ||
 	    vh->height > HEVC_MAX_SIDE ||
-	    (uint64_t)vh->width * (uint64_t)vh->height > HEVC_MAX_LUMA_PS || vh->quality > 100 || vh->ssim > 1 ||
-	    vh->view_ssim > 1) {
+	    (uint64_t)vh->width * (uint64_t)vh->height > HEVC_MAX_LUMA_PS || vh->quality > 100 ||
+	    vh->ssim > 1 || vh->view_ssim > 1 || !jpeg_pad_ok(vh->pad) ||
+	    vh->trailer_len > vh->orig_bytes || vh->video_len > vh->trailer_len ||
+	    vh->view_bytes > PHOTO_MAX_HEIC_BYTES) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is inconsistent");
 		return -EINVAL;
 	}
@@ -680,51 +760,123 @@ static int probe_quality(struct photo_job *j, const struct heic_params *base, in
 	return ret;
 }
 
+/* The id of the first "mime" item of content type ct. 0 or -ENOENT. */
+static int find_mime_item(const struct heif_image_handle *h, const char *ct, heif_item_id *id)
+{
+	heif_item_id ids[64];
+	int n = heif_image_handle_get_list_of_metadata_block_IDs(h, "mime", ids, 64);
+
+	for (int i = 0; i < n; i++) {
+		const char *t = heif_image_handle_get_metadata_content_type(h, ids[i]);
+		if (t && strcmp(t, ct) == 0) {
+			*id = ids[i];
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* Where the "mime" item of content type ct of the HEIF file buf (or fd,
+ * when buf is NULL) lies: one extent, checked against the handle's size of
+ * it. 0, -ENOENT, -EINVAL (damaged), -ENOMEM, -errno. */
+static int mime_item_at(int fd, const uint8_t *buf, size_t len, const struct heif_image_handle *h,
+			const char *ct, uint64_t *off, uint64_t *size)
+{
+	heif_item_id id;
+	uint8_t *meta;
+	size_t meta_len;
+	int ret = find_mime_item(h, ct, &id);
+
+	if (ret)
+		return ret;
+	ret = heic_meta_read(fd, buf, len, &meta, &meta_len);
+	if (ret)
+		return ret == -ENOENT ? -EINVAL : ret;
+	ret = heic_iloc_find(meta, meta_len, id, off, size);
+	free(meta);
+	if (ret)
+		return ret == -ENOMEM ? ret : -EINVAL;
+	if (*size != heif_image_handle_get_metadata_size(h, id) || *off > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	return 0;
+}
+
 /*
- * Encode the photo at quality q as it will be written (metadata, thumbnail
- * and the provisional header item j->hdr), decode that once and measure its
- * luma SSIM. The header item's bytes are found in the output, where they
- * are patched with the measured values at the end. 0, -EINVAL when they are
- * not found exactly once (logged), or -errno.
+ * Encode the photo at quality q as it will be written (metadata, thumbnail,
+ * the provisional header item j->hdr and the trailer item), decode that
+ * once and measure its luma SSIM. Where the header item's bytes (patched
+ * with the measured values at the end) and the trailer item's lie is read
+ * from the file's iloc and checked. 0, -EINVAL when they are not where it
+ * says (logged), or -errno.
  */
 static int encode_full(struct photo_job *j, const struct heic_params *base, int q,
 		       struct attempt *a)
 {
 	struct heic_params hp = *base;
 	struct heif_context *ctx = NULL;
-	const uint8_t *at;
+	struct heif_image_handle *h = NULL;
+	uint64_t off, size;
 	int ret;
 
 	memset(a, 0, sizeof(*a));
 	a->q = q;
 	hp.quality = q;
-	ret = heic_encode(&j->orig, &j->ji, &hp, &ctx);
+	ret = heic_encode(&j->orig, &j->enc_ji, &hp, &ctx);
 	if (ret)
 		return ret;
 	j->encodes++;
 	ret = heic_add_item(ctx, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, j->hdr, j->hdr_len);
+	if (!ret && j->tr.item_len)
+		ret = heic_add_item(ctx, HDR_ITEM_TYPE, TRAILER_CONTENT_TYPE, j->ji.trailer,
+				    j->tr.item_len);
 	if (!ret)
 		ret = heic_write_mem(ctx, &a->heic, &a->heic_len);
 	heif_context_free(ctx);
+	ctx = NULL;
 	if (ret)
 		goto out_release_attempt;
-	at = memmem(a->heic, a->heic_len, j->hdr, j->hdr_len);
-	if (!at || memmem(at + 1, a->heic_len - (size_t)(at - a->heic) - 1, j->hdr, j->hdr_len)) {
-		log_msg(LOG_ERR, "photo: the hevcfs header item is not once in the HEIC");
+	ret = heic_open(a->heic, a->heic_len, hp.threads, &ctx, &h);
+	if (ret)
+		goto out_release_attempt;
+	ret = mime_item_at(-1, a->heic, a->heic_len, h, HDR_CONTENT_TYPE, &off, &size);
+	if (!ret && (size != j->hdr_len || memcmp(a->heic + off, j->hdr, j->hdr_len) != 0))
 		ret = -EINVAL;
-		goto out_release_attempt;
+	if (ret) {
+		log_msg(LOG_ERR, "photo: the hevcfs header item is not where iloc says");
+		ret = ret == -ENOMEM ? ret : -EINVAL;
+		goto out_release_handle;
 	}
-	a->hdr_off = (size_t)(at - a->heic);
-	ret = decode_mem(a->heic, a->heic_len, hp.threads, j->orig.subsamp, j->orig.width,
-			 j->orig.height, &a->dec);
+	a->hdr_off = (size_t)off;
+	if (j->tr.item_len) {
+		ret = mime_item_at(-1, a->heic, a->heic_len, h, TRAILER_CONTENT_TYPE, &off, &size);
+		if (!ret && (size != j->tr.item_len ||
+			     memcmp(a->heic + off, j->ji.trailer, j->tr.item_len) != 0))
+			ret = -EINVAL;
+		if (ret) {
+			log_msg(LOG_ERR, "photo: the trailer item is not where iloc says");
+			ret = ret == -ENOMEM ? ret : -EINVAL;
+			goto out_release_handle;
+		}
+		a->item_off = (size_t)off;
+	}
+	ret = heic_decode_planes(h, j->orig.subsamp, j->orig.width, j->orig.height, 1, &a->dec);
 	if (ret)
-		goto out_release_attempt;
+		goto out_release_handle;
 	a->ssim = luma_ssim(&j->orig, &a->dec);
 	log_msg(LOG_DEBUG, "photo: q%d luma SSIM %.5f, %zu bytes", q, a->ssim, a->heic_len);
+out_release_handle:
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
 out_release_attempt:
 	if (ret)
 		attempt_release(a);
 	return ret;
+}
+
+/* The bytes of an attempt that code the photo (the trailer item is not). */
+static size_t image_bytes(const struct photo_job *j, const struct attempt *a)
+{
+	return a->heic_len - j->tr.item_len;
 }
 
 /* A quality search: the lowest passing and the highest failing quality
@@ -819,7 +971,7 @@ static int search_full(struct photo_job *j, const struct codec_opts *opts,
 		       const struct heic_params *hp, double min_ssim, int q, int max_tries,
 		       int settle, struct search *s)
 {
-	double limit = MAX_SIZE_RATIO * (double)j->src_len, target = ldist(min_ssim);
+	double limit = MAX_SIZE_RATIO * (double)j->ji.eoi_end, target = ldist(min_ssim);
 	int ret;
 
 	search_init(s);
@@ -838,7 +990,7 @@ static int search_full(struct photo_job *j, const struct codec_opts *opts,
 				break;
 		} else {
 			s->fail_ssim = j->cur.ssim;
-			s->fail_bytes = j->cur.heic_len;
+			s->fail_bytes = image_bytes(j, &j->cur);
 			attempt_release(&j->cur);
 			if ((double)s->fail_bytes > limit)
 				break;
@@ -846,15 +998,6 @@ static int search_full(struct photo_job *j, const struct codec_opts *opts,
 		q = next_quality(s, q, target);
 	}
 	return 0;
-}
-
-/* The view of decoded planes: what photo_render_view encodes from its
- * decode of the file, and photo_archive from the decode it measured, so the
- * two agree byte for byte when the planes and the header item do. */
-static int view_encode(const struct photo_planes *dec, const struct view_hdr *vh,
-		       const uint8_t *segs, size_t segs_len, uint8_t **view, size_t *view_len)
-{
-	return jpeg_encode_view(dec, vh->view_quality, segs, segs_len, view, view_len);
 }
 
 /*
@@ -891,44 +1034,202 @@ static int view_source(const struct heif_image_handle *h, uint8_t **item, struct
 	return rebuild_segs(h, vh, segs, segs_len);
 }
 
-/* Render the view of the best attempt, raising its quality until its luma
- * SSIM against the original reaches the floor (j->vh.view_quality: the
- * quality used). 0 with *ok set, or -errno. */
+/*
+ * The trailer of the view of the HEIC in buf (len bytes, primary image h,
+ * header vh): the trailer item's data, then the payload of the mpvd box
+ * that ends the file, checked against the header's lengths and digest.
+ * *out is malloc'd (NULL when there is no trailer). 0, -EINVAL (logged),
+ * -ENOMEM.
+ */
+static int view_trailer(const uint8_t *buf, size_t len, const struct heif_image_handle *h,
+			const struct view_hdr *vh, uint8_t **out)
+{
+	size_t item = (size_t)(vh->trailer_len - vh->video_len), v = (size_t)vh->video_len, got;
+	uint8_t *t, *data = NULL, sum[SUM_LEN];
+	int ret = 0;
+
+	*out = NULL;
+	if (!vh->trailer_len)
+		return 0;
+	t = malloc((size_t)vh->trailer_len);
+	if (!t)
+		return -ENOMEM;
+	if (item) {
+		ret = heic_get_item(h, HDR_ITEM_TYPE, TRAILER_CONTENT_TYPE, &data, &got);
+		if (ret == -ENOMEM)
+			goto out_free;
+		if (ret || got != item) {
+			log_msg(LOG_ERR, "photo: the trailer item is missing or of the wrong size");
+			ret = -EINVAL;
+			goto out_free;
+		}
+		memcpy(t, data, item);
+	}
+	if (v) {
+		const uint8_t *box = buf + len - v - MPVD_HEADER;
+		if (len < v + MPVD_HEADER || get_be32(box) != v + MPVD_HEADER ||
+		    memcmp(box + 4, "mpvd", 4) != 0) {
+			log_msg(LOG_ERR,
+				"photo: the motion photo's mpvd box does not end the file");
+			ret = -EINVAL;
+			goto out_free;
+		}
+		memcpy(t + item, box + MPVD_HEADER, v);
+	}
+	ret = sum_buf(t, (size_t)vh->trailer_len, sum);
+	if (!ret && memcmp(sum, vh->trailer_sum, SUM_LEN) != 0) {
+		log_msg(LOG_ERR, "photo: the trailer does not match its digest");
+		ret = -EINVAL;
+	}
+out_free:
+	free(data);
+	if (ret)
+		free(t);
+	else
+		*out = t;
+	return ret;
+}
+
+/* The padding that ends a scan of scan_len bytes where the original's EOI
+ * ended, space bytes after its segments; -1 when the scan does not fit (too
+ * long, or a gap too short for a padding segment). */
+static long long pad_for(size_t space, size_t scan_len)
+{
+	if (scan_len > space || !jpeg_pad_ok(space - scan_len))
+		return -1;
+	return (long long)(space - scan_len);
+}
+
+/* Encode the view's scan of the best attempt at quality q and, when ssim
+ * is not NULL, measure the view's luma SSIM against the original. *scan is
+ * malloc'd. 0 or -errno. */
+static int view_try(struct photo_job *j, int q, uint8_t **scan, size_t *scan_len, double *ssim)
+{
+	struct photo_planes vp;
+	uint8_t *v = NULL;
+	size_t vlen;
+	char why[128];
+	int ret;
+
+	ret = jpeg_encode_scan(&j->best.dec, q, scan, scan_len);
+	if (ret || !ssim)
+		return ret;
+	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, 0, *scan, *scan_len, NULL, 0, &v, &vlen);
+	if (!ret) {
+		ret = jpeg_decode_planes(v, vlen, &vp, why, sizeof(why));
+		if (ret) {
+			log_msg(LOG_ERR, "photo: own view does not decode: %s", why);
+			ret = ret == -ENOMEM ? ret : -EIO;
+		}
+	}
+	free(v);
+	if (ret) {
+		free(*scan);
+		*scan = NULL;
+		return ret;
+	}
+	*ssim = luma_ssim(&j->orig, &vp);
+	photo_planes_release(&vp);
+	return 0;
+}
+
+/* Lower qualities tried, one step at a time, when the highest that fits
+ * leaves a gap too short for padding (a few bytes): a step takes hundreds. */
+#define VIEW_FIT_STEPS 4
+
+/*
+ * Render the view of the best attempt (j->view; its image data j->scan):
+ * at the view quality, raised until its luma SSIM against the original
+ * reaches the floor; then, so that it keeps the original's layout, the
+ * highest quality whose scan fits the original's (found by bisection on
+ * the scan's size, which grows with quality) if that one still meets the
+ * floor. When none does, the view keeps its own size at the first quality
+ * (HDR_F_OWN_SIZE). Sets j->vh's view_quality, pad and flags. 0 with *ok
+ * set, or -errno.
+ */
 static int make_view(struct photo_job *j, const struct codec_opts *opts, double *view_ssim, int *ok)
 {
 	double floor_ = opts->min_view_ssim > 0 ? opts->min_view_ssim : CODEC_DEF_MIN_VIEW_SSIM;
 	int q = opts->view_quality > 0 ? opts->view_quality : CODEC_DEF_VIEW_QUALITY;
-	char why[128];
+	size_t space = j->ji.eoi_end - 2 - j->ji.segs_len, len;
+	uint8_t *scan = NULL;
+	long long pad;
 	int ret;
 
 	if (q > 100)
 		q = 100;
 	*ok = 0;
 	for (;;) {
-		struct photo_planes vp;
-
-		free(j->view);
-		j->view = NULL;
-		j->vh.view_quality = q;
-		ret = view_encode(&j->best.dec, &j->vh, j->ji.segs, j->ji.segs_len, &j->view,
-				  &j->view_len);
+		ret = view_try(j, q, &scan, &len, view_ssim);
 		if (ret)
 			return ret;
-		ret = jpeg_decode_planes(j->view, j->view_len, &vp, why, sizeof(why));
-		if (ret) {
-			log_msg(LOG_ERR, "photo: own view does not decode: %s", why);
-			return ret == -ENOMEM ? ret : -EIO;
-		}
-		*view_ssim = luma_ssim(&j->orig, &vp);
-		photo_planes_release(&vp);
-		if (*view_ssim >= floor_) {
-			*ok = 1;
-			return 0;
-		}
+		if (*view_ssim >= floor_)
+			break;
+		free(scan);
+		scan = NULL;
+		j->vh.view_quality = q;
 		if (q >= VIEW_Q_MAX)
 			return 0;
 		q = q + VIEW_Q_STEP > VIEW_Q_MAX ? VIEW_Q_MAX : q + VIEW_Q_STEP;
 	}
+	pad = pad_for(space, len);
+	if (pad < 0) {
+		int lo = 1, hi = q - 1, fit = 0;
+		uint8_t *s2 = NULL;
+		size_t l2;
+		double ssim2;
+
+		while (lo <= hi) {
+			int mid = lo + (hi - lo) / 2;
+			ret = view_try(j, mid, &s2, &l2, NULL);
+			if (ret)
+				goto out_free_scan;
+			free(s2);
+			s2 = NULL;
+			if (l2 <= space)
+				fit = mid, lo = mid + 1;
+			else
+				hi = mid - 1;
+		}
+		for (int k = 0; fit >= 1 && k < VIEW_FIT_STEPS; k++, fit--) {
+			ret = view_try(j, fit, &s2, &l2, NULL);
+			if (ret)
+				goto out_free_scan;
+			free(s2);
+			s2 = NULL;
+			if (pad_for(space, l2) >= 0)
+				break;
+		}
+		if (fit >= 1 && pad_for(space, l2) >= 0) {
+			ret = view_try(j, fit, &s2, &l2, &ssim2);
+			if (ret)
+				goto out_free_scan;
+			if (ssim2 >= floor_) {
+				free(scan);
+				scan = s2, len = l2, q = fit, *view_ssim = ssim2;
+				pad = pad_for(space, len);
+			} else {
+				free(s2);
+			}
+		}
+	}
+	j->vh.view_quality = q;
+	j->vh.flags = pad < 0 ? HDR_F_OWN_SIZE : 0;
+	j->vh.pad = pad < 0 ? 0 : (uint32_t)pad;
+	free(j->view);
+	j->view = NULL;
+	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, j->vh.pad, scan, len, j->ji.trailer,
+			       j->ji.trailer_len, &j->view, &j->view_len);
+	if (ret)
+		goto out_free_scan;
+	free(j->scan);
+	j->scan = scan;
+	j->scan_len = len;
+	scan = NULL;
+	*ok = 1;
+out_free_scan:
+	free(scan);
+	return ret;
 }
 
 /* Put the measured values (j->vh) into the best attempt's header item, in
@@ -953,20 +1254,88 @@ static int patch_header(struct photo_job *j)
 	return 0;
 }
 
+/* The self-digest of a stored file (buf, len) whose header item's
+ * self_sum field is at self_off: SHA-256 of it all with those bytes counted
+ * as zeros. 0 or -errno. */
+static int self_digest(const uint8_t *buf, size_t len, size_t self_off, uint8_t out[SUM_LEN])
+{
+	static const uint8_t zeros[SUM_LEN];
+	struct sum *s;
+	int ret;
+
+	if (self_off > len || len - self_off < SUM_LEN)
+		return -EINVAL;
+	ret = sum_new(&s);
+	if (ret)
+		return ret;
+	ret = sum_update(s, buf, self_off);
+	if (!ret)
+		ret = sum_update(s, zeros, SUM_LEN);
+	if (!ret)
+		ret = sum_update(s, buf + self_off + SUM_LEN, len - self_off - SUM_LEN);
+	if (!ret)
+		ret = sum_final(s, out);
+	sum_free(&s);
+	return ret;
+}
+
+/*
+ * Finish the best attempt as it is written: the measured values in its
+ * header item, the motion photo's video in an mpvd box after every other
+ * box, and the self-digest. 0 or -errno.
+ */
+static int finish_heic(struct photo_job *j)
+{
+	size_t v = j->tr.video_len, n = j->best.heic_len;
+	uint8_t *p;
+	int ret;
+
+	if (v && v == j->ji.trailer_len)
+		j->vh.tail_src = n + MPVD_HEADER;
+	else if (!v && j->tr.item_len)
+		j->vh.tail_src = j->best.item_off;
+	else
+		j->vh.tail_src = 0;
+	memset(j->vh.self_sum, 0, SUM_LEN);
+	ret = patch_header(j);
+	if (ret)
+		return ret;
+	if (v) {
+		if (v + MPVD_HEADER > UINT32_MAX)
+			return -EFBIG;
+		p = realloc(j->best.heic, n + MPVD_HEADER + v);
+		if (!p)
+			return -ENOMEM;
+		j->best.heic = p;
+		put_be32(p + n, (uint32_t)(v + MPVD_HEADER));
+		memcpy(p + n + 4, "mpvd", 4);
+		memcpy(p + n + MPVD_HEADER, j->ji.trailer + j->tr.item_len, v);
+		j->best.heic_len = n + MPVD_HEADER + v;
+	}
+	ret = self_digest(j->best.heic, j->best.heic_len, j->best.hdr_off + HDR_SELF_SUM,
+			  j->vh.self_sum);
+	if (!ret)
+		memcpy(j->best.heic + j->best.hdr_off + HDR_SELF_SUM, j->vh.self_sum, SUM_LEN);
+	return ret;
+}
+
 /*
  * Read out_path back and check it without decoding it: it must be byte for
  * byte the HEIC whose decode was measured (the header item patched since
  * holds no pixels), its metadata items must be there (Exif, XMP, the ICC
- * profile intact), its size must express the orientation, and its header
- * item must rebuild the original's segments and name the view quality and
- * size measured, so photo_render_view's decode of it renders exactly
- * j->view. 0, -EIO when the file does not hold up (logged), or -errno.
+ * profile intact), its size must express the orientation, its header item
+ * must rebuild the original's segments and name the view quality, size and
+ * padding measured, so photo_render_view's decode of it renders exactly
+ * j->view; the trailer it stores must be the original's, the view must end
+ * with it and have the original's size (unless it keeps its own), and the
+ * file must match its own digest. 0, -EIO when the file does not hold up
+ * (logged), or -errno.
  */
 static int verify_written(struct photo_job *j, const char *out_path)
 {
 	const struct jpeg_info *ji = &j->ji;
 	struct view_hdr vh;
-	uint8_t *icc = NULL;
+	uint8_t *icc = NULL, *tr = NULL, self[SUM_LEN];
 	int fd, ret, w, h, swap;
 
 	fd = open(out_path, O_RDONLY | O_CLOEXEC);
@@ -988,7 +1357,7 @@ static int verify_written(struct photo_job *j, const char *out_path)
 		log_msg(LOG_ERR, "photo: %s lacks its Exif item", out_path);
 		return -EIO;
 	}
-	if (ji->xmp || ji->xmp_ext) {
+	if (ji->xmp || ji->xmp_ext || j->heic_xmp) {
 		uint8_t *x;
 		size_t n;
 		ret = heic_get_item(j->check_handle, "mime", XMP_CONTENT_TYPE, &x, &n);
@@ -1029,14 +1398,38 @@ static int verify_written(struct photo_job *j, const char *out_path)
 		return ret == -ENOMEM ? ret : -EIO;
 	if (vh.view_quality != j->vh.view_quality || vh.view_bytes != j->view_len ||
 	    vh.subsamp != j->orig.subsamp || vh.width != j->orig.width ||
-	    vh.height != j->orig.height || vh.quality != j->best.q ||
+	    vh.height != j->orig.height || vh.quality != j->best.q || vh.pad != j->vh.pad ||
+	    vh.flags != j->vh.flags || vh.carries != j->tr.carries ||
+	    vh.trailer_len != ji->trailer_len || vh.video_len != j->tr.video_len ||
+	    memcmp(vh.orig_sum, j->vh.orig_sum, SUM_LEN) != 0 ||
+	    memcmp(vh.scan_sum, j->vh.scan_sum, SUM_LEN) != 0 ||
 	    j->check_segs_len != ji->segs_len ||
 	    (ji->segs_len && memcmp(j->check_segs, ji->segs, ji->segs_len) != 0)) {
 		log_msg(LOG_ERR, "photo: %s: its header item does not describe the view measured",
 			out_path);
 		return -EIO;
 	}
-	return 0;
+	ret = self_digest(j->check, j->check_len, j->best.hdr_off + HDR_SELF_SUM, self);
+	if (ret)
+		return ret;
+	if (memcmp(self, vh.self_sum, SUM_LEN) != 0) {
+		log_msg(LOG_ERR, "photo: %s does not match its own digest", out_path);
+		return -EIO;
+	}
+	/* the trailer as a render fetches it, and the view around it */
+	ret = view_trailer(j->check, j->check_len, j->check_handle, &vh, &tr);
+	if (ret)
+		return ret == -ENOMEM ? ret : -EIO;
+	if ((ji->trailer_len && memcmp(tr, ji->trailer, ji->trailer_len) != 0) ||
+	    j->view_len < ji->trailer_len ||
+	    memcmp(j->view + j->view_len - ji->trailer_len, ji->trailer, ji->trailer_len) != 0 ||
+	    (!(vh.flags & HDR_F_OWN_SIZE) && j->view_len != j->src_len)) {
+		log_msg(LOG_ERR, "photo: %s: the view's trailer or size is not the original's",
+			out_path);
+		ret = -EIO;
+	}
+	free(tr);
+	return ret;
 }
 
 /* Is the JPEG small enough to decode, and to fit one HEVC picture? Keeps
@@ -1113,6 +1506,27 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		goto out_release_job;
 	}
 
+	/* the trailer: its video in an mpvd box, the rest in an item; the
+	 * HEIC's XMP describes the HEIC's layout, so the XMP segment is then
+	 * stored verbatim rather than rebuilt from that item */
+	trailer_classify(&j.ji, &j.tr);
+	result->carries = j.tr.carries;
+	if (j.tr.item_len > HEIC_MAX_ITEM_BYTES) {
+		codec_keep(result, "%zu bytes after the image (over %llu)", j.tr.item_len,
+			   (unsigned long long)HEIC_MAX_ITEM_BYTES);
+		goto out_release_job;
+	}
+	ret = trailer_heic_xmp(&j.ji, &j.tr, &j.heic_xmp, &j.heic_xmp_len);
+	if (ret)
+		goto out_release_job;
+	if (j.heic_xmp)
+		jpeg_info_drop_source(&j.ji, JPEG_SRC_XMP);
+	j.enc_ji = j.ji;
+	if (j.heic_xmp) {
+		j.enc_ji.xmp = j.heic_xmp;
+		j.enc_ji.xmp_len = j.heic_xmp_len;
+	}
+
 	/* the header item, provisional in its measured fields (view quality
 	 * and size, quality, SSIMs) but already its final length */
 	j.vh.view_quality = CODEC_DEF_VIEW_QUALITY;
@@ -1122,10 +1536,17 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	j.vh.height = j.orig.height;
 	j.vh.orig_bytes = j.src_len;
 	j.vh.src_len[JPEG_SRC_EXIF] = j.ji.exif ? (uint32_t)j.ji.exif_len : 0;
-	j.vh.src_len[JPEG_SRC_XMP] = j.ji.xmp ? (uint32_t)j.ji.xmp_len : 0;
+	j.vh.src_len[JPEG_SRC_XMP] = j.ji.xmp && !j.heic_xmp ? (uint32_t)j.ji.xmp_len : 0;
 	j.vh.src_len[JPEG_SRC_XMP_EXT] = j.ji.xmp_ext ? (uint32_t)j.ji.xmp_ext_len : 0;
 	j.vh.src_len[JPEG_SRC_ICC] = j.ji.icc ? (uint32_t)j.ji.icc_len : 0;
-	ret = hdr_pack(&j.vh, &j.ji, &j.hdr, &j.hdr_len);
+	j.vh.carries = j.tr.carries;
+	j.vh.trailer_len = j.ji.trailer_len;
+	j.vh.video_len = j.tr.video_len;
+	ret = sum_buf(j.ji.trailer, j.ji.trailer_len, j.vh.trailer_sum);
+	if (!ret)
+		ret = sum_buf(j.src, j.src_len, j.vh.orig_sum);
+	if (!ret)
+		ret = hdr_pack(&j.vh, &j.ji, &j.hdr, &j.hdr_len);
 	if (ret)
 		goto out_release_job;
 
@@ -1159,11 +1580,12 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	}
 	if (ret)
 		goto out_release_job;
-	if (!j.best.heic && (double)s.fail_bytes > MAX_SIZE_RATIO * (double)j.src_len) {
+	/* sizes are the image's: the trailer is stored as it is either way */
+	if (!j.best.heic && (double)s.fail_bytes > MAX_SIZE_RATIO * (double)j.ji.eoi_end) {
 		codec_keep(result,
 			   "not smaller (%.0f%% of the JPEG at q%d, still under the SSIM "
 			   "floor)",
-			   100.0 * (double)s.fail_bytes / (double)j.src_len, s.q_fail);
+			   100.0 * (double)s.fail_bytes / (double)j.ji.eoi_end, s.q_fail);
 		goto out_release_job;
 	}
 	if (!j.best.heic) {
@@ -1171,9 +1593,10 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 			   s.q_fail);
 		goto out_release_job;
 	}
-	if ((double)j.best.heic_len > MAX_SIZE_RATIO * (double)j.src_len) {
+	if ((double)image_bytes(&j, &j.best) > MAX_SIZE_RATIO * (double)j.ji.eoi_end) {
 		codec_keep(result, "not smaller (%.0f%% of the JPEG at q%d)",
-			   100.0 * (double)j.best.heic_len / (double)j.src_len, j.best.q);
+			   100.0 * (double)image_bytes(&j, &j.best) / (double)j.ji.eoi_end,
+			   j.best.q);
 		goto out_release_job;
 	}
 	if (cancelled(opts)) {
@@ -1193,7 +1616,9 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	j.vh.quality = j.best.q;
 	j.vh.ssim = j.best.ssim;
 	j.vh.view_ssim = view_ssim;
-	ret = patch_header(&j);
+	ret = sum_buf(j.scan, j.scan_len, j.vh.scan_sum);
+	if (!ret)
+		ret = finish_heic(&j);
 	if (ret)
 		goto out_release_job;
 	ret = write_file(out_path, j.best.heic, j.best.heic_len);
@@ -1216,6 +1641,15 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 	result->quality = j.best.q;
 	result->ssim = j.best.ssim;
 	result->view_ssim = view_ssim;
+	memcpy(result->orig_sum, j.vh.orig_sum, SUM_LEN);
+	memcpy(result->scan_sum, j.vh.scan_sum, SUM_LEN);
+	if (j.vh.flags & HDR_F_OWN_SIZE) {
+		result->view_own_size = 1;
+		snprintf(result->view_why, sizeof(result->view_why),
+			 "image data does not fit the original's at any view quality with luma "
+			 "SSIM >= %.4f",
+			 opts->min_view_ssim > 0 ? opts->min_view_ssim : CODEC_DEF_MIN_VIEW_SSIM);
+	}
 	log_msg(LOG_INFO,
 		"photo: %dx%d q%d (predicted q%d) SSIM %.4f, %zu -> %zu bytes (%.0f%%), view q%d "
 		"SSIM %.4f, %d encodes + %d of the mosaic, %.1f s",
@@ -1224,6 +1658,55 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		j.vh.view_quality, view_ssim, j.encodes, j.probes, now() - t0);
 out_release_job:
 	job_release(&j);
+	return ret;
+}
+
+/*
+ * The view of decoded planes dec of the HEIC in buf (primary image h,
+ * header vh, segments rebuilt): the image data at the recorded quality in
+ * the layout of the header's version. From version 4 on that is the
+ * original's: the padding is what puts the EOI where the original's was,
+ * as recorded (should TurboJPEG ever code the planes to another size, the
+ * padding absorbs the difference while it can, and the view keeps its own
+ * size, with a warning, when it cannot). *view is malloc'd. 0 or -errno.
+ */
+static int render_layout(const uint8_t *buf, size_t len, const struct heif_image_handle *h,
+			 const struct view_hdr *vh, const struct photo_planes *dec,
+			 const uint8_t *segs, size_t segs_len, uint8_t **view, size_t *view_len)
+{
+	uint8_t *scan = NULL, *tr = NULL, sum[SUM_LEN];
+	size_t scan_len, pad = 0;
+	int ret;
+
+	ret = jpeg_encode_scan(dec, vh->view_quality, &scan, &scan_len);
+	if (ret)
+		return ret;
+	if (vh->version >= HDR_VERSION_LAYOUT) {
+		ret = view_trailer(buf, len, h, vh, &tr);
+		if (ret)
+			goto out_free;
+		if (!(vh->flags & HDR_F_OWN_SIZE)) {
+			long long p = -1;
+			if (vh->view_bytes >= 2 + segs_len + vh->trailer_len)
+				p = pad_for(
+				    (size_t)(vh->view_bytes - 2 - segs_len - vh->trailer_len),
+				    scan_len);
+			if (p < 0)
+				log_msg(LOG_WARNING,
+					"photo: view's image data (%zu bytes) no longer "
+					"fits the original's layout",
+					scan_len);
+			pad = p < 0 ? 0 : (size_t)p;
+		}
+		if (sum_buf(scan, scan_len, sum) == 0 && memcmp(sum, vh->scan_sum, SUM_LEN) != 0)
+			log_msg(LOG_WARNING, "photo: view's image data differs from the one "
+					     "recorded at archive time (TurboJPEG changed?)");
+	}
+	ret = jpeg_view_layout(segs, segs_len, pad, scan, scan_len, tr, (size_t)vh->trailer_len,
+			       view, view_len);
+out_free:
+	free(tr);
+	free(scan);
 	return ret;
 }
 
@@ -1257,7 +1740,7 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 		ret = ret == -ENOMEM ? ret : -EINVAL;
 		goto out_release;
 	}
-	ret = view_encode(&dec, &vh, segs, segs_len, &view, &view_len);
+	ret = render_layout(buf, len, h, &vh, &dec, segs, segs_len, &view, &view_len);
 	if (ret)
 		goto out_release;
 	if (view_len != vh.view_bytes)
@@ -1302,44 +1785,73 @@ static int heif_brand(int fd)
 	return 0;
 }
 
+/*
+ * The hevcfs header item of the HEIC on fd, read through libheif without
+ * the coded pixels: *ctx and *h are open (the caller releases both, and f
+ * must outlive them), *item malloc'd and vh parsed from it. 0; 1 when fd is
+ * not an archived photo (*why says why; nothing is left open); -errno.
+ */
+static int header_fd(int fd, struct heic_fd *f, struct heif_context **ctx,
+		     struct heif_image_handle **h, uint8_t **item, size_t *len, struct view_hdr *vh,
+		     const char **why)
+{
+	int ret;
+
+	*ctx = NULL;
+	*h = NULL;
+	*item = NULL;
+	ret = heif_brand(fd);
+	if (ret <= 0) {
+		*why = "not a HEIF file";
+		return ret ? ret : 1;
+	}
+	ret = heic_open_fd(f, fd, ctx, h);
+	if (ret == -EINVAL) {
+		*why = "HEIF file libheif cannot read";
+		return 1;
+	}
+	if (ret)
+		return ret;
+	ret = heic_get_item(*h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, item, len);
+	if (ret == -EINVAL && f->err)
+		ret = f->err;
+	if (ret == -ENOENT || ret == -EINVAL) {
+		*why = ret == -ENOENT ? "HEIF file without a hevcfs header item"
+				      : "unreadable hevcfs header item";
+		ret = 1;
+	} else if (!ret && hdr_parse(*item, *len, vh)) {
+		*why = "damaged hevcfs header item";
+		ret = 1;
+	}
+	if (ret) {
+		free(*item);
+		*item = NULL;
+		heif_image_handle_release(*h);
+		heif_context_free(*ctx);
+		*h = NULL;
+		*ctx = NULL;
+	}
+	return ret;
+}
+
 int photo_probe_archived(int fd, struct codec_result *result)
 {
-	struct heif_context *ctx = NULL;
-	struct heif_image_handle *h = NULL;
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
 	struct heic_fd f;
 	struct view_hdr vh;
-	uint8_t *item = NULL;
+	const char *why = NULL;
+	uint8_t *item;
 	size_t len;
 	int ret;
 
-	ret = heif_brand(fd);
-	if (ret <= 0) {
-		if (!ret)
-			codec_keep(result, "not a HEIF file");
-		return ret;
-	}
-	ret = heic_open_fd(&f, fd, &ctx, &h);
-	if (ret == -EINVAL) {
-		codec_keep(result, "HEIF file libheif cannot read");
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1) {
+		codec_keep(result, "%s", why);
 		return 0;
 	}
 	if (ret)
 		return ret;
-	ret = heic_get_item(h, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, &item, &len);
-	if (ret == -EINVAL && f.err)
-		ret = f.err;
-	if (ret == -ENOENT || ret == -EINVAL) {
-		codec_keep(result, ret == -ENOENT ? "HEIF file without a hevcfs header item"
-						  : "unreadable hevcfs header item");
-		ret = 0;
-		goto out_release;
-	}
-	if (ret)
-		goto out_release;
-	if (hdr_parse(item, len, &vh)) {
-		codec_keep(result, "damaged hevcfs header item");
-		goto out_release;
-	}
 	result->archived = 1;
 	result->reason[0] = '\0';
 	memcpy(result->suffix, ".heic", sizeof(".heic"));
@@ -1349,7 +1861,70 @@ int photo_probe_archived(int fd, struct codec_result *result)
 	result->quality = vh.quality;
 	result->ssim = vh.ssim;
 	result->view_ssim = vh.view_ssim;
+	result->carries = vh.carries;
+	if (vh.flags & HDR_F_OWN_SIZE) {
+		result->view_own_size = 1;
+		snprintf(result->view_why, sizeof(result->view_why),
+			 "image data did not fit the original's at any view quality meeting the "
+			 "floor");
+	}
+	memcpy(result->orig_sum, vh.orig_sum, SUM_LEN);
+	memcpy(result->scan_sum, vh.scan_sum, SUM_LEN);
+	free(item);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	return 0;
+}
+
+int photo_embedded_sums(int fd, struct codec_embedded *e)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	struct heic_fd f;
+	struct view_hdr vh;
+	const char *why = NULL;
+	uint8_t *item, *again = NULL;
+	uint64_t off, size;
+	size_t len;
+	ssize_t n;
+	int ret;
+
+	memset(e, 0, sizeof(*e));
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1)
+		return 0;
+	if (ret)
+		return ret;
+	if (vh.version < HDR_VERSION_LAYOUT)
+		goto out_release; /* no digests recorded */
+	/* the field's offset: where iloc puts the item, which must hold the
+	 * bytes libheif read */
+	ret = mime_item_at(fd, NULL, 0, h, HDR_CONTENT_TYPE, &off, &size);
+	if (ret == -EINVAL || ret == -ENOTSUP || ret == -ENOENT) {
+		ret = 0;
+		goto out_release;
+	}
+	if (ret)
+		goto out_release;
+	again = malloc(len);
+	if (!again) {
+		ret = -ENOMEM;
+		goto out_release;
+	}
+	n = pread(fd, again, len, (off_t)off);
+	if (n == -1) {
+		ret = -errno;
+		goto out_release;
+	}
+	if ((size_t)n != len || size != len || memcmp(again, item, len) != 0)
+		goto out_release;
+	e->has = 1;
+	memcpy(e->orig_sum, vh.orig_sum, SUM_LEN);
+	memcpy(e->self_sum, vh.self_sum, SUM_LEN);
+	e->self_off = off + HDR_SELF_SUM;
+	e->orig_bytes = vh.orig_bytes;
 out_release:
+	free(again);
 	free(item);
 	heif_image_handle_release(h);
 	heif_context_free(ctx);

@@ -365,6 +365,13 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 		e.view_bytes = res.view_bytes;
 		e.ssim = res.ssim;
 		e.view_ssim = res.view_ssim;
+		e.carries = res.carries;
+		memcpy(e.scan_sum, res.scan_sum, SUM_LEN);
+		if (res.view_own_size) {
+			e.flags |= IDX_F_VIEW_OWN_SIZE;
+			snprintf(e.reason, sizeof(e.reason), "view not the original's size: %s",
+				 res.view_why);
+		}
 		if (strcmp(target, name))
 			snprintf(e.suffix, sizeof(e.suffix), "%s", res.suffix);
 	} else {

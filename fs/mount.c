@@ -388,6 +388,13 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 		e.quality = (uint32_t)r.quality;
 		e.ssim = r.ssim;
 		e.view_ssim = r.view_ssim;
+		e.carries = r.carries;
+		memcpy(e.scan_sum, r.scan_sum, SUM_LEN);
+		if (r.view_own_size) {
+			e.flags |= IDX_F_VIEW_OWN_SIZE;
+			snprintf(e.reason, sizeof(e.reason), "view not the original's size: %s",
+				 r.view_why);
+		}
 		snprintf(e.suffix, sizeof(e.suffix), ".heic");
 	} else if (codec_sniff(fd) == CODEC_KIND_VIDEO &&
 		   (emb.has ||
@@ -403,7 +410,8 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 			snprintf(e.suffix, sizeof(e.suffix), "%s", name + n - 4);
 	}
 	if (archived &&
-	    (sum_file(fd, 1, 0, 0, NULL, NULL, &f) || codec_check_self_sum(fd, &emb, &ok)))
+	    (sum_file(fd, 1, 0, 0, NULL, NULL, &f) ||
+	     (emb.has && codec_check_self_sum(fd, &emb, &ok))))
 		archived = 0; /* unreadable: looked at again as a new file */
 	close(fd);
 	if (!archived) {

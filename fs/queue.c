@@ -572,6 +572,13 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 
 	snprintf(e.suffix, sizeof(e.suffix), "%s", res->suffix);
 	memcpy(e.orig_sum, src->whole, SUM_LEN);
+	memcpy(e.scan_sum, res->scan_sum, SUM_LEN);
+	e.carries = res->carries;
+	if (res->view_own_size) {
+		e.flags |= IDX_F_VIEW_OWN_SIZE;
+		snprintf(e.reason, sizeof(e.reason), "view not the original's size: %s",
+			 res->view_why);
+	}
 	rc = fs_sum_path(fs->work_fd, out, &osum);
 	if (!rc && osum.size != res->stored_bytes)
 		rc = -EIO;

@@ -10,6 +10,8 @@
  *   progress DONE TOTAL FPS
  *   result RC ARCHIVED SUFFIX ORIG STORED VIEW QUALITY SSIM VIEW_SSIM
  *   reason TEXT
+ *   photo CARRIES VIEW_OWN_SIZE ORIG_SHA256 SCAN_SHA256
+ *   viewwhy TEXT
  * A scrub's decode runs the same way ("__check"), reporting
  *   check RC WHY
  */
@@ -96,6 +98,23 @@ static int read_report(int fd, pid_t pid, const struct codec_opts *opts, struct 
 				res->quality = q;
 				res->ssim = y;
 				res->view_ssim = z;
+			} else if (!strncmp(line, "photo ", 6)) {
+				unsigned carries;
+				int own;
+				char orig[SUM_HEX], scan[SUM_HEX];
+				if (sscanf(line, "photo %u %d %64s %64s", &carries, &own, orig,
+					   scan) == 4) {
+					res->carries = carries;
+					res->view_own_size = own;
+					if (sum_parse_hex(orig, res->orig_sum))
+						memset(res->orig_sum, 0, SUM_LEN);
+					if (sum_parse_hex(scan, res->scan_sum))
+						memset(res->scan_sum, 0, SUM_LEN);
+				}
+			} else if (!strncmp(line, "viewwhy ", 8)) {
+				size_t wl = strnlen(line + 8, sizeof(res->view_why) - 1);
+				memcpy(res->view_why, line + 8, wl);
+				res->view_why[wl] = '\0';
 			} else if (!strncmp(line, "reason ", 7)) {
 				size_t rl = strnlen(line + 7, sizeof(res->reason) - 1);
 				memcpy(res->reason, line + 7, rl);
@@ -304,6 +323,17 @@ int fs_archive_child(int argc, char *argv[])
 		if (*p == '\n')
 			*p = ' ';
 	printf("reason %s\n", r.reason);
+	if (r.archived) {
+		char orig[SUM_HEX], scan[SUM_HEX];
+		sum_hex(r.orig_sum, orig);
+		sum_hex(r.scan_sum, scan);
+		printf("photo %u %d %s %s\n", r.carries, r.view_own_size, orig, scan);
+		for (char *p = r.view_why; *p; p++)
+			if (*p == '\n')
+				*p = ' ';
+		if (r.view_why[0])
+			printf("viewwhy %s\n", r.view_why);
+	}
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 

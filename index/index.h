@@ -66,7 +66,9 @@ enum idx_kind {
 };
 
 /* idx_entry.flags */
-#define IDX_F_DAMAGED 0x1u /* the last check of the stored bytes failed */
+#define IDX_F_DAMAGED 0x1u       /* the last check of the stored bytes failed */
+#define IDX_F_VIEW_OWN_SIZE 0x2u /* a photo's view is not its original's size
+				    (the reason says why) */
 
 /* One stored file. */
 struct idx_entry {

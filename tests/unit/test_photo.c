@@ -376,6 +376,48 @@ static size_t header_run(const struct buf *j)
 	return p - 2;
 }
 
+/* Where the image data of a JPEG starts (the first marker after SOI that
+ * is not APPn/COM) and where its EOI ends. */
+static void jpeg_bounds(const struct buf *j, size_t *data, size_t *eoi_end)
+{
+	struct jpeg_info ji;
+
+	CHECK_EQ(jpeg_parse(j->p, j->len, &ji), 0);
+	*data = ji.head_end;
+	*eoi_end = ji.eoi_end;
+	jpeg_info_release(&ji);
+}
+
+/* A view is the original's layout: the same size; SOI and the original's
+ * APPn/COM segments, byte for byte; APP15 segments of NULs (each at least
+ * 8 bytes); the image data, its EOI where the original's was; then the
+ * original's trailer, byte for byte. */
+static void check_layout(const struct buf *orig, const struct buf *v)
+{
+	size_t od, oe, vd, ve, p;
+	struct jpeg_info ji;
+
+	jpeg_bounds(orig, &od, &oe);
+	jpeg_bounds(v, &vd, &ve);
+	CHECK_EQ(v->len, orig->len);
+	CHECK_EQ(ve, oe);
+	CHECK(memcmp(v->p + oe, orig->p + oe, orig->len - oe) == 0);
+	CHECK_EQ(jpeg_parse(orig->p, orig->len, &ji), 0);
+	CHECK(memcmp(v->p, orig->p, 2) == 0 &&
+	      (!ji.segs_len || memcmp(v->p + 2, ji.segs, ji.segs_len) == 0));
+	p = 2 + ji.segs_len;
+	jpeg_info_release(&ji);
+	while (p < vd) {
+		size_t n = 2 + ((size_t)v->p[p + 2] << 8 | v->p[p + 3]);
+		CHECK(v->p[p] == 0xFF && v->p[p + 1] == 0xEF && n >= 8 && p + n <= vd);
+		for (size_t i = 4; i < n; i++)
+			CHECK(v->p[p + i] == 0);
+		p += n;
+	}
+	CHECK_EQ(p, vd);
+	CHECK(v->p[vd] == 0xFF && v->p[vd + 1] != 0xEF && v->p[vd + 1] != 0xFE);
+}
+
 static int render(const char *heic, const char *out, uint64_t *size)
 {
 	int fd = open(heic, O_RDONLY), ret;
@@ -433,7 +475,7 @@ static void check_archived(const struct buf *jpeg, const char *name,
 		size_t il;
 		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-header", &item, &il),
 			 0);
-		CHECK(il >= 68 && memcmp(item, "HVFSJPEG\3", 9) == 0);
+		CHECK(il >= 232 && memcmp(item, "HVFSJPEG\4", 9) == 0);
 		free(item);
 	}
 	if (icc) {
@@ -454,12 +496,13 @@ static void check_archived(const struct buf *jpeg, const char *name,
 	heif_image_handle_release(h);
 	heif_context_free(ctx);
 
-	/* the view: original header verbatim, close to the original, exact size */
+	/* the view: the original's layout (header verbatim, padding, EOI where
+	 * the original's was, trailer), close to the original, exact size */
 	v = read_path(view);
 	CHECK(v.p && v.len == res->view_bytes);
+	CHECK_EQ(res->view_own_size, 0);
+	check_layout(jpeg, &v);
 	CHECK(memcmp(v.p, jpeg->p, 2 + hl) == 0);
-	CHECK(v.p[2 + hl] == 0xFF && !(v.p[3 + hl] >= 0xE0 && v.p[3 + hl] <= 0xEF) &&
-	      v.p[3 + hl] != 0xFE);
 	CHECK_EQ(y_plane(&v, &vp), 0);
 	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], vp.plane[0], vp.stride[0],
 			       orig.width, orig.height) >= 0.985);
@@ -794,35 +837,199 @@ static void test_raw_planes(void)
 	}
 }
 
-/* A photo archived before raw planes (header version 2) still renders its
- * view from the planes libheif hands out, the ones its recorded size was
- * measured on; version 3 renders from the decoder's planes. The same HEIC
- * with only the version byte changed renders both ways. */
+/* Photos archived before the view took the original's layout still render
+ * as they did: version 3 as SOI, segments and the image data from the
+ * decoder's planes (no padding, nothing after EOI); version 2 from the
+ * planes libheif hands out (through RGB and back). An archived photo's
+ * header item (232 bytes: no segments) is rewritten in place as one of
+ * version 3 of the same length (68 bytes and a record of a 164-byte COM
+ * segment), then 2. */
 static void test_view_versions(void)
 {
 	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 21), heic, v2, v3;
 	struct codec_result res;
+	struct photo_planes raw;
+	struct heif_context *rd;
+	struct heif_image_handle *h;
 	uint64_t n2 = 0, n3 = 0;
-	uint8_t *at;
+	uint8_t *at, *scan;
+	size_t scan_len;
 
 	CHECK_EQ(archive(&j, "versions.jpg", &res), 0);
 	CHECK(res.archived);
 	heic = read_path(tpath("versions.jpg.heic"));
-	at = memmem(heic.p, heic.len, "HVFSJPEG\3", 9);
+	at = memmem(heic.p, heic.len, "HVFSJPEG\4", 9);
 	CHECK(at != NULL);
-	CHECK_EQ(render(tpath("versions.jpg.heic"), tpath("versions.v3.jpg"), &n3), 0);
-	CHECK_EQ(n3, res.view_bytes);
+	CHECK(at[52] == 0 && at[53] == 0 && at[54] == 0 && at[55] == 0); /* no records */
+	at[8] = 3;
+	at[55] = 164;
+	memset(at + 68, 0, 164);
+	at[69] = 0xFF, at[70] = 0xFE, at[71] = 0, at[72] = 161;
+	write_path(tpath("versions.v3.heic"), &heic);
 	at[8] = 2;
 	write_path(tpath("versions.v2.heic"), &heic);
+	CHECK_EQ(render(tpath("versions.v3.heic"), tpath("versions.v3.jpg"), &n3), 0);
 	CHECK_EQ(render(tpath("versions.v2.heic"), tpath("versions.v2.jpg"), &n2), 0);
 	v2 = read_path(tpath("versions.v2.jpg"));
 	v3 = read_path(tpath("versions.v3.jpg"));
 	CHECK(v2.len == n2 && v3.len == n3);
 	CHECK(v2.len != v3.len || memcmp(v2.p, v3.p, v2.len) != 0);
+	/* version 3: SOI, the segment, TurboJPEG's tables and scan of the raw
+	 * planes at the recorded quality */
+	CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
+	CHECK_EQ(heic_decode_planes(h, TJSAMP_420, 800, 600, 1, &raw), 0);
+	CHECK_EQ(jpeg_encode_scan(&raw, at[9], &scan, &scan_len), 0);
+	CHECK_EQ(v3.len, 2 + 163 + scan_len);
+	CHECK(v3.p[2] == 0xFF && v3.p[3] == 0xFE && memcmp(v3.p + 2 + 163, scan, scan_len) == 0);
+	free(scan);
+	photo_planes_release(&raw);
+	heif_image_handle_release(h);
+	heif_context_free(rd);
 	buf_free(&heic);
 	buf_free(&v2);
 	buf_free(&v3);
 	buf_free(&j);
+}
+
+static int probe_path(const char *path, struct codec_result *res);
+
+/* The view quality recorded in an archived photo's header item. */
+static int view_quality_of(const char *heic_path)
+{
+	struct buf heic = read_path(heic_path);
+	uint8_t *at = memmem(heic.p, heic.len, "HVFSJPEG\4", 9);
+	int q = at ? at[9] : -1;
+
+	buf_free(&heic);
+	return q;
+}
+
+/* Insert n fill bytes (0xFF, which may precede any marker) before the
+ * first DQT of a JPEG. */
+static struct buf with_fill(const struct buf *j, size_t n)
+{
+	struct buf b = {0};
+	size_t at = 2;
+
+	while (!(j->p[at] == 0xFF && j->p[at + 1] == 0xDB))
+		at += 2 + ((size_t)j->p[at + 2] << 8 | j->p[at + 3]);
+	buf_add(&b, j->p, at);
+	for (size_t i = 0; i < n; i++)
+		buf_add(&b, "\xFF", 1);
+	buf_add(&b, j->p + at, j->len - at);
+	return b;
+}
+
+/*
+ * When the view's image data at the view quality does not fit the
+ * original's (an original coded at a lower quality than the view's), the
+ * view is rendered at the highest lower quality that fits and meets the
+ * floor; a gap of a few bytes, too short for padding, takes the next
+ * quality down; when no quality that meets the floor fits, the view keeps
+ * its own size and says so. (Floors lowered: a synthetic picture coded at
+ * JPEG quality 85 is smaller as HEVC only under SSIM 0.99.)
+ */
+static void test_view_fit(void)
+{
+	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 85, TJPF_RGB, 70), f, v, heic;
+	struct codec_opts saved = opts;
+	struct codec_result res, pr;
+	struct photo_planes raw;
+	struct heif_context *rd;
+	struct heif_image_handle *h;
+	size_t od, oe, scan92;
+	uint8_t *scan;
+	uint64_t size;
+
+	opts.min_ssim = 0.97;
+	opts.min_view_ssim = 0.95;
+	CHECK_EQ(archive(&j, "fit85.jpg", &res), 0);
+	CHECK(res.archived && !res.view_own_size && res.view_bytes == j.len);
+	CHECK(res.view_ssim >= 0.95);
+	CHECK(view_quality_of(tpath("fit85.jpg.heic")) < 92);
+	v = read_path(tpath("fit85.jpg.view.jpg"));
+	check_layout(&j, &v);
+	buf_free(&v);
+
+	/* the same pixels with the room for the image data at quality 92 plus
+	 * 3 bytes: quality 92 cannot be padded to fit, 91 can */
+	heic = read_path(tpath("fit85.jpg.heic"));
+	CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
+	CHECK_EQ(heic_decode_planes(h, TJSAMP_420, 800, 600, 1, &raw), 0);
+	CHECK_EQ(jpeg_encode_scan(&raw, 92, &scan, &scan92), 0);
+	free(scan);
+	photo_planes_release(&raw);
+	heif_image_handle_release(h);
+	heif_context_free(rd);
+	buf_free(&heic);
+	jpeg_bounds(&j, &od, &oe);
+	CHECK(scan92 + 3 > oe - 2);
+	f = with_fill(&j, scan92 + 3 - (oe - 2));
+	CHECK_EQ(archive(&f, "fit3.jpg", &res), 0);
+	CHECK(res.archived && !res.view_own_size && res.view_bytes == f.len);
+	CHECK_EQ(view_quality_of(tpath("fit3.jpg.heic")), 91);
+	v = read_path(tpath("fit3.jpg.view.jpg"));
+	check_layout(&f, &v);
+	buf_free(&v);
+	buf_free(&f);
+	buf_free(&j);
+
+	/* no quality under 92 that fits meets this floor: the view's own size */
+	j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 75, TJPF_RGB, 70);
+	opts.min_view_ssim = 0.9686;
+	CHECK_EQ(archive(&j, "own.jpg", &res), 0);
+	opts = saved;
+	CHECK(res.archived && res.view_own_size && strstr(res.view_why, "does not fit"));
+	CHECK(res.view_bytes > j.len && res.view_ssim >= 0.9686);
+	v = read_path(tpath("own.jpg.view.jpg"));
+	CHECK_EQ(v.len, res.view_bytes);
+	CHECK(v.p[2] == 0xFF && v.p[3] == 0xDB); /* no padding */
+	buf_free(&v);
+	CHECK_EQ(render(tpath("own.jpg.heic"), tpath("own.r.jpg"), &size), 0);
+	CHECK_EQ(size, res.view_bytes);
+	CHECK_EQ(probe_path(tpath("own.jpg.heic"), &pr), 0);
+	CHECK(pr.archived && pr.view_own_size && pr.view_why[0] && pr.view_bytes == size);
+	buf_free(&j);
+}
+
+/* Padding is APP15 segments of NULs, 8 to 65537 bytes each, as few as hold
+ * it and of near-equal sizes; a gap of 1 to 7 bytes cannot be padding. */
+static void test_padding(void)
+{
+	static const size_t gaps[] = {0, 8, 9, 65537, 65538, 131074, 131075, 200000};
+	const uint8_t segs[] = {0xFF, 0xFE, 0x00, 0x04, 'h', 'i'},
+		      scan[] = {0xFF, 0xDB, 0xFF, 0xD9};
+	uint8_t *out;
+	size_t len;
+
+	for (size_t g = 1; g < JPEG_PAD_MIN; g++) {
+		CHECK(!jpeg_pad_ok(g));
+		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), g, scan, sizeof(scan), NULL, 0, &out,
+					  &len),
+			 -EINVAL);
+	}
+	for (size_t i = 0; i < sizeof(gaps) / sizeof(gaps[0]); i++) {
+		size_t p = 2 + sizeof(segs), n = 0, lo = SIZE_MAX, hi = 0;
+		CHECK(jpeg_pad_ok(gaps[i]));
+		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), gaps[i], scan, sizeof(scan),
+					  (const uint8_t *)"TR", 2, &out, &len),
+			 0);
+		CHECK_EQ(len, 2 + sizeof(segs) + gaps[i] + sizeof(scan) + 2);
+		CHECK(out[0] == 0xFF && out[1] == 0xD8 && !memcmp(out + 2, segs, sizeof(segs)));
+		while (p < 2 + sizeof(segs) + gaps[i]) {
+			size_t sl = 2 + ((size_t)out[p + 2] << 8 | out[p + 3]);
+			CHECK(out[p] == 0xFF && out[p + 1] == 0xEF);
+			for (size_t k = 4; k < sl; k++)
+				CHECK(out[p + k] == 0);
+			lo = sl < lo ? sl : lo, hi = sl > hi ? sl : hi;
+			p += sl, n++;
+		}
+		CHECK_EQ(p, 2 + sizeof(segs) + gaps[i]);
+		CHECK_EQ(n, (gaps[i] + 65536) / 65537);
+		CHECK(!n || (lo >= 8 && hi <= 65537 && hi - lo <= 1));
+		CHECK(!memcmp(out + p, scan, sizeof(scan)) && !memcmp(out + len - 2, "TR", 2));
+		free(out);
+	}
 }
 
 /* The thumbnail is the photo scaled by area, linked as its thumbnail:
@@ -1063,11 +1270,6 @@ static void test_kept(void)
 		CHECK_EQ(archive(&j, "entropy.jpg", &res), 0);
 		CHECK(res.archived == 0 && res.reason[0]);
 	}
-	buf_free(&j);
-	/* data after EOI: a motion photo's video, an MPF image */
-	buf_add(&j, base.p, base.len);
-	buf_add(&j, "\0\0\0\x18" "ftypmp42....", 16);
-	expect_kept(&j, "motion.jpg", "after EOI");
 	buf_free(&j);
 	/* bomb: a frame header claiming 65535x65535 over a tiny scan */
 	buf_add(&j, base.p, base.len);
@@ -1311,6 +1513,429 @@ static void test_probe(void)
 	rich_free(&r);
 }
 
+/* ---- trailers ---- */
+
+/* Append an APP1 XMP segment holding text. */
+static void add_xmp_text(struct buf *segs, const char *text)
+{
+	static const char ns[] = "http://ns.adobe.com/xap/1.0/";
+	struct buf b = {0};
+
+	buf_add(&b, ns, sizeof(ns));
+	buf_add(&b, text, strlen(text));
+	add_seg(segs, 0xE1, b.p, b.len);
+	buf_free(&b);
+}
+
+/* A small real MP4 (one second of testsrc, MPEG-4 part 2) from ffmpeg, or
+ * when ffmpeg is missing a hand-made one: an ftyp box and an mdat. */
+static struct buf make_mp4(void)
+{
+	char cmd[512];
+	struct buf m = {0};
+
+	snprintf(cmd, sizeof(cmd),
+		 "ffmpeg -nostdin -hide_banner -loglevel error -f lavfi -i "
+		 "testsrc=size=64x48:rate=10 -t 1 -c:v mpeg4 -y %s",
+		 tpath("clip.mp4"));
+	if (system(cmd) == 0)
+		m = read_path(tpath("clip.mp4"));
+	if (!m.p || m.len < 16) {
+		static const uint8_t ftyp[] = {0, 0, 0, 24, 'f', 't', 'y', 'p', 'i', 's', 'o', 'm',
+					       0, 0, 2, 0,  'i', 's', 'o', 'm', 'm', 'p', '4', '1'};
+		uint8_t mdat[8 + 1000] = {0, 0, 0x03, 0xF0, 'm', 'd', 'a', 't'};
+		fprintf(stderr, "  (ffmpeg missing: a hand-made MP4 stands in)\n");
+		buf_free(&m);
+		for (int i = 8; i < (int)sizeof(mdat); i++)
+			mdat[i] = (uint8_t)(i * 31);
+		buf_add(&m, ftyp, sizeof(ftyp));
+		buf_add(&m, mdat, sizeof(mdat));
+	}
+	return m;
+}
+
+/* A photo with segs (may be empty) and trailer after its EOI. */
+static struct buf with_trailer(const struct buf *segs, const uint8_t *tr, size_t n, unsigned seed)
+{
+	struct buf j = make_jpeg_pf(480, 360, TJSAMP_420, 0, 100, TJPF_RGB, seed), f;
+
+	f = splice_segs(&j, segs);
+	if (n)
+		buf_add(&f, tr, n);
+	buf_free(&j);
+	return f;
+}
+
+/* Archive f and check what every photo with a trailer must satisfy: the
+ * carries bits, the view's layout and trailer (check_archived), the probe's
+ * carries, the header's trailer fields. */
+static void archive_trailer(const struct buf *f, const char *name, uint32_t carries,
+			    struct codec_result *res)
+{
+	struct codec_result pr;
+	char heic[256];
+
+	CHECK_EQ(archive(f, name, res), 0);
+	if (!res->archived)
+		fprintf(stderr, "  %s kept: %s\n", name, res->reason);
+	CHECK(res->archived);
+	CHECK_EQ(res->carries, carries);
+	snprintf(heic, sizeof(heic), "%s.heic", tpath(name));
+	CHECK_EQ(probe_path(heic, &pr), 0);
+	CHECK_EQ(pr.carries, carries);
+	CHECK(!memcmp(pr.orig_sum, res->orig_sum, SUM_LEN) &&
+	      !memcmp(pr.scan_sum, res->scan_sum, SUM_LEN));
+}
+
+/* The last top-level box of a HEIF file: its type and payload. */
+static const uint8_t *last_box(const struct buf *b, char type[5], size_t *len)
+{
+	size_t p = 0, last = 0;
+
+	while (p + 8 <= b->len) {
+		size_t n = (size_t)b->p[p] << 24 | (size_t)b->p[p + 1] << 16 |
+			   (size_t)b->p[p + 2] << 8 | b->p[p + 3];
+		CHECK(n >= 8 && n <= b->len - p);
+		last = p;
+		p += n;
+	}
+	CHECK_EQ(p, b->len);
+	memcpy(type, b->p + last + 4, 4);
+	type[4] = '\0';
+	*len = b->len - last - 8;
+	return b->p + last + 8;
+}
+
+/* The HEIC's own XMP item (malloc'd, NUL-terminated). */
+static char *heic_xmp_item(const struct buf *heic)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	uint8_t *x;
+	size_t n;
+	char *s;
+
+	CHECK_EQ(heic_open(heic->p, heic->len, 0, &ctx, &h), 0);
+	CHECK_EQ(heic_get_item(h, "mime", "application/rdf+xml", &x, &n), 0);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	s = malloc(n + 1);
+	memcpy(s, x, n);
+	s[n] = '\0';
+	free(x);
+	return s;
+}
+
+/*
+ * A Google motion photo (Motion Photo 1.0: XMP Container:Directory naming
+ * the MP4 of Length N that ends the file) becomes a HEIC motion photo: the
+ * MP4 in a top-level mpvd box after all the others, the HEIC's XMP naming
+ * the image/heic primary and the video/mp4 item with its Length and
+ * Padding 8; its view is the original byte for byte outside the image data
+ * (XMP segment included), so the video is the view's last N bytes again.
+ * The older MicroVideo form is recognised too.
+ */
+static void test_motion_photo(void)
+{
+	struct buf mp4 = make_mp4(), segs = {0}, f, heic;
+	struct codec_result res;
+	char xmp[2048], type[5], want[64], *x;
+	const uint8_t *payload;
+	size_t plen;
+
+	snprintf(xmp, sizeof(xmp),
+		 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/"
+		 "1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+		 "xmlns:GCamera=\"http://ns.google.com/photos/1.0/camera/\" "
+		 "xmlns:Container=\"http://ns.google.com/photos/1.0/container/\" "
+		 "xmlns:Item=\"http://ns.google.com/photos/1.0/container/item/\" "
+		 "GCamera:MotionPhoto=\"1\" GCamera:MotionPhotoVersion=\"1\" "
+		 "GCamera:MotionPhotoPresentationTimestampUs=\"500000\"><Container:Directory>"
+		 "<rdf:Seq><rdf:li rdf:parseType=\"Resource\"><Container:Item "
+		 "Item:Mime=\"image/jpeg\" Item:Semantic=\"Primary\" Item:Length=\"0\" "
+		 "Item:Padding=\"0\"/></rdf:li><rdf:li rdf:parseType=\"Resource\">"
+		 "<Container:Item Item:Mime=\"video/mp4\" Item:Semantic=\"MotionPhoto\" "
+		 "Item:Length=\"%zu\" Item:Padding=\"0\"/></rdf:li></rdf:Seq>"
+		 "</Container:Directory></rdf:Description></rdf:RDF></x:xmpmeta>",
+		 mp4.len);
+	add_exif(&segs, 1);
+	add_xmp_text(&segs, xmp);
+	f = with_trailer(&segs, mp4.p, mp4.len, 101);
+	archive_trailer(&f, "motion.jpg", CODEC_CARRIES_MOTION, &res);
+	check_archived(&f, "motion.jpg", &res, NULL, 1, 0);
+	heic = read_path(tpath("motion.jpg.heic"));
+	CHECK(heic.len == res.stored_bytes && !memcmp(heic.p, "\0\0\0", 3));
+	payload = last_box(&heic, type, &plen);
+	CHECK(strcmp(type, "mpvd") == 0);
+	CHECK(plen == mp4.len && memcmp(payload, mp4.p, plen) == 0);
+	x = heic_xmp_item(&heic);
+	snprintf(want, sizeof(want), "Item:Length=\"%zu\" Item:Padding=\"8\"", mp4.len);
+	CHECK(strstr(x, "Item:Mime=\"image/heic\" Item:Semantic=\"Primary\""));
+	CHECK(strstr(x, "Item:Mime=\"video/mp4\" Item:Semantic=\"MotionPhoto\""));
+	CHECK(strstr(x, want) && strstr(x, "GCamera:MotionPhoto=\"1\""));
+	CHECK(!strstr(x, "image/jpeg"));
+	CHECK(strstr(x, "MotionPhotoPresentationTimestampUs=\"500000\"")); /* kept */
+	free(x);
+	buf_free(&heic);
+	buf_free(&f);
+	buf_free(&segs);
+
+	/* MicroVideo: the offset of the video from the end */
+	snprintf(xmp, sizeof(xmp),
+		 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/"
+		 "1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+		 "xmlns:GCamera=\"http://ns.google.com/photos/1.0/camera/\" "
+		 "GCamera:MicroVideo=\"1\" GCamera:MicroVideoVersion=\"1\" "
+		 "GCamera:MicroVideoOffset=\"%zu\" "
+		 "GCamera:MicroVideoPresentationTimestampUs=\"250000\"/></rdf:RDF></x:xmpmeta>",
+		 mp4.len);
+	add_xmp_text(&segs, xmp);
+	f = with_trailer(&segs, mp4.p, mp4.len, 102);
+	archive_trailer(&f, "micro.jpg", CODEC_CARRIES_MOTION, &res);
+	check_archived(&f, "micro.jpg", &res, NULL, 0, 0);
+	heic = read_path(tpath("micro.jpg.heic"));
+	payload = last_box(&heic, type, &plen);
+	CHECK(strcmp(type, "mpvd") == 0 && plen == mp4.len && !memcmp(payload, mp4.p, plen));
+	x = heic_xmp_item(&heic);
+	CHECK(strstr(x, want) && !strstr(x, "MicroVideoOffset") &&
+	      !strstr(x, "GCamera:MicroVideo=\""));
+	free(x);
+	buf_free(&heic);
+	buf_free(&f);
+	buf_free(&segs);
+	buf_free(&mp4);
+}
+
+/* An MPF APP2 segment (CIPA DC-007, big-endian): an MP index IFD with two
+ * entries, the primary (offset 0) and one image at file offset second_at,
+ * given that the segment starts at seg_at. */
+static void add_mpf(struct buf *segs, size_t seg_at, size_t primary_len, size_t second_at,
+		    size_t second_len)
+{
+	uint8_t p[4 + 82] = "MPF";
+	uint8_t *t = p + 4;
+	size_t tiff_at = seg_at + 4 + 4;
+	uint32_t v[][3] = {{0xB000, 7, 4}, {0xB001, 4, 1}, {0xB002, 7, 32}};
+
+	memcpy(t, "MM\0*\0\0\0\x08\0\x03", 10);
+	for (int i = 0; i < 3; i++) {
+		uint8_t *e = t + 10 + 12 * i;
+		e[0] = (uint8_t)(v[i][0] >> 8), e[1] = (uint8_t)v[i][0];
+		e[2] = 0, e[3] = (uint8_t)v[i][1];
+		e[4] = e[5] = e[6] = 0, e[7] = (uint8_t)v[i][2];
+	}
+	memcpy(t + 10 + 8, "0100", 4); /* MPFVersion */
+	t[10 + 12 + 11] = 2;	       /* NumberOfImages */
+	t[10 + 24 + 11] = 50;	       /* MP entries at 50 */
+	/* 46..49: no next IFD; entries at 50 */
+	{
+		uint8_t *e = t + 50;
+		uint32_t vals[] = {0x20030000,		 (uint32_t)primary_len,		 0, 0,
+				   (uint32_t)second_len, (uint32_t)(second_at - tiff_at)};
+		for (int i = 0; i < 3; i++) {
+			for (int k = 0; k < 4; k++) {
+				e[4 * i + k] = (uint8_t)(vals[i] >> (24 - 8 * k));
+				e[16 + 4 * i + k] = (uint8_t)(vals[3 + i] >> (24 - 8 * k));
+			}
+		}
+	}
+	add_seg(segs, 0xE2, p, sizeof(p));
+}
+
+/* A photo with an MPF index pointing to a secondary JPEG stored after its
+ * EOI (hdrgm: its XMP names an Ultra HDR gain map). */
+static struct buf make_mpf_photo(int hdrgm, unsigned seed)
+{
+	struct buf j = make_jpeg_pf(480, 360, TJSAMP_420, 0, 100, TJPF_RGB, seed);
+	struct buf second = make_jpeg_pf(120, 90, TJSAMP_420, 0, 90, TJPF_RGB, seed + 1);
+	struct buf segs = {0}, f;
+	size_t mpf_at, total;
+
+	if (hdrgm)
+		add_xmp_text(&segs, "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF "
+				    "xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">"
+				    "<rdf:Description rdf:about=\"\" xmlns:hdrgm=\"http://ns.adobe."
+				    "com/hdr-gain-map/1.0/\" hdrgm:Version=\"1.0\"/></rdf:RDF>"
+				    "</x:xmpmeta>");
+	mpf_at = 2 + segs.len;
+	total = j.len + segs.len + 4 + 86; /* the photo with its segments */
+	add_mpf(&segs, mpf_at, total, total, second.len);
+	f = splice_segs(&j, &segs);
+	CHECK_EQ(f.len, total);
+	buf_add(&f, second.p, second.len);
+	buf_free(&segs);
+	buf_free(&j);
+	buf_free(&second);
+	return f;
+}
+
+/* Follow a view's MPF index to its second image: it must be a JPEG of the
+ * original's bytes there. */
+static void check_mpf_second(const struct buf *orig, const struct buf *v)
+{
+	uint8_t *m = memmem(v->p, 4096, "MPF\0MM", 6);
+	size_t tiff, off, len;
+
+	CHECK(m != NULL);
+	tiff = (size_t)(m - v->p) + 4;
+	len = (size_t)m[4 + 50 + 16 + 4] << 24 | (size_t)m[4 + 50 + 16 + 5] << 16 |
+	      (size_t)m[4 + 50 + 16 + 6] << 8 | m[4 + 50 + 16 + 7];
+	off = (size_t)m[4 + 50 + 16 + 8] << 24 | (size_t)m[4 + 50 + 16 + 9] << 16 |
+	      (size_t)m[4 + 50 + 16 + 10] << 8 | m[4 + 50 + 16 + 11];
+	CHECK(tiff + off + len == v->len && v->p[tiff + off] == 0xFF &&
+	      v->p[tiff + off + 1] == 0xD8);
+	CHECK(!memcmp(v->p + tiff + off, orig->p + tiff + off, len));
+}
+
+/* MPF images and an Ultra HDR gain map, a Samsung SEF trailer, trailing
+ * zeros and one stray byte: each archived, its trailer in the trailer item
+ * verbatim, classified, and back in its view at the same offsets (an MPF
+ * reader finds the second image in the view). */
+static void test_trailers(void)
+{
+	struct buf f, v, none = {0}, heic;
+	struct codec_result res;
+	uint8_t sef[300], zeros[4096] = {0};
+
+	f = make_mpf_photo(0, 110);
+	archive_trailer(&f, "mpf.jpg", CODEC_CARRIES_MPF, &res);
+	check_archived(&f, "mpf.jpg", &res, NULL, 0, 0);
+	v = read_path(tpath("mpf.jpg.view.jpg"));
+	check_mpf_second(&f, &v);
+	buf_free(&v);
+	/* the trailer item holds the trailer, verbatim */
+	{
+		struct heif_context *ctx;
+		struct heif_image_handle *h;
+		uint8_t *t;
+		size_t tl, od, oe;
+		heic = read_path(tpath("mpf.jpg.heic"));
+		CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &h), 0);
+		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-trailer", &t, &tl), 0);
+		jpeg_bounds(&f, &od, &oe);
+		CHECK(tl == f.len - oe && !memcmp(t, f.p + oe, tl));
+		free(t);
+		heif_image_handle_release(h);
+		heif_context_free(ctx);
+		buf_free(&heic);
+	}
+	buf_free(&f);
+
+	f = make_mpf_photo(1, 120);
+	archive_trailer(&f, "ultrahdr.jpg", CODEC_CARRIES_GAIN_MAP, &res);
+	check_archived(&f, "ultrahdr.jpg", &res, NULL, 0, 0);
+	v = read_path(tpath("ultrahdr.jpg.view.jpg"));
+	check_mpf_second(&f, &v);
+	buf_free(&v);
+	buf_free(&f);
+
+	/* Samsung: SEF data, its directory, the directory's size, "SEFT" */
+	for (size_t i = 0; i < sizeof(sef); i++)
+		sef[i] = (uint8_t)(i * 13 + 7);
+	memcpy(sef + 200, "SEFH", 4);
+	memcpy(sef + sizeof(sef) - 8, "\x5C\0\0\0SEFT", 8);
+	f = with_trailer(&none, sef, sizeof(sef), 130);
+	archive_trailer(&f, "sef.jpg", CODEC_CARRIES_SEF, &res);
+	check_archived(&f, "sef.jpg", &res, NULL, 0, 0);
+	buf_free(&f);
+
+	f = with_trailer(&none, zeros, sizeof(zeros), 131);
+	archive_trailer(&f, "zeros.jpg", CODEC_CARRIES_PADDING, &res);
+	check_archived(&f, "zeros.jpg", &res, NULL, 0, 0);
+	buf_free(&f);
+
+	f = with_trailer(&none, (const uint8_t *)"\n", 1, 132);
+	archive_trailer(&f, "stray.jpg", CODEC_CARRIES_OTHER, &res);
+	check_archived(&f, "stray.jpg", &res, NULL, 0, 0);
+	buf_free(&f);
+
+	/* nothing after EOI: nothing carried */
+	f = with_trailer(&none, NULL, 0, 133);
+	archive_trailer(&f, "plain.jpg", 0, &res);
+	buf_free(&f);
+}
+
+static int embedded_path(const char *path, struct codec_embedded *e, int *ok)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = codec_embedded_sums(fd, e);
+	if (!ret && ok)
+		ret = e->has ? codec_check_self_sum(fd, e, ok) : -EINVAL;
+	close(fd);
+	return ret;
+}
+
+/* The digests: the original's, the view's image data (what TurboJPEG
+ * regenerates), and the stored file's own, which it carries and which
+ * fails on any changed byte; other files carry none. */
+static void test_digests(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg_pf(480, 360, TJSAMP_420, 0, 100, TJPF_RGB, 140), f, v, heic, z;
+	struct codec_result res;
+	struct codec_embedded e;
+	uint8_t sum[SUM_LEN];
+	size_t vd, ve;
+	uint8_t *mdat;
+	int ok = -1;
+
+	make_rich(&r, 3);
+	f = splice_segs(&j, &r.segs);
+	CHECK_EQ(archive(&f, "sums.jpg", &res), 0);
+	CHECK(res.archived);
+	CHECK_EQ(sum_buf(f.p, f.len, sum), 0);
+	CHECK(!memcmp(sum, res.orig_sum, SUM_LEN));
+	v = read_path(tpath("sums.jpg.view.jpg"));
+	jpeg_bounds(&v, &vd, &ve);
+	CHECK_EQ(sum_buf(v.p + vd, ve - vd, sum), 0);
+	CHECK(!memcmp(sum, res.scan_sum, SUM_LEN));
+
+	CHECK_EQ(embedded_path(tpath("sums.jpg.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 1 && e.orig_bytes == f.len);
+	CHECK(!memcmp(e.orig_sum, res.orig_sum, SUM_LEN));
+	heic = read_path(tpath("sums.jpg.heic"));
+	CHECK(e.self_off + SUM_LEN <= heic.len);
+	CHECK(!memcmp(heic.p + e.self_off, e.self_sum, SUM_LEN));
+	/* the same digest, computed here */
+	z = (struct buf){0};
+	buf_add(&z, heic.p, heic.len);
+	memset(z.p + e.self_off, 0, SUM_LEN);
+	CHECK_EQ(sum_buf(z.p, z.len, sum), 0);
+	CHECK(!memcmp(sum, e.self_sum, SUM_LEN));
+	buf_free(&z);
+
+	/* one flipped bit in the coded picture, then in the digest itself */
+	mdat = memmem(heic.p, heic.len, "mdat", 4);
+	CHECK(mdat != NULL);
+	mdat[500] ^= 1;
+	write_path(tpath("sums.bad.heic"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.bad.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 0);
+	mdat[500] ^= 1;
+	heic.p[e.self_off + 7] ^= 0x80;
+	write_path(tpath("sums.bad.heic"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.bad.heic"), &e, &ok), 0);
+	CHECK(e.has == 1 && ok == 0);
+
+	/* a JPEG, an empty file, a header of version 3: none */
+	CHECK_EQ(embedded_path(tpath("sums.jpg"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	heic.len = 0;
+	write_path(tpath("sums.empty"), &heic);
+	CHECK_EQ(embedded_path(tpath("sums.empty"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	CHECK_EQ(embedded_path(tpath("versions.v3.heic"), &e, NULL), 0);
+	CHECK_EQ(e.has, 0);
+	buf_free(&heic);
+	buf_free(&v);
+	buf_free(&f);
+	buf_free(&j);
+	rich_free(&r);
+}
+
 /* exiftool sees the same tags in the original and in its view. */
 static void test_exiftool_tags(void)
 {
@@ -1383,7 +2008,22 @@ static int corpus_one(const char *path, const struct stat *st, int type, struct 
 		return 1;
 	}
 	if (res.archived) {
+		struct buf v = read_path(tpath("corpus.jpg.view.jpg"));
+		size_t od, oe;
 		corpus_archived++;
+		/* the view is the original's layout (or says why not) */
+		jpeg_bounds(&j, &od, &oe);
+		if (!v.p || v.len != res.view_bytes || v.len < j.len - oe ||
+		    memcmp(v.p + v.len - (j.len - oe), j.p + oe, j.len - oe) != 0 ||
+		    (!res.view_own_size && v.len != j.len)) {
+			fprintf(stderr,
+				"  corpus %s: view of %zu bytes, not the original's layout\n", path,
+				v.len);
+			buf_free(&v);
+			buf_free(&j);
+			return 1;
+		}
+		buf_free(&v);
 		if (res.ssim < 0.99 || res.view_ssim < 0.985 ||
 		    res.stored_bytes > 0.9 * (double)j.len) {
 			fprintf(stderr, "  corpus %s: SSIM %.4f view %.4f\n", path, res.ssim,
@@ -1454,6 +2094,8 @@ int main(void)
 	RUN(test_threaded_decoder);
 	RUN(test_raw_planes);
 	RUN(test_view_versions);
+	RUN(test_padding);
+	RUN(test_view_fit);
 	RUN(test_rich_420);
 	RUN(test_subsamplings);
 	RUN(test_orientations);
@@ -1466,6 +2108,9 @@ int main(void)
 	RUN(test_options);
 	RUN(test_render_errors);
 	RUN(test_probe);
+	RUN(test_motion_photo);
+	RUN(test_trailers);
+	RUN(test_digests);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

@@ -181,6 +181,7 @@ size_t idx_entry_encode(const struct idx_entry *e, uint8_t *buf)
 	wr_u64(&w, e->view_bytes);
 	wr_u64(&w, e->done);
 	wr_u64(&w, e->total);
+	wr_u64(&w, e->prev);
 	wr_u64(&w, (uint64_t)e->updated);
 	wr_u64(&w, (uint64_t)e->started);
 	wr_u64(&w, (uint64_t)e->checked);
@@ -217,6 +218,7 @@ int idx_entry_decode(const uint8_t *buf, size_t len, struct idx_entry *e)
 	e->view_bytes = rd_u64(&r);
 	e->done = rd_u64(&r);
 	e->total = rd_u64(&r);
+	e->prev = rd_u64(&r);
 	e->updated = (int64_t)rd_u64(&r);
 	e->started = (int64_t)rd_u64(&r);
 	e->checked = (int64_t)rd_u64(&r);

@@ -83,6 +83,11 @@ struct idx_entry {
 	uint64_t stored_bytes;	   /* size of the backing file */
 	uint64_t view_bytes;	   /* size the mount reports (the view's) */
 	uint64_t done, total;	   /* progress of a running job (frames) */
+	uint64_t prev;		   /* a staged file that replaced an archived one:
+				      that archive's inode, kept aside until this
+				      file settles (its bytes may be the
+				      archive's original again, or its view
+				      retagged) */
 	int64_t updated;	   /* unix time of the last change (set by idx_put) */
 	int64_t started;	   /* unix time the running job started, 0: none */
 	int64_t checked;	   /* unix time the stored bytes were last found

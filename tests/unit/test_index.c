@@ -215,6 +215,7 @@ static void test_encoding(void)
 			      .stored_bytes = 8,
 			      .view_bytes = 9,
 			      .done = 10,
+			      .prev = 77,
 			      .total = 11,
 			      .updated = -12,
 			      .started = 13,

@@ -241,11 +241,11 @@ static int copy_all(int src, int dst)
  * Put work/out (the archive of src, described by e, or a copy of it for a
  * kept file) in place as dfd/target: the source's owner, mode, times and
  * user.* xattrs, fsynced, its checksums taken, renamed never over another
- * file, the directory fsynced, indexed. 0, -EEXIST (the name is taken), or
- * -errno.
+ * file, the directory fsynced, indexed (an archive as the origin of its
+ * original, at logical). 0, -EEXIST (the name is taken), or -errno.
  */
 static int commit_import(struct import_run *r, const char *out, int src, int dfd,
-			 const char *target, struct idx_entry *e)
+			 const char *target, const char *logical, struct idx_entry *e)
 {
 	struct sum_file f = {0};
 	struct idx_txn *txn;
@@ -272,7 +272,9 @@ static int commit_import(struct import_run *r, const char *out, int src, int dfd
 		if ((rc = idx_begin(r->idx, 1, &txn)))
 			goto out;
 		if ((rc = fs_sums_record(txn, st.st_ino, e, &f)) ||
-		    (rc = idx_put(txn, st.st_ino, e))) {
+		    (rc = idx_put(txn, st.st_ino, e)) ||
+		    (e->state == IDX_ARCHIVED &&
+		     (rc = idx_origin_put(txn, e->orig_sum, st.st_ino, logical)))) {
 			idx_abort(txn);
 			goto out;
 		}
@@ -392,7 +394,7 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 		snprintf(f.what, sizeof(f.what), "%s", res.reason);
 	}
 	e.elapsed = mono() - t0;
-	rc = commit_import(r, out, src, dfd, target, &e);
+	rc = commit_import(r, out, src, dfd, target, logical, &e);
 	if (rc == -EEXIST) {
 		snprintf(f.what, sizeof(f.what), "%.200s appeared in BACKING meanwhile", target);
 		goto out_unlink;

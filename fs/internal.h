@@ -75,6 +75,8 @@ struct fs {
 	int work_fd;		    /* BACKING/.hevcfs/work: archive outputs before commit */
 	int cache_fd;		    /* STATE/cache: rendered views */
 	int hidden_fd;		    /* BACKING/.hevcfs/hidden: files removed while open */
+	int prev_fd;		    /* BACKING/.hevcfs/prev: archives a new file
+				       replaced, kept aside until it settles */
 	char *work_dir, *cache_dir; /* absolute paths of the above, for codec/ */
 	struct idx *idx;
 	const char *index_path; /* opened in the daemon, after fork */
@@ -140,6 +142,9 @@ int fs_path_reserved(const char *path);
  * itself returns -EINVAL.
  */
 int fs_open_parent(struct fs *fs, const char *path, const char **name);
+/* Copy src into dst from offset 0, at most limit bytes (copy_file_range:
+ * a reflink where the filesystem shares extents). 0 or -errno. */
+int fs_copy_fd(int src, int dst, uint64_t limit);
 /* Open rel below root_fd (BACKING, or any directory) the same way: no
  * symlink, "..", or magic link followed. An fd or -errno. */
 int fs_open_beneath(int root_fd, const char *rel, int flags, mode_t mode);
@@ -325,6 +330,26 @@ typedef int (*fs_tree_fn)(void *arg, enum fs_tree_what what, int dirfd, const ch
 			  const struct stat *st, const char *path);
 /* Walk every entry, directories in pre- and post-order. */
 int fs_walk_tree(int root_fd, fs_tree_fn visit, void *arg);
+
+/* --- prev.c: archives a new file replaced, kept aside ------------------ */
+
+/* Keep the archived file dirfd/name (inode ino) aside for owner, the new
+ * file that replaced it (renamed over it, or opened over it for writing):
+ * moved into BACKING/.hevcfs/prev, flagged IDX_F_PREV, owner's entry naming
+ * it. An older one kept for owner goes. Caller holds ns_lock. 0 or -errno. */
+int fs_prev_keep(struct fs *fs, int dirfd, const char *name, uint64_t ino, uint64_t owner);
+/* Open owner's archive kept aside (inode ino) for reading. An fd or -errno. */
+int fs_prev_open(struct fs *fs, uint64_t owner, uint64_t ino);
+/* owner (at path, settled at queue generation gen) has its kept archive's
+ * original bytes again: put the archive back, unchanged but for owner's
+ * attributes, and remove owner. -EBUSY when owner is open, -ESTALE when it
+ * changed, -EIO when the archive is not whole: then archive owner anew. */
+int fs_prev_restore(struct fs *fs, uint64_t owner, uint64_t ino, const char *path, uint64_t gen);
+/* Forget owner's kept archive (inode ino; 0 is fine): its file went, or was
+ * archived or kept. */
+void fs_prev_drop(struct fs *fs, uint64_t owner, uint64_t ino);
+/* At mount: drop what no staged or pending entry names. */
+void fs_prev_recover(struct fs *fs);
 
 /* --- pool.c: workers for import and export ----------------------------- */
 

@@ -97,7 +97,8 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 	struct stat st;
 	int rc = 0;
 
-	fs->root_fd = fs->state_fd = fs->meta_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd = -1;
+	fs->root_fd = fs->state_fd = fs->meta_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd =
+		fs->prev_fd = -1;
 	*lock_fd = -1;
 	if (!index)
 		return -ENOMEM;
@@ -123,6 +124,7 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 	 * tree: they live on BACKING's filesystem; the cache with the state */
 	if ((rc = fs->work_fd = open_subdir(fs->meta_fd, "work")) < 0 ||
 	    (rc = fs->hidden_fd = open_subdir(fs->meta_fd, "hidden")) < 0 ||
+	    (rc = fs->prev_fd = open_subdir(fs->meta_fd, "prev")) < 0 ||
 	    (rc = fs->cache_fd = open_subdir(fs->state_fd, "cache")) < 0)
 		goto out;
 	rc = 0;
@@ -184,6 +186,8 @@ static int recover_intent(void *arg, const struct idx_intent *in)
 			e.flags |= IDX_F_DAMAGED;
 		idx_del(txn, in->staged_ino);
 		idx_put(txn, in->archive_ino, &e);
+		if (whole)
+			idx_origin_put(txn, e.orig_sum, in->archive_ino, in->path);
 		idx_queue_del(txn, in->staged_ino);
 		idx_commit(txn);
 		idx_sync(fs->idx);
@@ -312,6 +316,7 @@ static int recover(struct fs *fs, int fresh)
 		return rc;
 	wipe_dir(fs->work_fd);
 	wipe_dir(fs->hidden_fd);
+	fs_prev_recover(fs);
 	/* an index that has never seen the tree (new, or made before a first
 	 * mount only to hold saved options) walks it whole */
 	if (fresh < 0)
@@ -432,10 +437,17 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 			e.flags |= IDX_F_DAMAGED;
 			e.checked = 0;
 		}
-		if (!rc && idx_put(txn, st->st_ino, &e) == 0)
+		/* the origin of its original, by its logical path */
+		char *logical = strdup(path);
+		if (logical && e.suffix[0] && strlen(logical) > strlen(e.suffix))
+			logical[strlen(logical) - strlen(e.suffix)] = '\0';
+		if (!rc && idx_put(txn, st->st_ino, &e) == 0 &&
+		    (!logical || (e.flags & IDX_F_DAMAGED) ||
+		     idx_origin_put(txn, e.orig_sum, st->st_ino, logical) == 0))
 			idx_commit(txn);
 		else
 			idx_abort(txn);
+		free(logical);
 	}
 out:
 	sum_file_release(&f);

@@ -287,14 +287,30 @@ static int op_mkdir(const char *path, mode_t mode)
 static void forget_file(struct fs *fs, uint64_t ino)
 {
 	struct idx_txn *txn;
+	struct idx_entry e = {0};
 
 	fs_node_gone(fs, ino);
 	fs_view_drop(fs, ino);
 	if (idx_begin(fs->idx, 1, &txn) == 0) {
+		if (idx_get(txn, ino, &e))
+			e.prev = 0;
 		idx_del(txn, ino);
 		idx_queue_del(txn, ino);
 		idx_commit(txn);
 	}
+	fs_prev_drop(fs, ino, e.prev); /* an archive it replaced goes with it */
+}
+
+/* Does src, renamed over the archived dst, settle into a job that may find
+ * it is dst's original again (a file being written: staged or pending)? */
+static int replaces_archive(struct fs *fs, const struct fs_lookup *src,
+			    const struct fs_lookup *dst)
+{
+	struct idx_entry e;
+
+	return dst->archived && S_ISREG(src->st.st_mode) && src->st.st_nlink == 1 &&
+	       fs_entry_get(fs, src->st.st_ino, &e) == 0 &&
+	       (e.state == IDX_STAGED || e.state == IDX_PENDING);
 }
 
 static int op_unlink(const char *path)
@@ -490,7 +506,11 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 		} else if (renameat2(src.parent, src.name, to_parent, target, RENAME_NOREPLACE) ==
 			   -1) {
 			rc = -errno;
-		} else {
+		} else if (!(replaces_archive(fs, &src, &dst) &&
+			     fs_prev_keep(fs, dst.parent, dst.name, dst.st.st_ino, src.st.st_ino) ==
+				     0)) {
+			/* (an archive replaced by a file being written waits
+			 * aside: the new bytes may be its original again) */
 			if (unlinkat(dst.parent, dst.name, 0) == -1)
 				log_msg(LOG_ERR, "rename: cannot remove replaced %s: %s", to,
 					strerror(errno));
@@ -517,8 +537,12 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 				idx_queue_rename(txn, rel(from), EXCHANGE_TMP);
 				idx_queue_rename(txn, rel(to), rel(from));
 				idx_queue_rename(txn, EXCHANGE_TMP, rel(to));
+				idx_origins_rename(txn, rel(from), EXCHANGE_TMP);
+				idx_origins_rename(txn, rel(to), rel(from));
+				idx_origins_rename(txn, EXCHANGE_TMP, rel(to));
 			} else {
 				idx_queue_rename(txn, rel(from), rel(to));
+				idx_origins_rename(txn, rel(from), rel(to));
 			}
 			idx_commit(txn);
 		}
@@ -658,24 +682,6 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 	return set_attr(path, fi, &c);
 }
 
-/* Copy all of src into dst from offset 0 (at most limit bytes). */
-static int copy_fd(int src, int dst, uint64_t limit)
-{
-	off_t off = 0;
-
-	while ((uint64_t)off < limit) {
-		ssize_t n =
-		    copy_file_range(src, &off, dst, NULL, (size_t)(limit - (uint64_t)off), 0);
-		if (n == -1 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS))
-			n = sendfile(dst, src, &off, (size_t)(limit - (uint64_t)off));
-		if (n == -1)
-			return -errno;
-		if (n == 0)
-			break;
-	}
-	return 0;
-}
-
 /*
  * Turn an archived file back into a plain staged one at its logical name,
  * so it can be written: a photo's view bytes (or nothing when truncating), a
@@ -714,7 +720,7 @@ static int materialise(struct fs *fs, struct fs_lookup *lk, const char *path, in
 			rc = view;
 			goto out_close;
 		}
-		rc = copy_fd(view, dst, lk->e.view_bytes);
+		rc = fs_copy_fd(view, dst, lk->e.view_bytes);
 		close(view);
 		if (rc)
 			goto out_close;
@@ -726,14 +732,18 @@ static int materialise(struct fs *fs, struct fs_lookup *lk, const char *path, in
 		goto out_close;
 	}
 	fs_fsync_dir(lk->parent);
-	if ((rc = idx_begin(fs->idx, 1, &txn)) == 0) {
-		idx_del(txn, lk->st.st_ino);
-		rc = idx_commit(txn);
-	}
 	fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
-	if (unlinkat(lk->parent, lk->name, 0) == -1)
-		log_msg(LOG_ERR, "edit: cannot remove %s: %s", lk->name, strerror(errno));
-	fs_view_drop(fs, lk->st.st_ino);
+	/* the archive waits aside: the edit may change only its metadata (a
+	 * retag), or write its original again */
+	if (fs_prev_keep(fs, lk->parent, lk->name, lk->st.st_ino, st.st_ino)) {
+		if ((rc = idx_begin(fs->idx, 1, &txn)) == 0) {
+			idx_del(txn, lk->st.st_ino);
+			rc = idx_commit(txn);
+		}
+		if (unlinkat(lk->parent, lk->name, 0) == -1)
+			log_msg(LOG_ERR, "edit: cannot remove %s: %s", lk->name, strerror(errno));
+		fs_view_drop(fs, lk->st.st_ino);
+	}
 	fs_fsync_dir(lk->parent);
 	snprintf(lk->name, sizeof(lk->name), "%s", lname);
 	lk->st = st;

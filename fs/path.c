@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <limits.h>
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,6 +75,24 @@ int fs_stored_name(const char *name, const char *suffix, char *out, size_t size)
 		suffix = "";
 	if ((size_t)snprintf(out, size, "%s%s", name, suffix) >= size || strlen(out) > NAME_MAX)
 		return -ENAMETOOLONG;
+	return 0;
+}
+
+int fs_copy_fd(int src, int dst, uint64_t limit)
+{
+	off_t off = 0;
+
+	while ((uint64_t)off < limit) {
+		ssize_t n = copy_file_range(src, &off, dst, NULL, (size_t)(limit - (uint64_t)off), 0);
+		if (n == -1 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS))
+			n = sendfile(dst, src, &off, (size_t)(limit - (uint64_t)off));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -errno;
+		if (n == 0)
+			break;
+	}
 	return 0;
 }
 

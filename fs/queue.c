@@ -163,6 +163,8 @@ static void finish_kept(struct fs *fs, struct job *j, int state, const char *rea
 	if ((rc == 0 || rc == -ENAMETOOLONG) && qgen == j->gen && job_current(fs, j)) {
 		e.orig_bytes = e.stored_bytes = e.view_bytes = (uint64_t)st->st_size;
 		snprintf(e.reason, sizeof(e.reason), "%s", reason);
+		struct idx_entry old;
+		uint64_t prev = idx_get(txn, j->ino, &old) == 0 ? old.prev : 0;
 		rc = 0;
 		if (sums && sums->size == (uint64_t)st->st_size) {
 			memcpy(e.orig_sum, sums->whole, SUM_LEN);
@@ -172,7 +174,8 @@ static void finish_kept(struct fs *fs, struct job *j, int state, const char *rea
 			idx_abort(txn);
 			return;
 		}
-		idx_commit(txn);
+		if (idx_commit(txn) == 0)
+			fs_prev_drop(fs, j->ino, prev); /* what it replaced goes */
 		return;
 	}
 	idx_abort(txn);
@@ -272,7 +275,9 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out,
 {
 	struct idx_intent *in = NULL;
 	struct idx_txn *txn;
+	struct idx_entry old;
 	struct stat st, ost;
+	uint64_t prev = 0;
 	const char *name;
 	char target[300];
 	uint64_t qgen;
@@ -372,8 +377,11 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out,
 	/* 4. index */
 	if ((rc = idx_begin(fs->idx, 1, &txn)))
 		goto out_close;
+	if (idx_get(txn, j->ino, &old) == 0)
+		prev = old.prev;
 	if ((rc = idx_del(txn, j->ino)) || (rc = idx_put(txn, in->archive_ino, e)) ||
 	    (rc = idx_blocks_put(txn, in->archive_ino, sums->blocks, sums->nblocks)) ||
+	    (rc = idx_origin_put(txn, e->orig_sum, in->archive_ino, path)) ||
 	    (rc = idx_queue_del(txn, j->ino))) {
 		idx_abort(txn);
 		goto out_close;
@@ -392,11 +400,12 @@ static int commit_archive(struct fs *fs, struct job *j, const char *out,
 	if (have_dir_times)
 		restore_dir_times(parent, &dst_before);
 
-	/* 6. done */
+	/* 6. done: an archive it replaced, kept aside, goes too */
 	if (idx_begin(fs->idx, 1, &txn) == 0) {
 		idx_intent_del(txn, j->ino);
 		idx_commit(txn);
 	}
+	fs_prev_drop(fs, j->ino, prev);
 	e->gen = in->archive_ino; /* tell the caller the new inode */
 	rc = 0;
 out_close:
@@ -638,6 +647,106 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 	unlinkat(fs->work_fd, view, 0);
 }
 
+/* Does this job's file have the bytes of the archive it replaced (kept
+ * aside), so that archive goes back in place unchanged? 1 when it did. */
+static int again(struct fs *fs, struct job *j, const char *path, const struct sum_file *src)
+{
+	struct idx_entry me, pe;
+	int rc;
+
+	if (fs_entry_get(fs, j->ino, &me) || !me.prev || fs_entry_get(fs, me.prev, &pe) ||
+	    memcmp(pe.orig_sum, src->whole, SUM_LEN))
+		return 0;
+	rc = fs_prev_restore(fs, j->ino, me.prev, path, j->gen);
+	if (rc) {
+		log_msg(LOG_DEBUG, "queue: %s: its archive is not put back: %s", path,
+			strerror(-rc));
+		return 0;
+	}
+	log_msg(LOG_INFO, "unchanged: %s: written again with its original's bytes: its archive is "
+			  "back, nothing encoded",
+		path);
+	if (fs->fuse) {
+		char *abs = malloc(strlen(path) + 2);
+		if (abs) {
+			abs[0] = '/';
+			strcpy(abs + 1, path);
+			fuse_invalidate_path(fs->fuse, abs);
+			free(abs);
+		}
+	}
+	return 1;
+}
+
+/* Copy an archive of the original src (another file with the same bytes,
+ * archived before) to work/out and describe it in res, as an encode would.
+ * 0, or -ENOENT when there is none whole. */
+static int copy_origin(struct fs *fs, const struct sum_file *src, const char *out,
+		       struct codec_result *res)
+{
+	struct idx_txn *txn;
+	struct fs_lookup lk;
+	struct sum_file f;
+	char *path = malloc(QUEUE_PATH_MAX);
+	uint64_t ino;
+	int in = -1, o = -1, rc;
+
+	if (!path)
+		return -ENOMEM;
+	if ((rc = idx_begin(fs->idx, 0, &txn)))
+		goto out_free;
+	rc = idx_origin_get(txn, src->whole, &ino, path, QUEUE_PATH_MAX);
+	idx_abort(txn);
+	if (rc)
+		goto out_free;
+	if ((rc = fs_lookup(fs, path, &lk)))
+		goto out_free;
+	if (!lk.archived || (uint64_t)lk.st.st_ino != ino ||
+	    memcmp(lk.e.orig_sum, src->whole, SUM_LEN) || sum_is_zero(lk.e.sum)) {
+		rc = -ENOENT;
+		goto out_close;
+	}
+	in = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	o = openat(fs->work_fd, out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (in < 0 || o < 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	if ((rc = fs_copy_fd(in, o, lk.e.stored_bytes)) || fsync(o) == -1)
+		goto out_unlink;
+	/* the copy is the archive whole, or nothing */
+	if ((rc = sum_file(o, 0, 0, 0, NULL, NULL, &f)) ||
+	    memcmp(f.whole, lk.e.sum, SUM_LEN) != 0) {
+		rc = rc ? rc : -EIO;
+		goto out_unlink;
+	}
+	memset(res, 0, sizeof(*res));
+	res->archived = 1;
+	snprintf(res->suffix, sizeof(res->suffix), "%s", lk.e.suffix[0] ? lk.e.suffix : ".mp4");
+	res->orig_bytes = src->size;
+	res->stored_bytes = lk.e.stored_bytes;
+	res->view_bytes = lk.e.view_bytes;
+	res->quality = (int)lk.e.quality;
+	res->ssim = lk.e.ssim;
+	res->view_ssim = lk.e.view_ssim;
+	res->carries = lk.e.carries;
+	memcpy(res->orig_sum, lk.e.orig_sum, SUM_LEN);
+	memcpy(res->scan_sum, lk.e.scan_sum, SUM_LEN);
+	rc = 0;
+	goto out_close;
+out_unlink:
+	unlinkat(fs->work_fd, out, 0);
+out_close:
+	if (in >= 0)
+		close(in);
+	if (o >= 0)
+		close(o);
+	close(lk.parent);
+out_free:
+	free(path);
+	return rc;
+}
+
 /* Run one job: open the settled file, archive it, keep or commit. Returns 1
  * when the job was handed back to the queue (a video waiting its turn). */
 static int run_job(struct fs *fs, struct job *j)
@@ -714,6 +823,10 @@ static int run_job(struct fs *fs, struct job *j)
 	}
 	opts.progress = on_progress;
 	opts.progress_arg = &prog;
+	/* the same bytes are never encoded twice: the archive this file
+	 * replaced, or any archive of the same original */
+	if (again(fs, j, path, &src))
+		goto out;
 
 	snprintf(out, sizeof(out), "%llu.%llu.out", (unsigned long long)j->ino,
 		 (unsigned long long)j->gen);
@@ -729,6 +842,11 @@ static int run_job(struct fs *fs, struct job *j)
 	opts.cancel = &j->node->cancel;
 	if (fs_node_take_ready(fs, j->node, j->gen, &res)) {
 		/* made and verified before; its commit waited for readers */
+		rc = 0;
+	} else if (copy_origin(fs, &src, out, &res) == 0) {
+		log_msg(LOG_INFO, "queue: %s: an archive of the same original is copied, nothing "
+				  "encoded",
+			path);
 		rc = 0;
 	} else {
 		double e0 = mono_sec();

@@ -404,11 +404,15 @@ int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
 {
 	struct idx_entry e = {
 	    .state = IDX_STAGED, .orig_bytes = size, .stored_bytes = size, .view_bytes = size};
+	struct idx_entry old;
 	struct idx_txn *txn;
 	int rc = idx_begin(fs->idx, 1, &txn);
 
 	if (rc)
 		return rc;
+	/* an archive it replaced still waits for it to settle */
+	if (idx_get(txn, ino, &old) == 0)
+		e.prev = old.prev;
 	while (*path == '/')
 		path++;
 	rc = idx_put(txn, ino, &e);

@@ -54,16 +54,20 @@ static void ino_key(uint64_t ino, unsigned char buf[8], MDB_val *k)
 	k->mv_data = buf;
 }
 
-static uint64_t key_ino(const MDB_val *k)
+/* The big-endian inode number at p. */
+static uint64_t key_ino_at(const void *p)
 {
-	const unsigned char *p = k->mv_data;
+	const unsigned char *b = p;
 	uint64_t v = 0;
 
-	if (k->mv_size != 8)
-		return 0;
 	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
+		v = v << 8 | b[i];
 	return v;
+}
+
+static uint64_t key_ino(const MDB_val *k)
+{
+	return k->mv_size == 8 ? key_ino_at(k->mv_data) : 0;
 }
 
 /* ---- record encoding ----------------------------------------------------
@@ -295,6 +299,8 @@ static int totals_apply(struct idx_txn *txn, const struct idx_entry *e, int sign
 	uint8_t key[2 + 160];
 	int rc;
 
+	if (e->flags & IDX_F_PREV)
+		return 0; /* kept aside, not a file of the tree */
 	key[0] = 's';
 	key[1] = (uint8_t)e->state;
 	key[2] = (uint8_t)e->kind;
@@ -618,23 +624,21 @@ int idx_get(struct idx_txn *txn, uint64_t ino, struct idx_entry *e)
 	return idx_entry_decode(v.mv_data, v.mv_size, e);
 }
 
-/* The origin record of e (made from an original with digest orig_sum)
- * names ino, or is removed when it named ino and e no longer qualifies. */
-static int origin_set(struct idx_txn *txn, uint64_t ino, const struct idx_entry *e, int add)
+static int rewrite_paths(struct idx_txn *txn, MDB_dbi dbi, const char *from, const char *to);
+
+/* Origin value: the archived file's inode (8 bytes, big-endian), then its
+ * logical path (no terminator). */
+
+/* Forget the origin record of old's original if it names ino. */
+static int origin_drop(struct idx_txn *txn, uint64_t ino, const struct idx_entry *old)
 {
-	MDB_val k = {.mv_size = SUM_LEN, .mv_data = (void *)e->orig_sum}, v;
-	unsigned char vb[8];
+	MDB_val k = {.mv_size = SUM_LEN, .mv_data = (void *)old->orig_sum}, v;
 	int rc;
 
-	if (e->state != IDX_ARCHIVED || sum_is_zero(e->orig_sum))
+	if (old->state != IDX_ARCHIVED || sum_is_zero(old->orig_sum))
 		return 0;
-	if (add) {
-		MDB_val nv;
-		ino_key(ino, vb, &nv);
-		return mdb_err(mdb_put(txn->txn, txn->idx->origins, &k, &nv, 0), "origin put");
-	}
 	rc = mdb_get(txn->txn, txn->idx->origins, &k, &v);
-	if (rc == MDB_NOTFOUND || (rc == 0 && key_ino(&v) != ino))
+	if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size < 8 || key_ino_at(v.mv_data) != ino)))
 		return 0;
 	if (rc)
 		return mdb_err(rc, "origin get");
@@ -653,7 +657,11 @@ int idx_put(struct idx_txn *txn, uint64_t ino, const struct idx_entry *e)
 	ino_key(ino, kb, &k);
 	rc = mdb_get(txn->txn, txn->idx->entries, &k, &v);
 	if (rc == 0 && idx_entry_decode(v.mv_data, v.mv_size, &old) == 0) {
-		if ((rc = totals_apply(txn, &old, -1)) || (rc = origin_set(txn, ino, &old, 0)))
+		if ((rc = totals_apply(txn, &old, -1)))
+			return rc;
+		/* still the archive of the same original: its origin stands */
+		if (!(copy.state == IDX_ARCHIVED && !memcmp(copy.orig_sum, old.orig_sum, SUM_LEN)) &&
+		    (rc = origin_drop(txn, ino, &old)))
 			return rc;
 	} else if (rc && rc != MDB_NOTFOUND) {
 		return mdb_err(rc, "get");
@@ -663,8 +671,6 @@ int idx_put(struct idx_txn *txn, uint64_t ino, const struct idx_entry *e)
 	rc = mdb_err(mdb_put(txn->txn, txn->idx->entries, &k, &v, 0), "put");
 	if (!rc)
 		rc = totals_apply(txn, &copy, 1);
-	if (!rc)
-		rc = origin_set(txn, ino, &copy, 1);
 	return rc;
 }
 
@@ -687,7 +693,7 @@ int idx_del(struct idx_txn *txn, uint64_t ino)
 
 	if (rc == -ENOENT)
 		return 0;
-	if (rc == 0 && ((rc = totals_apply(txn, &old, -1)) || (rc = origin_set(txn, ino, &old, 0))))
+	if (rc == 0 && ((rc = totals_apply(txn, &old, -1)) || (rc = origin_drop(txn, ino, &old))))
 		return rc;
 	if ((rc = del_key(txn, txn->idx->blocks, ino)))
 		return rc;
@@ -739,15 +745,45 @@ int idx_blocks_del(struct idx_txn *txn, uint64_t ino)
 	return del_key(txn, txn->idx->blocks, ino);
 }
 
-int idx_origin_get(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t *ino)
+int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino,
+		   const char *path)
+{
+	MDB_val k = {.mv_size = SUM_LEN, .mv_data = (void *)sum}, v;
+	size_t len = strlen(path);
+	int rc;
+
+	if (sum_is_zero(sum))
+		return 0;
+	v.mv_size = 8 + len;
+	rc = mdb_put(txn->txn, txn->idx->origins, &k, &v, MDB_RESERVE);
+	if (rc)
+		return mdb_err(rc, "origin put");
+	ino_key(ino, v.mv_data, &k);
+	memcpy((char *)v.mv_data + 8, path, len);
+	return 0;
+}
+
+int idx_origin_get(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t *ino, char *path,
+		   size_t size)
 {
 	MDB_val k = {.mv_size = SUM_LEN, .mv_data = (void *)sum}, v;
 	int rc = mdb_get(txn->txn, txn->idx->origins, &k, &v);
 
 	if (rc)
 		return rc == MDB_NOTFOUND ? -ENOENT : mdb_err(rc, "origin get");
-	*ino = key_ino(&v);
+	if (v.mv_size < 8)
+		return -EPROTO;
+	if (v.mv_size - 8 >= size)
+		return -ENAMETOOLONG;
+	*ino = key_ino_at(v.mv_data);
+	memcpy(path, (char *)v.mv_data + 8, v.mv_size - 8);
+	path[v.mv_size - 8] = '\0';
 	return 0;
+}
+
+int idx_origins_rename(struct idx_txn *txn, const char *from, const char *to)
+{
+	return rewrite_paths(txn, txn->idx->origins, from, to);
 }
 
 /* The meta key of a named value: "v:" + name (the schema has its own). */
@@ -887,20 +923,22 @@ int idx_queue_each(struct idx_txn *txn,
 	return rc == MDB_NOTFOUND || rc == 0 ? 0 : mdb_err(rc, "queue each");
 }
 
-/* Rewrite queued paths equal to from, or below it, to live under to. The
- * matches are collected first and written after the cursor is closed. */
-int idx_queue_rename(struct idx_txn *txn, const char *from, const char *to)
+/* Rewrite the paths of dbi's records (8 bytes, then a path) equal to from,
+ * or below it, to live under to. The matches are collected first and
+ * written after the cursor is closed. */
+static int rewrite_paths(struct idx_txn *txn, MDB_dbi dbi, const char *from, const char *to)
 {
 	size_t flen = strlen(from), tlen = strlen(to), n = 0, cap = 0;
 	struct moved {
-		uint64_t ino, gen;
+		MDB_val key;   /* a copy */
+		uint8_t head[8];
 		char *path;
 	} *list = NULL;
 	MDB_cursor *cur;
 	MDB_val k, v;
 	int rc, ret = 0;
 
-	rc = mdb_cursor_open(txn->txn, txn->idx->queue, &cur);
+	rc = mdb_cursor_open(txn->txn, dbi, &cur);
 	if (rc)
 		return mdb_err(rc, "cursor");
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
@@ -920,28 +958,43 @@ int idx_queue_rename(struct idx_txn *txn, const char *from, const char *to)
 			}
 			list = grown;
 		}
-		char *np = malloc(tlen + plen - flen + 1);
-		if (!np) {
+		char *np = malloc(tlen + plen - flen + 1), *kp = malloc(k.mv_size);
+		if (!np || !kp) {
+			free(np);
+			free(kp);
 			ret = -ENOMEM;
 			break;
 		}
 		memcpy(np, to, tlen);
 		memcpy(np + tlen, p + flen, plen - flen);
 		np[tlen + plen - flen] = '\0';
-		list[n].ino = key_ino(&k);
-		memcpy(&list[n].gen, v.mv_data, 8);
+		memcpy(kp, k.mv_data, k.mv_size);
+		list[n].key.mv_data = kp;
+		list[n].key.mv_size = k.mv_size;
+		memcpy(list[n].head, v.mv_data, 8);
 		list[n++].path = np;
 	}
 	mdb_cursor_close(cur);
 	if (rc && rc != MDB_NOTFOUND && !ret)
-		ret = mdb_err(rc, "queue rename");
+		ret = mdb_err(rc, "rename");
 	for (size_t i = 0; i < n; i++) {
-		if (!ret)
-			ret = idx_queue_put(txn, list[i].ino, list[i].gen, list[i].path);
+		size_t len = strlen(list[i].path);
+		MDB_val nv = {.mv_size = 8 + len};
+		if (!ret && !(ret = mdb_err(mdb_put(txn->txn, dbi, &list[i].key, &nv, MDB_RESERVE),
+					    "rename put"))) {
+			memcpy(nv.mv_data, list[i].head, 8);
+			memcpy((char *)nv.mv_data + 8, list[i].path, len);
+		}
+		free(list[i].key.mv_data);
 		free(list[i].path);
 	}
 	free(list);
 	return ret;
+}
+
+int idx_queue_rename(struct idx_txn *txn, const char *from, const char *to)
+{
+	return rewrite_paths(txn, txn->idx->queue, from, to);
 }
 
 /* ---- journal ------------------------------------------------------------

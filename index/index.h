@@ -69,6 +69,9 @@ enum idx_kind {
 #define IDX_F_DAMAGED 0x1u       /* the last check of the stored bytes failed */
 #define IDX_F_VIEW_OWN_SIZE 0x2u /* a photo's view is not its original's size
 				    (the reason says why) */
+#define IDX_F_PREV 0x4u          /* an archive a new file replaced, kept aside
+				    until that file settles (entry.prev): no
+				    file of the tree, left out of the totals */
 
 /* One stored file. */
 struct idx_entry {
@@ -161,8 +164,17 @@ int idx_blocks_get(struct idx_txn *txn, uint64_t ino, uint64_t i, uint8_t out[SU
 uint64_t idx_blocks_count(struct idx_txn *txn, uint64_t ino);
 int idx_blocks_del(struct idx_txn *txn, uint64_t ino);
 
-/* The archived file made from an original with digest sum. -ENOENT. */
-int idx_origin_get(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t *ino);
+/* An archived file made from an original with digest sum: its inode and
+ * logical path (kept current by idx_origins_rename), so a second copy of the
+ * same original reuses its encode. idx_put and idx_del drop the record of
+ * an entry that is no longer that archive. */
+int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino,
+		   const char *path);
+/* -ENOENT, -ENAMETOOLONG when path (size bytes) is too small. */
+int idx_origin_get(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t *ino, char *path,
+		   size_t size);
+/* A rename of from -> to: rewrite the origins' paths at or below it. */
+int idx_origins_rename(struct idx_txn *txn, const char *from, const char *to);
 
 /* Named values (saved options, ids): at most IDX_META_MAX bytes each. */
 #define IDX_META_MAX 4096

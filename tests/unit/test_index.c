@@ -351,7 +351,8 @@ static void test_totals_follow_changes(void)
 }
 
 /* Block digests are stored whole and read one at a time; an archived
- * entry is the origin of its original's digest until it goes. */
+ * entry is the origin of its original's digest, by inode and path (kept
+ * current by renames), until it is no longer that archive. */
 static void test_blocks_and_origins(void)
 {
 	struct idx *idx = open_fresh();
@@ -359,6 +360,7 @@ static void test_blocks_and_origins(void)
 	uint8_t sums[3 * SUM_LEN], one[SUM_LEN];
 	struct idx_entry e = {.state = IDX_ARCHIVED, .kind = IDX_KIND_PHOTO};
 	uint64_t ino;
+	char path[64];
 
 	for (size_t i = 0; i < sizeof(sums); i++)
 		sums[i] = (uint8_t)(i * 7);
@@ -366,6 +368,9 @@ static void test_blocks_and_origins(void)
 	CHECK_EQ(idx_begin(idx, 1, &t), 0);
 	CHECK_EQ(idx_blocks_put(t, 9, sums, 3), 0);
 	CHECK_EQ(idx_put(t, 9, &e), 0);
+	CHECK_EQ(idx_origin_put(t, e.orig_sum, 9, "a/b/IMG.JPG"), 0);
+	CHECK_EQ(idx_origins_rename(t, "a", "c"), 0);
+	CHECK_EQ(idx_origins_rename(t, "c/b/IMG", "x"), 0); /* not a path of it */
 	CHECK_EQ(idx_commit(t), 0);
 	CHECK_EQ(idx_begin(idx, 0, &t), 0);
 	CHECK_EQ(idx_blocks_count(t, 9), 3);
@@ -373,19 +378,27 @@ static void test_blocks_and_origins(void)
 	CHECK(memcmp(one, sums + 2 * SUM_LEN, SUM_LEN) == 0);
 	CHECK_EQ(idx_blocks_get(t, 9, 3, one), -ENOENT);
 	CHECK_EQ(idx_blocks_get(t, 8, 0, one), -ENOENT);
-	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino), 0);
+	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino, path, sizeof(path)), 0);
 	CHECK_EQ(ino, 9);
+	CHECK(!strcmp(path, "c/b/IMG.JPG"));
+	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino, path, 4), -ENAMETOOLONG);
 	idx_abort(t);
-	/* a kept entry made from the same bytes is no origin; deleting the
-	 * archived one takes its blocks and origin with it */
+	/* the same archive again (new figures): still the origin; a kept entry
+	 * made from the same bytes is none; deleting the archive takes its
+	 * blocks and origin with it */
 	CHECK_EQ(idx_begin(idx, 1, &t), 0);
+	e.quality = 50;
+	CHECK_EQ(idx_put(t, 9, &e), 0);
+	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino, path, sizeof(path)), 0);
 	e.state = IDX_KEPT;
 	CHECK_EQ(idx_put(t, 10, &e), 0);
+	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino, path, sizeof(path)), 0);
+	CHECK_EQ(ino, 9);
 	CHECK_EQ(idx_del(t, 9), 0);
 	CHECK_EQ(idx_commit(t), 0);
 	CHECK_EQ(idx_begin(idx, 0, &t), 0);
 	CHECK_EQ(idx_blocks_count(t, 9), 0);
-	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino), -ENOENT);
+	CHECK_EQ(idx_origin_get(t, e.orig_sum, &ino, path, sizeof(path)), -ENOENT);
 	idx_abort(t);
 	idx_close(idx);
 }

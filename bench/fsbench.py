@@ -332,8 +332,12 @@ class Table:
         self.rows.append((figure, unit, higher, speed, {fs: [value]}))
 
     def median(self, figure, fs):
+        """The median of the rounds; a word (n/a, FAIL) when a round has one."""
         for r in self.rows:
             if r[0] == figure and r[4].get(fs):
+                words = [v for v in r[4][fs] if isinstance(v, str)]
+                if words:
+                    return words[0]
                 vals = [v for v in r[4][fs] if v is not None]
                 return statistics.median(vals) if vals else None
         return None
@@ -341,7 +345,8 @@ class Table:
     def best_peer(self, figure):
         """The best peer's median (max for rates, min for times) and its name."""
         row = next(r for r in self.rows if r[0] == figure)
-        cand = [(self.median(figure, p), p) for p in PEERS if self.median(figure, p) is not None]
+        cand = [(self.median(figure, p), p) for p in PEERS
+                if isinstance(self.median(figure, p), (int, float))]
         if not cand:
             return None, None
         return (max if row[2] else min)(cand)
@@ -617,7 +622,8 @@ def group_scale(work):
     each size the ingest rate (files made, until hevcfs wait returns), the
     time of `hevcfs status`, of a remount (unmount, mount until the root
     answers), of `hevcfs fsck --rebuild` (unmounted), and the daemon's VmHWM
-    at the end of the ingest."""
+    at the end of the ingest (the daemon mounted after the previous size's
+    fsck, holding the index of every file so far)."""
     hv = Hevcfs(work, "-scale")
     REGISTRY.append(hv)
     hv.start()

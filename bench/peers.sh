@@ -78,7 +78,7 @@ fsx_probe() {
 	if [ -n "${BENCH_FSX:-}" ]; then
 		if [ -x "$BENCH_FSX" ] && "$BENCH_FSX" 2>&1 | grep -q -- "-N numops"; then
 			echo "$BENCH_FSX"
-			echo "BENCH_FSX"
+			echo "given by BENCH_FSX"
 		else
 			echo ""
 			echo "BENCH_FSX=$BENCH_FSX is not an fsx binary"

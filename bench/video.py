@@ -168,6 +168,8 @@ def hevcfs_run(tmp, src, n):
             if not os.path.ismount(mnt):
                 break
             time.sleep(0.05)
+        else:  # still busy: detach it, the rmtree below must not walk into it
+            subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
     return fig
 
 

@@ -34,6 +34,7 @@ appended to), and the sizes above. python3 stdlib only.
 """
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -305,6 +306,18 @@ class Hevcfs(Fuse):
                                          text=True).stdout)
 
 
+def raise_nofile():
+    """RLIMIT_NOFILE of the bench, and so of the daemons it starts: fs.nr_open,
+    soft and hard, where root may (CAP_SYS_RESOURCE); else the hard limit."""
+    with open("/proc/sys/fs/nr_open") as f:
+        n = int(f.read())
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    except (ValueError, OSError):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def vm_hwm_kb(pid):
     """Peak resident set (VmHWM, kB) of pid."""
     with open(f"/proc/{pid}/status") as f:
@@ -323,6 +336,7 @@ class Table:
         self.title = title
         self.note = note
         self.rows = []  # (figure, unit, higher_is_better, speed, {fs: [values]})
+        self.failures = []  # what went wrong, printed under the table
 
     def add(self, figure, fs, value, unit, higher=True, speed=True):
         for r in self.rows:
@@ -372,6 +386,15 @@ class Table:
         for r in lines:
             print("  " + r[0].ljust(wid[0]) + "  " +
                   "  ".join(c.rjust(wid[i + 1]) for i, c in enumerate(r[1:])))
+        for f in self.failures:
+            print(f"   FAIL: {f}")
+
+    def fail(self, fs, figures, err):
+        """fs could not do this group: FAIL in its cells, the error below."""
+        for figure, unit, higher, speed in figures:
+            self.add(figure, fs.name, "FAIL", unit, higher, speed)
+        self.failures.append(f"{fs.name}: {err}")
+        log(f"{self.title}: {fs.name} failed: {err}")
 
 
 def fmt(v):
@@ -535,24 +558,44 @@ def group_ls(fss):
     t = Table(f"ls -lR: {per * LS_DIRS:,} files in {LS_DIRS} directories",
               "seconds, lower is better; cold = page cache dropped and FUSE remounted; "
               "warm = right after")
+    figures = [("ls -lR, cold", "s", False, True), ("ls -lR, warm", "s", False, True)]
+    failed = set()
     for fs in fss:  # the trees, made through each filesystem, untimed
-        for d in range(LS_DIRS):
-            sub = os.path.join(fs.root, "tree", f"dir{d:02d}")
-            os.makedirs(sub)
-            for i in range(per):
-                with open(os.path.join(sub, f"IMG_{i:05d}.txt"), "wb") as f:
-                    f.write(SMALL_DATA)
-        fs.settle()
+        try:
+            for d in range(LS_DIRS):
+                sub = os.path.join(fs.root, "tree", f"dir{d:02d}")
+                os.makedirs(sub)
+                for i in range(per):
+                    with open(os.path.join(sub, f"IMG_{i:05d}.txt"), "wb") as f:
+                        f.write(SMALL_DATA)
+            fs.settle()
+        except OSError as e:
+            t.fail(fs, figures, f"making the tree: {e}")
+            failed.add(fs.name)
     for rnd in range(REPS):
         for fs in rotate(fss, rnd):
-            fs.cold()
-            t.add("ls -lR, cold", fs.name, ls_lR(os.path.join(fs.root, "tree")), "s", False)
-            t.add("ls -lR, warm", fs.name, ls_lR(os.path.join(fs.root, "tree")), "s", False)
+            if fs.name in failed:
+                continue
+            try:
+                fs.cold()
+                t.add("ls -lR, cold", fs.name, ls_lR(os.path.join(fs.root, "tree")), "s", False)
+                t.add("ls -lR, warm", fs.name, ls_lR(os.path.join(fs.root, "tree")), "s", False)
+            except subprocess.CalledProcessError as e:
+                t.fail(fs, figures, f"ls -lR exited {e.returncode}")
+                failed.add(fs.name)
         log(f"ls -lR: round {rnd + 1}/{REPS} done (load {loadavg()})")
     for fs in fss:
-        shutil.rmtree(os.path.join(fs.root, "tree"))
-        fs.settle()
+        clear(fs, "tree")
     return t
+
+
+def clear(fs, sub):
+    """Remove fs.root/sub through a fresh mount (a daemon that ran out of
+    descriptors gets its own back), and let hevcfs settle."""
+    fs.stop()
+    fs.start()
+    shutil.rmtree(os.path.join(fs.root, sub), ignore_errors=True)
+    fs.settle()
 
 
 # ---- fsx ----
@@ -604,13 +647,17 @@ def group_rss(fss):
         fs.start()
         root = os.path.join(fs.root, "rss")
         made = 0
-        for n in RSS_FILES:
-            make_files(root, n, made)
-            made = n
-            fs.settle()
-            t.add(f"after {n:,} files", fs.name, vm_hwm_kb(fs.pid()) / 1024, "MB", False, False)
-        shutil.rmtree(root)
-        fs.settle()
+        try:
+            for n in RSS_FILES:
+                make_files(root, n, made)
+                made = n
+                fs.settle()
+                t.add(f"after {n:,} files", fs.name, vm_hwm_kb(fs.pid()) / 1024, "MB",
+                      False, False)
+        except OSError as e:
+            t.fail(fs, [(f"after {n:,} files", "MB", False, False) for n in RSS_FILES
+                        if n > made], f"making file {made:,} and up: {e}")
+        clear(fs, "rss")
         log(f"rss: {fs.name} done (load {loadavg()})")
     return t
 
@@ -879,6 +926,9 @@ def aims_fs(tables):
         for figure, unit, higher, speed, vals in t.rows:
             h = t.median(figure, "hevcfs")
             b, who = t.best_peer(figure)
+            if speed and h == "FAIL":
+                slower.append(f"{figure} (hevcfs FAIL)")
+                continue
             if not speed or h is None or b is None or isinstance(h, str) or isinstance(b, str):
                 continue
             if (h < b) if higher else (h > b):
@@ -951,6 +1001,12 @@ def main():
           f"{REPS} rounds; load {loadavg()}")
     print(f"  hevcfs {BIN} (-o {MOUNT_OPTS or 'defaults'}); bindfs "
           f"{shutil.which('bindfs') or 'MISSING'}; passthrough_hp {PTHP or 'MISSING'}")
+    # passthrough_hp holds a descriptor per inode the kernel knows: at a hard
+    # limit of 20,000 the ls -lR tree fails (EBADF) before it is made
+    raise_nofile()
+    print(f"  open files a daemon may hold: "
+          f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,} (passthrough_hp needs one per "
+          f"inode the kernel knows)")
     tables = {}
     fss = []
     try:

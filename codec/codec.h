@@ -31,6 +31,26 @@ enum codec_kind {
 	CODEC_KIND_VIDEO,     /* a container libavformat recognises with video */
 };
 
+/*
+ * Kinds codec_sniff also says, both kept byte for byte. They are values of
+ * enum codec_kind, named here rather than in its list only until every
+ * switch on a codec_kind in the tree (fs/queue.c) has a case for them:
+ * -Wswitch would fail the build. Until then such a switch passes them on
+ * to codec_archive, which keeps them with the reason below.
+ */
+/* a HEIF still image or sequence (ftyp brands heic, heix, heim, heis, hevc,
+ * hevx, mif1, msf1, avif, avis...): "already HEIC", "already HEIF",
+ * "already AVIF" */
+#define CODEC_KIND_HEIF ((enum codec_kind)3)
+/* camera raw (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2, PEF) by its
+ * signature: "camera raw (FORMAT)" */
+#define CODEC_KIND_RAW ((enum codec_kind)4)
+
+/* Like codec_sniff, and *format says which format (a static string: "JPEG",
+ * "HEIC", "HEIF", "AVIF", "DNG", "CR2", "CR3", "NEF", "ARW", "RAF", "ORF",
+ * "RW2", "PEF", "video", or "" for CODEC_KIND_OTHER). */
+enum codec_kind codec_sniff_format(int fd, const char **format);
+
 /* Knobs, from mount options. Zeroed fields take the documented defaults. */
 struct codec_opts {
 	int photo_quality;     /* 0 = auto: lowest q with luma SSIM >= min_ssim */

@@ -208,8 +208,8 @@ int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uin
 /* A JPEG's trailer: what it carries and where it goes (trailer.c). */
 struct photo_trailer {
 	uint32_t carries; /* CODEC_CARRIES_* */
-	size_t video_len; /* a motion photo's MP4 that ends the file: the HEIC's
-			     mpvd box (0: none) */
+	size_t video_len; /* a motion photo's MP4 that ends the file, where its
+			     XMP says: the HEIC's mpvd box (0: none) */
 	size_t item_len;  /* the bytes before it: the trailer item */
 };
 

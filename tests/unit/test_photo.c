@@ -1849,6 +1849,24 @@ static void test_trailers(void)
 	check_archived(&f, "stray.jpg", &res, NULL, 0, 0);
 	buf_free(&f);
 
+	/* an MP4 no XMP names: a motion video, kept in the trailer item (the
+	 * HEIC claims no motion photo) */
+	{
+		struct buf mp4 = make_mp4();
+		char type[5];
+		size_t plen;
+		f = with_trailer(&none, mp4.p, mp4.len, 134);
+		archive_trailer(&f, "bare.jpg", CODEC_CARRIES_MOTION, &res);
+		check_archived(&f, "bare.jpg", &res, NULL, 0, 0);
+		heic = read_path(tpath("bare.jpg.heic"));
+		last_box(&heic, type, &plen);
+		CHECK(strcmp(type, "mpvd") != 0);
+		CHECK(memmem(heic.p, heic.len, mp4.p, mp4.len) != NULL);
+		buf_free(&heic);
+		buf_free(&mp4);
+		buf_free(&f);
+	}
+
 	/* nothing after EOI: nothing carried */
 	f = with_trailer(&none, NULL, 0, 133);
 	archive_trailer(&f, "plain.jpg", 0, &res);
@@ -1934,6 +1952,170 @@ static void test_digests(void)
 	buf_free(&f);
 	buf_free(&j);
 	rich_free(&r);
+}
+
+/* Sniff the bytes of b (written to a file) and archive them. */
+static enum codec_kind sniff_buf(const struct buf *b, const char **format, struct codec_result *res)
+{
+	int fd;
+	enum codec_kind k;
+
+	write_path(tpath("sniff.bin"), b);
+	fd = open(tpath("sniff.bin"), O_RDONLY);
+	CHECK(fd >= 0);
+	k = codec_sniff_format(fd, format);
+	CHECK_EQ(codec_sniff(fd), k);
+	if (res && k != CODEC_KIND_VIDEO && k != CODEC_KIND_JPEG)
+		CHECK_EQ(codec_archive(fd, tpath("sniff.out"), NULL, &opts, res), 0);
+	close(fd);
+	return k;
+}
+
+/* An ftyp box: major brand, then compatible brands (4 characters each). */
+static struct buf ftyp(const char *major, const char *compat)
+{
+	struct buf b = {0};
+	size_t n = 16 + strlen(compat);
+	uint8_t h[8] = {0, 0, 0, (uint8_t)n, 'f', 't', 'y', 'p'};
+
+	buf_add(&b, h, 8);
+	buf_add(&b, major, 4);
+	buf_add(&b, "\0\0\0\0", 4);
+	buf_add(&b, compat, strlen(compat));
+	buf_add(&b, "\0\0\0\x10mdat\0\0\0\0\0\0\0\0", 16);
+	return b;
+}
+
+/* A little-endian TIFF whose first IFD has the entries given (tag, type,
+ * count, value; an ASCII value longer than 4 bytes is placed after the
+ * IFD). */
+static struct buf tiff(const char *magic8, const uint32_t (*e)[4], int n, const char *make)
+{
+	uint8_t t[512] = {0};
+	size_t strings = 8 + 2 + 12 * (size_t)n + 4;
+	struct buf b = {0};
+
+	memcpy(t, magic8, 8);
+	le16(t + 8, (unsigned)n);
+	for (int i = 0; i < n; i++) {
+		uint32_t v = e[i][3];
+		if (e[i][0] == 0x010F) {
+			memcpy(t + strings, make, strlen(make) + 1);
+			v = (uint32_t)strings;
+		}
+		ifd_entry(t + 10 + 12 * i, e[i][0], e[i][1], e[i][2], v);
+	}
+	buf_add(&b, t, sizeof(t));
+	return b;
+}
+
+/* Content says what a file is: HEIF and AVIF stills and sequences (never
+ * videos), camera raws by their signatures (never their names), movies
+ * stay videos; codec_archive keeps HEIF and raws with their reasons. */
+static void test_sniff(void)
+{
+	static const struct {
+		const char *major, *compat, *format;
+	} heifs[] = {
+	    {"heic", "mif1heic", "HEIC"},     {"mif1", "mif1heic", "HEIC"},
+	    {"heix", "mif1heix", "HEIC"},     {"msf1", "msf1hevc", "HEIC"},
+	    {"avif", "mif1avifmiaf", "AVIF"}, {"avis", "msf1avis", "AVIF"},
+	    {"mif1", "mif1miaf", "HEIF"},     {"MiHB", "mif1heicmiaf", "HEIC"},
+	};
+	static const struct {
+		const char *major, *compat;
+	} movies[] = {{"isom", "isomiso2avc1mp41"},
+		      {"mp42", "mp42isom"},
+		      {"qt  ", "qt  "},
+		      {"isom", "isommif1"}};
+	const uint32_t dng[][4] = {{0x00FE, 4, 1, 1}, {0xC612, 1, 4, 0x00000401}};
+	const uint32_t nef[][4] = {{0x00FE, 4, 1, 1}, {0x010F, 2, 18, 0}, {0x014A, 4, 1, 300}};
+	const uint32_t arw[][4] = {{0x010F, 2, 5, 0}, {0xC634, 1, 4, 0}};
+	const uint32_t plain[][4] = {{0x0100, 3, 1, 64}, {0x010F, 2, 18, 0}};
+	struct codec_result res;
+	const char *fmt;
+	struct buf b;
+	char cmd[512];
+
+	for (size_t i = 0; i < sizeof(heifs) / sizeof(heifs[0]); i++) {
+		b = ftyp(heifs[i].major, heifs[i].compat);
+		CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_HEIF);
+		CHECK(strcmp(fmt, heifs[i].format) == 0);
+		CHECK(!res.archived && strstr(res.reason, "already ") &&
+		      strstr(res.reason, heifs[i].format));
+		buf_free(&b);
+	}
+	for (size_t i = 0; i < sizeof(movies) / sizeof(movies[0]); i++) {
+		b = ftyp(movies[i].major, movies[i].compat);
+		CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_VIDEO);
+		buf_free(&b);
+	}
+	/* raws */
+	b = ftyp("crx ", "crx isom");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "CR3") && strstr(res.reason, "camera raw (CR3)"));
+	buf_free(&b);
+	buf_add(&b, "FUJIFILMCCD-RAW 0201FF393101", 28);
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "RAF") && strstr(res.reason, "camera raw (RAF)"));
+	buf_free(&b);
+	b = tiff("IIRO\x08\0\0\0", plain, 0, "");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "ORF"));
+	buf_free(&b);
+	b = tiff("II*\0\x10\0\0\0", plain, 0, "");
+	memcpy(b.p + 8, "CR\x02\0", 4);
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "CR2"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", dng, 2, "");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "DNG") && strstr(res.reason, "camera raw (DNG)"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", nef, 3, "NIKON CORPORATION");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "NEF"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", arw, 2, "SONY");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "ARW"));
+	buf_free(&b);
+	/* a scanner's TIFF from a camera maker is no raw */
+	b = tiff("II*\0\x08\0\0\0", plain, 2, "NIKON CORPORATION");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_OTHER);
+	CHECK(!res.archived && strstr(res.reason, "not a photo or video"));
+	buf_free(&b);
+
+	/* real files: movies from ffmpeg, HEIC from the corpus */
+	for (int i = 0; i < 2; i++) {
+		snprintf(cmd, sizeof(cmd),
+			 "ffmpeg -nostdin -hide_banner -loglevel error -f lavfi -i "
+			 "testsrc=size=64x48:rate=10 -t 0.5 -c:v mpeg4 -y %s",
+			 tpath(i ? "m.mov" : "m.mp4"));
+		if (system(cmd) != 0)
+			continue;
+		b = read_path(tpath(i ? "m.mov" : "m.mp4"));
+		CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_VIDEO);
+		buf_free(&b);
+	}
+	{
+		static const char *const heic[] = {"IMG_5195.HEIC", "mobile/iphone_13_pro_max.HEIC",
+						   "mobile/HMD_Nokia_8.3_5G.heif",
+						   "samplefilehub.heif"};
+		char path[256];
+		for (size_t i = 0; i < sizeof(heic) / sizeof(heic[0]); i++) {
+			snprintf(path, sizeof(path), "../shared/corpus/exif-samples/heic/%s",
+				 heic[i]);
+			b = read_path(path);
+			if (!b.p) {
+				fprintf(stderr, "  corpus %s absent: not sniffed\n", path);
+				continue;
+			}
+			CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_HEIF);
+			CHECK(!res.archived && strstr(res.reason, "already HEI"));
+			buf_free(&b);
+		}
+	}
 }
 
 /* exiftool sees the same tags in the original and in its view. */
@@ -2111,6 +2293,7 @@ int main(void)
 	RUN(test_motion_photo);
 	RUN(test_trailers);
 	RUN(test_digests);
+	RUN(test_sniff);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

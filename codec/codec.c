@@ -333,3 +333,17 @@ int codec_check_self_sum(int fd, const struct codec_embedded *e, int *ok)
 	sum_file_release(&sf);
 	return 0;
 }
+
+int codec_view_map(int stored_fd, struct codec_view_map *m)
+{
+	memset(m, 0, sizeof(*m));
+	return photo_view_map(stored_fd, m);
+}
+
+void codec_view_map_release(struct codec_view_map *m)
+{
+	if (!m)
+		return;
+	free(m->head);
+	memset(m, 0, sizeof(*m));
+}

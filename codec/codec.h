@@ -154,6 +154,35 @@ int codec_render_view(int stored_fd, const char *out_path,
  */
 int codec_probe_archived(int fd, struct codec_result *result);
 
+/*
+ * Where a view's bytes come from, without rendering it (photo managers read
+ * only a view's head, exiftool its trailer too): its first head_len bytes
+ * are exactly head (SOI, the original's APPn/COM segments, the padding:
+ * everything before the regenerated image data), and its bytes [tail_off,
+ * tail_off + tail_len) are the stored file's bytes at offset tail_src (the
+ * trailer, which the stored file holds contiguous and which was checked
+ * against its digest). tail_len is 0 when there is no trailer or it is not
+ * contiguous in the stored file.
+ */
+struct codec_view_map {
+	uint64_t size; /* the view's exact size */
+	uint8_t *head; /* malloc'd; codec_view_map_release frees it */
+	uint64_t head_len;
+	uint64_t tail_off, tail_len, tail_src;
+};
+
+/*
+ * Map the view of an archived photo on stored_fd (borrowed, read with
+ * pread: its boxes, metadata items and trailer, never its coded pixels).
+ * 0; -EINVAL when it is not an archived photo or is damaged (a trailer that
+ * is not where and what the header item says); -ENOTSUP for a photo archived
+ * before views had a recorded size; -errno, -ENOMEM.
+ */
+int codec_view_map(int stored_fd, struct codec_view_map *m);
+
+/* Free what codec_view_map allocated (zeroed maps are fine). */
+void codec_view_map_release(struct codec_view_map *m);
+
 /* The digests a stored file carries about itself (for fsck --rebuild:
  * a stored file checked from the tree alone). */
 struct codec_embedded {

@@ -35,6 +35,10 @@ int photo_probe_archived(int fd, struct codec_result *result);
  * codec_embedded_sums() (photo.c). */
 int photo_embedded_sums(int fd, struct codec_embedded *e);
 
+/* The map of the view of a HEIC written by photo_archive. Same contract
+ * as codec_view_map() (photo.c). */
+int photo_view_map(int fd, struct codec_view_map *m);
+
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
 

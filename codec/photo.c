@@ -1930,3 +1930,120 @@ out_release:
 	heif_context_free(ctx);
 	return ret;
 }
+
+/* Read len bytes of fd at off and digest them. 0, -EINVAL (the file ends
+ * before), -errno, -ENOMEM. */
+static int sum_range(int fd, uint64_t off, uint64_t len, uint8_t out[SUM_LEN])
+{
+	uint8_t *buf = malloc(SUM_BLOCK);
+	struct sum *s = NULL;
+	int ret;
+
+	if (!buf)
+		return -ENOMEM;
+	ret = sum_new(&s);
+	while (!ret && len) {
+		size_t want = len < SUM_BLOCK ? (size_t)len : SUM_BLOCK;
+		ssize_t n = pread(fd, buf, want, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ret = n == 0 ? -EINVAL : -errno;
+			break;
+		}
+		ret = sum_update(s, buf, (size_t)n);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	if (!ret)
+		ret = sum_final(s, out);
+	sum_free(&s);
+	free(buf);
+	return ret;
+}
+
+/* Is the trailer that vh says lies contiguous at vh->tail_src really
+ * there: in the mpvd box that ends the file, or as the trailer item's data
+ * where iloc puts it, and of the recorded digest? 0, -EINVAL, -errno. */
+static int check_tail(int fd, const struct heic_fd *f, const struct heif_image_handle *h,
+		      const struct view_hdr *vh)
+{
+	uint8_t sum[SUM_LEN], box[MPVD_HEADER];
+	uint64_t off, size;
+	int ret;
+
+	if (vh->video_len == vh->trailer_len) {
+		if (vh->tail_src < MPVD_HEADER ||
+		    vh->tail_src + vh->trailer_len != (uint64_t)f->size ||
+		    pread(fd, box, sizeof(box), (off_t)(vh->tail_src - MPVD_HEADER)) !=
+			(ssize_t)sizeof(box) ||
+		    get_be32(box) != vh->trailer_len + MPVD_HEADER || memcmp(box + 4, "mpvd", 4))
+			return -EINVAL;
+	} else {
+		ret = mime_item_at(fd, NULL, 0, h, TRAILER_CONTENT_TYPE, &off, &size);
+		if (ret == -ENOMEM || (ret && ret != -EINVAL && ret != -ENOENT && ret != -ENOTSUP))
+			return ret;
+		if (ret || off != vh->tail_src || size != vh->trailer_len)
+			return -EINVAL;
+	}
+	ret = sum_range(fd, vh->tail_src, vh->trailer_len, sum);
+	if (ret)
+		return ret;
+	return memcmp(sum, vh->trailer_sum, SUM_LEN) ? -EINVAL : 0;
+}
+
+int photo_view_map(int fd, struct codec_view_map *m)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	struct heic_fd f;
+	struct view_hdr vh;
+	const char *why = NULL;
+	uint8_t *item, *segs = NULL;
+	size_t len, segs_len = 0;
+	int ret;
+
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1)
+		log_msg(LOG_ERR, "photo: no view to map: %s", why);
+	if (ret)
+		return ret == 1 ? -EINVAL : ret;
+	if (!vh.view_bytes) {
+		ret = -ENOTSUP; /* version 1: the size was not recorded */
+		goto out_release;
+	}
+	ret = rebuild_segs(h, &vh, &segs, &segs_len);
+	if (ret == -EINVAL && f.err)
+		ret = f.err;
+	if (ret)
+		goto out_release;
+	m->size = vh.view_bytes;
+	m->head_len = 2 + segs_len + vh.pad;
+	if (m->head_len > m->size) {
+		ret = -EINVAL;
+		goto out_release;
+	}
+	ret = jpeg_view_layout(segs, segs_len, vh.pad, NULL, 0, NULL, 0, &m->head, &len);
+	if (ret)
+		goto out_release;
+	if (vh.trailer_len && vh.tail_src) {
+		ret = check_tail(fd, &f, h, &vh);
+		if (ret == -EINVAL)
+			log_msg(LOG_ERR, "photo: the trailer is not where the header item says");
+		if (ret)
+			goto out_release;
+		m->tail_off = vh.view_bytes - vh.trailer_len;
+		m->tail_len = vh.trailer_len;
+		m->tail_src = vh.tail_src;
+	}
+out_release:
+	if (ret) {
+		free(m->head);
+		memset(m, 0, sizeof(*m));
+	}
+	free(segs);
+	free(item);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	return ret;
+}

@@ -2118,6 +2118,117 @@ static void test_sniff(void)
 	}
 }
 
+static int map_path(const char *path, struct codec_view_map *m)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = codec_view_map(fd, m);
+	close(fd);
+	return ret;
+}
+
+/* The map of name's archived view against the rendered view: the head is
+ * the view's bytes before its image data, the tail (when contiguous) the
+ * stored file's bytes at tail_src. Returns tail_len. */
+static uint64_t check_map(const char *name)
+{
+	char heic_path[256], view_path[256];
+	struct codec_view_map m;
+	struct buf heic, v;
+	size_t vd, ve;
+	uint64_t tail;
+
+	snprintf(heic_path, sizeof(heic_path), "%s.heic", tpath(name));
+	snprintf(view_path, sizeof(view_path), "%s.view.jpg", tpath(name));
+	heic = read_path(heic_path);
+	v = read_path(view_path);
+	CHECK_EQ(map_path(heic_path, &m), 0);
+	jpeg_bounds(&v, &vd, &ve);
+	CHECK_EQ(m.size, v.len);
+	CHECK_EQ(m.head_len, vd);
+	CHECK(!memcmp(m.head, v.p, m.head_len));
+	if (m.tail_len) {
+		CHECK_EQ(m.tail_off, ve);
+		CHECK_EQ(m.tail_off + m.tail_len, v.len);
+		CHECK(m.tail_src + m.tail_len <= heic.len);
+		CHECK(!memcmp(v.p + m.tail_off, heic.p + m.tail_src, m.tail_len));
+	}
+	tail = m.tail_len;
+	codec_view_map_release(&m);
+	CHECK(m.head == NULL && m.size == 0);
+	buf_free(&heic);
+	buf_free(&v);
+	return tail;
+}
+
+/* A view's map: its head and its trailer's place in the stored file, read
+ * without decoding (a wrecked coded picture changes nothing), checked (a
+ * damaged trailer is an error); a trailer split between the trailer item
+ * and the mpvd box is not contiguous. */
+static void test_view_map(void)
+{
+	struct buf mp4 = make_mp4(), segs = {0}, f, heic, tr = {0};
+	struct codec_view_map m;
+	struct codec_result res;
+	char xmp[1024];
+	uint8_t *mdat;
+	size_t od, oe;
+
+	snprintf(xmp, sizeof(xmp),
+		 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/"
+		 "1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+		 "xmlns:GCamera=\"http://ns.google.com/photos/1.0/camera/\" "
+		 "GCamera:MicroVideo=\"1\" GCamera:MicroVideoOffset=\"%zu\"/></rdf:RDF>"
+		 "</x:xmpmeta>",
+		 mp4.len);
+	add_exif(&segs, 6);
+	add_xmp_text(&segs, xmp);
+	/* the video alone: contiguous in the mpvd box */
+	f = with_trailer(&segs, mp4.p, mp4.len, 150);
+	archive_trailer(&f, "map_mv.jpg", CODEC_CARRIES_MOTION, &res);
+	CHECK_EQ(check_map("map_mv.jpg"), mp4.len);
+	buf_free(&f);
+	/* 100 zeros, then the video: split */
+	buf_add(&tr, (const uint8_t[100]){0}, 100);
+	buf_add(&tr, mp4.p, mp4.len);
+	f = with_trailer(&segs, tr.p, tr.len, 151);
+	archive_trailer(&f, "map_split.jpg", CODEC_CARRIES_MOTION, &res);
+	check_archived(&f, "map_split.jpg", &res, NULL, 1, 0);
+	CHECK_EQ(check_map("map_split.jpg"), 0);
+	buf_free(&f);
+	/* MPF: contiguous in the trailer item */
+	f = make_mpf_photo(0, 152);
+	archive_trailer(&f, "map_mpf.jpg", CODEC_CARRIES_MPF, &res);
+	jpeg_bounds(&f, &od, &oe);
+	CHECK_EQ(check_map("map_mpf.jpg"), f.len - oe);
+	buf_free(&f);
+	/* no trailer */
+	f = with_trailer(&segs, NULL, 0, 153);
+	archive_trailer(&f, "map_none.jpg", 0, &res);
+	CHECK_EQ(check_map("map_none.jpg"), 0);
+	buf_free(&f);
+
+	/* no pixel is decoded: wreck the coded picture */
+	heic = read_path(tpath("map_mv.jpg.heic"));
+	mdat = memmem(heic.p, heic.len, "mdat", 4);
+	CHECK(mdat != NULL);
+	memset(mdat + 4, 0, 1000);
+	write_path(tpath("map_mv.jpg.heic"), &heic);
+	CHECK_EQ(check_map("map_mv.jpg"), mp4.len);
+	/* a damaged trailer is found out */
+	heic.p[heic.len - 10] ^= 1;
+	write_path(tpath("map_bad.heic"), &heic);
+	CHECK_EQ(map_path(tpath("map_bad.heic"), &m), -EINVAL);
+	/* not an archived photo */
+	CHECK_EQ(map_path(tpath("map_none.jpg"), &m), -EINVAL);
+	buf_free(&heic);
+	buf_free(&tr);
+	buf_free(&segs);
+	buf_free(&mp4);
+}
+
 /* exiftool sees the same tags in the original and in its view. */
 static void test_exiftool_tags(void)
 {
@@ -2294,6 +2405,7 @@ int main(void)
 	RUN(test_trailers);
 	RUN(test_digests);
 	RUN(test_sniff);
+	RUN(test_view_map);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

@@ -285,6 +285,22 @@ int codec_archive(int src_fd, const char *out_path, const char *view_path,
 	return 0;
 }
 
+int codec_retag(int prev_fd, int src_fd, const char *out_path, const char *view_path,
+		const struct codec_opts *opts, struct codec_result *result)
+{
+	struct stat st;
+
+	memset(result, 0, sizeof(*result));
+	if (fstat(src_fd, &st) == -1)
+		return -errno;
+	result->orig_bytes = (uint64_t)st.st_size;
+	if (codec_sniff(src_fd) != CODEC_KIND_JPEG) {
+		codec_keep(result, "not a JPEG");
+		return 0;
+	}
+	return photo_retag(prev_fd, src_fd, out_path, view_path, opts, result);
+}
+
 int codec_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
 		      uint64_t *size)
 {

@@ -132,6 +132,22 @@ int codec_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result);
 
 /*
+ * Archive a metadata edit of an archived photo's view without coding its
+ * pixels again. prev_fd: a HEIC codec_archive wrote; src_fd: a JPEG (both
+ * borrowed). When src's image data (first table marker through EOI) is
+ * byte for byte the view of prev's (its scan_sum) and only its APPn/COM
+ * segments and/or its trailer differ, out_path gets a HEIC whose coded
+ * pictures are prev's bit for bit, with src's metadata (Exif, XMP, ICC,
+ * the header item with src's segments, trailer and digest; quality and
+ * SSIMs carried over), verified like any archive: its view is src byte for
+ * byte. Then result->archived = 1 (view_path, when not NULL, gets the
+ * view). Otherwise result->archived = 0 with a reason and nothing is
+ * written: the caller archives src afresh. -errno on operational failures.
+ */
+int codec_retag(int prev_fd, int src_fd, const char *out_path, const char *view_path,
+		const struct codec_opts *opts, struct codec_result *result);
+
+/*
  * Render the legacy view of an archived photo (a HEIC written by
  * codec_archive) to out_path: the original's APPn/COM segments byte for byte,
  * then a baseline scan encoded from the HEIC's decoded planes. Deterministic:

@@ -31,6 +31,26 @@ enum codec_kind {
 	CODEC_KIND_VIDEO,     /* a container libavformat recognises with video */
 };
 
+/*
+ * Kinds codec_sniff also says, both kept byte for byte. They are values of
+ * enum codec_kind, named here rather than in its list only until every
+ * switch on a codec_kind in the tree (fs/queue.c) has a case for them:
+ * -Wswitch would fail the build. Until then such a switch passes them on
+ * to codec_archive, which keeps them with the reason below.
+ */
+/* a HEIF still image or sequence (ftyp brands heic, heix, heim, heis, hevc,
+ * hevx, mif1, msf1, avif, avis...): "already HEIC", "already HEIF",
+ * "already AVIF" */
+#define CODEC_KIND_HEIF ((enum codec_kind)3)
+/* camera raw (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2, PEF) by its
+ * signature: "camera raw (FORMAT)" */
+#define CODEC_KIND_RAW ((enum codec_kind)4)
+
+/* Like codec_sniff, and *format says which format (a static string: "JPEG",
+ * "HEIC", "HEIF", "AVIF", "DNG", "CR2", "CR3", "NEF", "ARW", "RAF", "ORF",
+ * "RW2", "PEF", "video", or "" for CODEC_KIND_OTHER). */
+enum codec_kind codec_sniff_format(int fd, const char **format);
+
 /* Knobs, from mount options. Zeroed fields take the documented defaults. */
 struct codec_opts {
 	int photo_quality;     /* 0 = auto: lowest q with luma SSIM >= min_ssim */
@@ -112,6 +132,22 @@ int codec_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result);
 
 /*
+ * Archive a metadata edit of an archived photo's view without coding its
+ * pixels again. prev_fd: a HEIC codec_archive wrote; src_fd: a JPEG (both
+ * borrowed). When src's image data (first table marker through EOI) is
+ * byte for byte the view of prev's (its scan_sum) and only its APPn/COM
+ * segments and/or its trailer differ, out_path gets a HEIC whose coded
+ * pictures are prev's bit for bit, with src's metadata (Exif, XMP, ICC,
+ * the header item with src's segments, trailer and digest; quality and
+ * SSIMs carried over), verified like any archive: its view is src byte for
+ * byte. Then result->archived = 1 (view_path, when not NULL, gets the
+ * view). Otherwise result->archived = 0 with a reason and nothing is
+ * written: the caller archives src afresh. -errno on operational failures.
+ */
+int codec_retag(int prev_fd, int src_fd, const char *out_path, const char *view_path,
+		const struct codec_opts *opts, struct codec_result *result);
+
+/*
  * Render the legacy view of an archived photo (a HEIC written by
  * codec_archive) to out_path: the original's APPn/COM segments byte for byte,
  * then a baseline scan encoded from the HEIC's decoded planes. Deterministic:
@@ -133,6 +169,35 @@ int codec_render_view(int stored_fd, const char *out_path,
  * archived == 0 with a reason. -errno on I/O errors, -ENOMEM.
  */
 int codec_probe_archived(int fd, struct codec_result *result);
+
+/*
+ * Where a view's bytes come from, without rendering it (photo managers read
+ * only a view's head, exiftool its trailer too): its first head_len bytes
+ * are exactly head (SOI, the original's APPn/COM segments, the padding:
+ * everything before the regenerated image data), and its bytes [tail_off,
+ * tail_off + tail_len) are the stored file's bytes at offset tail_src (the
+ * trailer, which the stored file holds contiguous and which was checked
+ * against its digest). tail_len is 0 when there is no trailer or it is not
+ * contiguous in the stored file.
+ */
+struct codec_view_map {
+	uint64_t size; /* the view's exact size */
+	uint8_t *head; /* malloc'd; codec_view_map_release frees it */
+	uint64_t head_len;
+	uint64_t tail_off, tail_len, tail_src;
+};
+
+/*
+ * Map the view of an archived photo on stored_fd (borrowed, read with
+ * pread: its boxes, metadata items and trailer, never its coded pixels).
+ * 0; -EINVAL when it is not an archived photo or is damaged (a trailer that
+ * is not where and what the header item says); -ENOTSUP for a photo archived
+ * before views had a recorded size; -errno, -ENOMEM.
+ */
+int codec_view_map(int stored_fd, struct codec_view_map *m);
+
+/* Free what codec_view_map allocated (zeroed maps are fine). */
+void codec_view_map_release(struct codec_view_map *m);
 
 /* The digests a stored file carries about itself (for fsck --rebuild:
  * a stored file checked from the tree alone). */

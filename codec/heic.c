@@ -312,6 +312,42 @@ static int encode_thumbnail(struct heif_context *ctx, const struct photo_planes 
 	return ret;
 }
 
+/* ji's Exif, XMP and Extended XMP as items of the image h. 0 or -errno. */
+static int add_metadata(struct heif_context *ctx, struct heif_image_handle *h,
+			const struct jpeg_info *ji)
+{
+	int ret = 0;
+
+	if (ji->exif)
+		ret =
+		    heif_errno(heif_context_add_exif_metadata(ctx, h, ji->exif, (int)ji->exif_len),
+			       "adding Exif");
+	if (!ret && ji->xmp)
+		ret = heif_errno(heif_context_add_XMP_metadata(ctx, h, ji->xmp, (int)ji->xmp_len),
+				 "adding XMP");
+	/* Extended XMP is a second XMP document: a second XMP item */
+	if (!ret && ji->xmp_ext && ji->xmp_ext_len <= INT32_MAX)
+		ret = heif_errno(
+		    heif_context_add_XMP_metadata(ctx, h, ji->xmp_ext, (int)ji->xmp_ext_len),
+		    "adding Extended XMP");
+	return ret;
+}
+
+/* How heic_encode and heic_encode_coded write: pixels stay unrotated,
+ * irot/imir carry the EXIF orientation; both colr boxes are kept. */
+static struct heif_encoding_options *encoding_options(const struct jpeg_info *ji)
+{
+	struct heif_encoding_options *eo = heif_encoding_options_alloc();
+
+	if (!eo)
+		return NULL;
+	eo->image_orientation = (enum heif_orientation)ji->orientation;
+	eo->save_two_colr_boxes_when_ICC_and_nclx_available = 1;
+	/* that workaround drops the nclx box, and with it "full range" */
+	eo->macOS_compatibility_workaround_no_nclx_profile = 0;
+	return eo;
+}
+
 int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
 		const struct heic_params *hp, struct heif_context **out)
 {
@@ -325,16 +361,11 @@ int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
 	ctx = heif_context_alloc();
 	if (!ctx)
 		return -ENOMEM;
-	eo = heif_encoding_options_alloc();
+	eo = encoding_options(ji);
 	if (!eo) {
 		ret = -ENOMEM;
 		goto out_free_ctx;
 	}
-	/* pixels stay unrotated; irot/imir carry the EXIF orientation */
-	eo->image_orientation = (enum heif_orientation)ji->orientation;
-	eo->save_two_colr_boxes_when_ICC_and_nclx_available = 1;
-	/* that workaround drops the nclx box, and with it "full range" */
-	eo->macOS_compatibility_workaround_no_nclx_profile = 0;
 	ret = planes_to_image(pl, &img);
 	if (ret)
 		goto out_free_options;
@@ -352,17 +383,7 @@ int heic_encode(const struct photo_planes *pl, const struct jpeg_info *ji,
 		if (ret)
 			goto out_release_handle;
 	}
-	if (ji->exif)
-		ret = heif_errno(heif_context_add_exif_metadata(ctx, h, ji->exif, (int)ji->exif_len),
-				 "adding Exif");
-	if (!ret && ji->xmp)
-		ret = heif_errno(heif_context_add_XMP_metadata(ctx, h, ji->xmp, (int)ji->xmp_len),
-				 "adding XMP");
-	/* Extended XMP is a second XMP document: a second XMP item */
-	if (!ret && ji->xmp_ext && ji->xmp_ext_len <= INT32_MAX)
-		ret = heif_errno(heif_context_add_XMP_metadata(ctx, h, ji->xmp_ext,
-							       (int)ji->xmp_ext_len),
-				 "adding Extended XMP");
+	ret = add_metadata(ctx, h, ji);
 	if (ret)
 		goto out_release_handle;
 	*out = ctx;
@@ -853,4 +874,193 @@ int heic_meta_read(int fd, const uint8_t *buf, size_t len, uint8_t **meta, size_
 		pos += box;
 	}
 	return -ENOENT;
+}
+
+/* ---- a HEIC made of another's coded pictures (hevccopy.c) ---- */
+
+/* One copy encode at a time: the copy encoder's source is process-wide. */
+static pthread_mutex_t copy_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The coded data of the picture of handle, as a decoder would get it. */
+static int capture_nals(const struct heif_image_handle *handle, struct hevcdec_nals *c)
+{
+	struct heif_decoding_options *dopt = heif_decoding_options_alloc();
+	struct heif_image *img = NULL;
+	struct heif_error e;
+
+	if (!dopt)
+		return -ENOMEM;
+	dopt->ignore_transformations = 1;
+	memset(c, 0, sizeof(*c));
+	pthread_mutex_lock(&decode_lock);
+	hevcdec_capture_nals(c);
+	e = heif_decode_image(handle, &img, heif_colorspace_undefined, heif_chroma_undefined, dopt);
+	hevcdec_capture_nals(NULL);
+	pthread_mutex_unlock(&decode_lock);
+	heif_image_release(img);
+	heif_decoding_options_free(dopt);
+	if (!c->done) {
+		log_msg(LOG_ERR, "heic: taking the coded picture: %s",
+			e.code ? e.message : "nothing handed over");
+		free(c->data);
+		memset(c, 0, sizeof(*c));
+		return e.code == heif_error_Memory_allocation_error ? -ENOMEM : -EINVAL;
+	}
+	return 0;
+}
+
+void heic_coded_release(struct heic_coded *c)
+{
+	if (!c)
+		return;
+	free(c->main.data);
+	free(c->thumb.data);
+	memset(c, 0, sizeof(*c));
+}
+
+int heic_capture_coded(const struct heif_image_handle *handle, int width, int height, int subsamp,
+		       struct heic_coded *c)
+{
+	struct heif_image_handle *th = NULL;
+	heif_item_id id;
+	int tw, tth, ret;
+
+	memset(c, 0, sizeof(*c));
+	hevcdec_init();
+	c->width = width;
+	c->height = height;
+	c->subsamp = subsamp;
+	ret = capture_nals(handle, &c->main);
+	if (ret)
+		return ret;
+	if (heic_check_thumbnail(handle, width, height)) {
+		log_msg(LOG_ERR, "heic: the thumbnail is not the one expected");
+		ret = -EINVAL;
+		goto out_release;
+	}
+	if (!thumb_size(width, height, &tw, &tth))
+		return 0;
+	if (heif_image_handle_get_list_of_thumbnail_IDs(handle, &id, 1) != 1 ||
+	    heif_image_handle_get_thumbnail(handle, id, &th).code != heif_error_Ok) {
+		ret = -EINVAL;
+		goto out_release;
+	}
+	ret = capture_nals(th, &c->thumb);
+	heif_image_handle_release(th);
+out_release:
+	if (ret)
+		heic_coded_release(c);
+	return ret;
+}
+
+/* A heif_image of w x h at subsamp whose samples nothing reads (the copy
+ * encoder takes the picture from its capture), coloured for ji. */
+static int blank_image(int w, int h, int subsamp, const struct jpeg_info *ji, size_t icc_max,
+		       struct heif_image **out)
+{
+	struct photo_planes pl = {.width = w, .height = h, .subsamp = subsamp};
+	enum heif_chroma ch = subsamp == TJSAMP_444   ? heif_chroma_444
+			      : subsamp == TJSAMP_422 ? heif_chroma_422
+						      : heif_chroma_420;
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb, heif_channel_Cr};
+	struct heif_image *img;
+	int ret;
+
+	ret = heif_errno(heif_image_create(w, h, heif_colorspace_YCbCr, ch, &img),
+			 "heif_image_create");
+	for (int i = 0; !ret && i < 3; i++) {
+		int pw, ph;
+		photo_plane_size(&pl, i, &pw, &ph);
+		ret = heif_errno(heif_image_add_plane(img, chan[i], pw, ph, 8),
+				 "heif_image_add_plane");
+	}
+	if (!ret)
+		ret = set_colour(img, ji, icc_max);
+	if (ret) {
+		heif_image_release(img);
+		return ret;
+	}
+	*out = img;
+	return 0;
+}
+
+/* Encode img with the copy encoder handing over src. */
+static int copy_encode(struct heif_context *ctx, struct heif_encoder *enc,
+		       const struct heif_encoding_options *eo, struct heif_image *img,
+		       const struct hevcdec_nals *src, struct heif_image_handle **h)
+{
+	int ret;
+
+	pthread_mutex_lock(&copy_lock);
+	hevccopy_source(src);
+	ret =
+	    heif_errno(heif_context_encode_image(ctx, img, enc, eo, h), "writing a coded picture");
+	hevccopy_source(NULL);
+	pthread_mutex_unlock(&copy_lock);
+	return ret;
+}
+
+int heic_encode_coded(const struct heic_coded *c, const struct jpeg_info *ji,
+		      struct heif_context **out)
+{
+	const struct heif_encoder_descriptor *desc = NULL;
+	struct heif_context *ctx;
+	struct heif_encoder *enc = NULL;
+	struct heif_encoding_options *eo = NULL;
+	struct heif_image *img = NULL, *timg = NULL;
+	struct heif_image_handle *h = NULL, *th = NULL;
+	int ret, tw, tth;
+
+	ret = hevccopy_init();
+	if (ret)
+		return ret;
+	if (heif_get_encoder_descriptors(heif_compression_HEVC, HEVCCOPY_ID, &desc, 1) != 1)
+		return -ENOTSUP;
+	ctx = heif_context_alloc();
+	if (!ctx)
+		return -ENOMEM;
+	eo = encoding_options(ji);
+	if (!eo) {
+		ret = -ENOMEM;
+		goto out_free_ctx;
+	}
+	ret = heif_errno(heif_context_get_encoder(ctx, desc, &enc), "the copy encoder");
+	if (ret)
+		goto out_free_options;
+	ret = blank_image(c->width, c->height, c->subsamp, ji, SIZE_MAX, &img);
+	if (!ret)
+		ret = copy_encode(ctx, enc, eo, img, &c->main, &h);
+	if (ret)
+		goto out_release;
+	if (c->thumb.len) {
+		if (!thumb_size(c->width, c->height, &tw, &tth)) {
+			ret = -EINVAL;
+			goto out_release;
+		}
+		ret = blank_image(tw, tth, c->subsamp, ji, THUMB_ICC_MAX, &timg);
+		if (!ret)
+			ret = copy_encode(ctx, enc, eo, timg, &c->thumb, &th);
+		/* swapped, as in encode_thumbnail */
+		if (!ret)
+			ret = heif_errno(heif_context_assign_thumbnail(ctx, th, h),
+					 "linking the thumbnail");
+		if (ret)
+			goto out_release;
+	}
+	ret = add_metadata(ctx, h, ji);
+	if (ret)
+		goto out_release;
+	*out = ctx;
+	ctx = NULL;
+out_release:
+	heif_image_handle_release(th);
+	heif_image_handle_release(h);
+	heif_image_release(timg);
+	heif_image_release(img);
+	heif_encoder_release(enc);
+out_free_options:
+	heif_encoding_options_free(eo);
+out_free_ctx:
+	heif_context_free(ctx);
+	return ret;
 }

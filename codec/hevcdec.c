@@ -11,7 +11,9 @@
  *
  * libheif then converts what a decoder returns to RGB and back; a capture
  * (hevcdec_capture, for heic_decode_planes) copies the picture out before
- * that and stops the decode there.
+ * that and stops the decode there. A NAL capture (hevcdec_capture_nals)
+ * keeps what libheif would have the decoder decode, its parameter sets and
+ * coded slices, without decoding it: a retag puts them in a new file.
  */
 #include "internal.h"
 
@@ -36,6 +38,33 @@ struct hevcdec {
 };
 
 static atomic_ulong hevcdec_decoded;
+/* While set, what libheif pushes is kept there instead of decoded
+ * (hevcdec_capture_nals). */
+static struct hevcdec_nals *_Atomic hevcdec_nals_cap;
+
+void hevcdec_capture_nals(struct hevcdec_nals *c)
+{
+	atomic_store(&hevcdec_nals_cap, c);
+}
+
+/* Keep a copy of data pushed during a NAL capture. 0 or -ENOMEM. */
+static int keep_nals(struct hevcdec_nals *c, const void *data, size_t size)
+{
+	if (c->len + size > c->cap) {
+		size_t cap = c->cap ? c->cap : 65536;
+		uint8_t *p;
+		while (cap < c->len + size)
+			cap *= 2;
+		p = realloc(c->data, cap);
+		if (!p)
+			return -ENOMEM;
+		c->data = p;
+		c->cap = cap;
+	}
+	memcpy(c->data + c->len, data, size);
+	c->len += size;
+	return 0;
+}
 /* Process-wide, not per thread: libheif 1.15 calls the decoder from a
  * thread of its own for some pictures (seen for sides that are not
  * multiples of 8). heic_decode_planes lets one decode run at a time. */
@@ -135,9 +164,14 @@ static void hevcdec_free(void *arg)
 static struct heif_error hevcdec_push(void *arg, const void *data, size_t size)
 {
 	struct hevcdec *d = arg;
+	struct hevcdec_nals *c = atomic_load(&hevcdec_nals_cap);
 	const uint8_t *p = data;
 	size_t at = 0;
 
+	if (c)
+		return keep_nals(c, data, size)
+			   ? hevcdec_error(heif_error_Memory_allocation_error, "out of memory")
+			   : hevcdec_ok;
 	while (at < size) {
 		uint32_t n;
 		if (size - at < 4)
@@ -214,9 +248,15 @@ static struct heif_error to_heif(const struct de265_image *pic, struct heif_imag
 static struct heif_error hevcdec_decode(void *arg, struct heif_image **out)
 {
 	struct hevcdec *d = arg;
+	struct hevcdec_nals *nals = atomic_load(&hevcdec_nals_cap);
 	int more = 1;
 
 	*out = NULL;
+	if (nals) {
+		/* the coded data was wanted, not the picture */
+		nals->done = 1;
+		return hevcdec_error(heif_error_Decoder_plugin_error, "coded data captured");
+	}
 	de265_flush_data(d->ctx);
 	while (more) {
 		const struct de265_image *pic;

@@ -23,6 +23,10 @@
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		  const struct codec_opts *opts, struct codec_result *result);
 
+/* Retag an archived photo (photo.c). Same contract as codec_retag(). */
+int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_path,
+		const struct codec_opts *opts, struct codec_result *result);
+
 /* Render the JPEG view of a HEIC written by photo_archive (photo.c). */
 int photo_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
 		      uint64_t *size);
@@ -34,6 +38,10 @@ int photo_probe_archived(int fd, struct codec_result *result);
 /* A HEIC written by photo_archive: its embedded digests. Same contract as
  * codec_embedded_sums() (photo.c). */
 int photo_embedded_sums(int fd, struct codec_embedded *e);
+
+/* The map of the view of a HEIC written by photo_archive. Same contract
+ * as codec_view_map() (photo.c). */
+int photo_view_map(int fd, struct codec_view_map *m);
 
 /* Does this head of a file look like a video container? (video.c) */
 int video_sniff(const uint8_t *head, size_t n);
@@ -214,8 +222,8 @@ int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uin
 /* A JPEG's trailer: what it carries and where it goes (trailer.c). */
 struct photo_trailer {
 	uint32_t carries; /* CODEC_CARRIES_* */
-	size_t video_len; /* a motion photo's MP4 that ends the file: the HEIC's
-			     mpvd box (0: none) */
+	size_t video_len; /* a motion photo's MP4 that ends the file, where its
+			     XMP says: the HEIC's mpvd box (0: none) */
 	size_t item_len;  /* the bytes before it: the trailer item */
 };
 
@@ -273,6 +281,52 @@ struct hevcdec_capture {
  * samples by up to 6 and 21 levels, and costs a quarter of the decode
  * time. NULL ends the capture. */
 void hevcdec_capture(struct hevcdec_capture *c);
+
+/* The coded data of a picture as libheif hands it to a decoder: NAL units
+ * (parameter sets from hvcC, then the item's data) each behind a 4-byte
+ * big-endian length. */
+struct hevcdec_nals {
+	uint8_t *data; /* malloc'd */
+	size_t len, cap;
+	int done; /* 1: the whole picture was handed over */
+};
+
+/* While c is set (for the whole process, like hevcdec_capture), the decoder
+ * keeps what it is given in c and decodes nothing: the decode ends with an
+ * error once the picture's data is in. NULL ends the capture. */
+void hevcdec_capture_nals(struct hevcdec_nals *c);
+
+/* The copy encoder (hevccopy.c): libheif's name for it. */
+#define HEVCCOPY_ID "hevcfs-copy"
+
+/* Register the copy encoder once per process. 0 or -ENOTSUP. */
+int hevccopy_init(void);
+
+/* What the copy encoder hands libheif at its next encode (a complete
+ * capture, borrowed until then). One encode at a time: heic.c holds a lock
+ * around the pair. */
+void hevccopy_source(const struct hevcdec_nals *src);
+
+/* A HEIC's pictures as coded: the primary's and its thumbnail's NAL units
+ * (thumb.len 0: none), and the size and sampling they were coded from. */
+struct heic_coded {
+	struct hevcdec_nals main, thumb;
+	int width, height, subsamp;
+};
+
+/* Take the coded pictures of the primary image handle (width x height
+ * samples before irot, at subsamp, with the thumbnail heic_encode gives
+ * such a photo) without decoding them. 0, -EINVAL, -ENOMEM. */
+int heic_capture_coded(const struct heif_image_handle *handle, int width, int height, int subsamp,
+		       struct heic_coded *c);
+
+/* Free a capture (zeroed ones are fine). */
+void heic_coded_release(struct heic_coded *c);
+
+/* As heic_encode, with the pictures of c bit for bit instead of an
+ * encode (the copy encoder, hevccopy.c). 0 or -errno. */
+int heic_encode_coded(const struct heic_coded *c, const struct jpeg_info *ji,
+		      struct heif_context **ctx);
 
 /* Pictures the threaded decoder has decoded in this process. */
 unsigned long hevcdec_pictures(void);

@@ -813,7 +813,8 @@ int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uin
 	if (segs_len)
 		memcpy(o + 2, segs, segs_len);
 	write_pad(o + 2 + segs_len, pad);
-	memcpy(o + 2 + segs_len + pad, scan, scan_len);
+	if (scan_len)
+		memcpy(o + 2 + segs_len + pad, scan, scan_len);
 	if (trailer_len)
 		memcpy(o + 2 + segs_len + pad + scan_len, trailer, trailer_len);
 	*out = o;

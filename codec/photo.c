@@ -42,6 +42,8 @@
  *         u16 prefix length P, P payload bytes (e.g. "ICC_PROFILE\0", seq,
  *         count), u32 offset and u16 length of the source bytes that end
  *         the payload. So Exif, XMP and ICC are not stored twice.
+ *         From version 4 on, a segment of zero bytes is 0x10, the marker
+ *         byte and its u16 length field.
  * Version 4 adds, between byte 68 and the records (which start at 232):
  *  68  1  flags: 1 = the view keeps its own size (its scan did not fit the
  *         original's layout at any quality meeting the view's SSIM floor)
@@ -96,6 +98,10 @@
 #define HDR_SCAN_SUM 168
 #define HDR_SELF_SUM 200
 #define HDR_F_OWN_SIZE 1u
+/* A segment record (version 4 on) for a segment whose payload is all zero
+ * bytes (the padding of a view that comes back tagged): 0x10, marker byte,
+ * u16 length field. */
+#define HDR_REC_ZEROS 0x10
 /* The trailer item: the trailer bytes not in an mpvd box, verbatim. */
 #define TRAILER_CONTENT_TYPE "application/x-hevcfs-jpeg-trailer"
 /* What libheif calls an XMP item. */
@@ -312,6 +318,15 @@ static uint32_t ssim_word(double ssim)
 				      : (uint32_t)lround(ssim * HDR_SSIM_SCALE);
 }
 
+/* Is the buffer all zero bytes? */
+static int all_zeros(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
 /* Build the header item (layout above, current version) for vh and the
  * segments of ji into a malloc'd buffer. */
 static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8_t **out,
@@ -356,7 +371,12 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 		size_t seglen = 2 + get_be16(seg + 2);
 		const struct jpeg_ref *r = ref_at(ji, off);
 
-		if (r) {
+		if (!r && seglen >= 4 && all_zeros(seg + 4, seglen - 4)) {
+			p[n++] = HDR_REC_ZEROS;
+			p[n++] = seg[1];
+			put_be16(p + n, (unsigned)(seglen - 2));
+			n += 2;
+		} else if (r) {
 			p[n++] = (uint8_t)r->src;
 			p[n++] = seg[1];
 			put_be16(p + n, (unsigned)r->prefix);
@@ -566,6 +586,16 @@ static int rebuild_segs(const struct heif_image_handle *h, const struct view_hdr
 				if (pass)
 					memcpy(out + n, r + 1, sl);
 				n += sl, r += 1 + sl;
+			} else if (r[0] == HDR_REC_ZEROS && vh->version >= HDR_VERSION_LAYOUT) {
+				size_t sl;
+				if (left < 4 || (sl = get_be16(r + 2)) < 2)
+					goto bad;
+				if (pass) {
+					out[n] = 0xFF, out[n + 1] = r[1];
+					put_be16(out + n + 2, (unsigned)sl);
+					memset(out + n + 4, 0, sl - 2);
+				}
+				n += 2 + sl, r += 4;
 			} else if (r[0] < JPEG_SRC_COUNT) {
 				size_t pre, off, len;
 				int s = r[0];
@@ -801,6 +831,36 @@ static int mime_item_at(int fd, const uint8_t *buf, size_t len, const struct hei
 	return 0;
 }
 
+/* Where the header item's and the trailer item's bytes lie in a->heic
+ * (opened as h), from its iloc, checked against what was put there. 0,
+ * -EINVAL (logged), -ENOMEM. */
+static int locate_items(struct photo_job *j, struct attempt *a, const struct heif_image_handle *h)
+{
+	uint64_t off, size;
+	int ret;
+
+	ret = mime_item_at(-1, a->heic, a->heic_len, h, HDR_CONTENT_TYPE, &off, &size);
+	if (!ret && (size != j->hdr_len || memcmp(a->heic + off, j->hdr, j->hdr_len) != 0))
+		ret = -EINVAL;
+	if (ret) {
+		log_msg(LOG_ERR, "photo: the hevcfs header item is not where iloc says");
+		return ret == -ENOMEM ? ret : -EINVAL;
+	}
+	a->hdr_off = (size_t)off;
+	if (!j->tr.item_len)
+		return 0;
+	ret = mime_item_at(-1, a->heic, a->heic_len, h, TRAILER_CONTENT_TYPE, &off, &size);
+	if (!ret &&
+	    (size != j->tr.item_len || memcmp(a->heic + off, j->ji.trailer, j->tr.item_len) != 0))
+		ret = -EINVAL;
+	if (ret) {
+		log_msg(LOG_ERR, "photo: the trailer item is not where iloc says");
+		return ret == -ENOMEM ? ret : -EINVAL;
+	}
+	a->item_off = (size_t)off;
+	return 0;
+}
+
 /*
  * Encode the photo at quality q as it will be written (metadata, thumbnail,
  * the provisional header item j->hdr and the trailer item), decode that
@@ -815,7 +875,6 @@ static int encode_full(struct photo_job *j, const struct heic_params *base, int 
 	struct heic_params hp = *base;
 	struct heif_context *ctx = NULL;
 	struct heif_image_handle *h = NULL;
-	uint64_t off, size;
 	int ret;
 
 	memset(a, 0, sizeof(*a));
@@ -838,27 +897,9 @@ static int encode_full(struct photo_job *j, const struct heic_params *base, int 
 	ret = heic_open(a->heic, a->heic_len, hp.threads, &ctx, &h);
 	if (ret)
 		goto out_release_attempt;
-	ret = mime_item_at(-1, a->heic, a->heic_len, h, HDR_CONTENT_TYPE, &off, &size);
-	if (!ret && (size != j->hdr_len || memcmp(a->heic + off, j->hdr, j->hdr_len) != 0))
-		ret = -EINVAL;
-	if (ret) {
-		log_msg(LOG_ERR, "photo: the hevcfs header item is not where iloc says");
-		ret = ret == -ENOMEM ? ret : -EINVAL;
+	ret = locate_items(j, a, h);
+	if (ret)
 		goto out_release_handle;
-	}
-	a->hdr_off = (size_t)off;
-	if (j->tr.item_len) {
-		ret = mime_item_at(-1, a->heic, a->heic_len, h, TRAILER_CONTENT_TYPE, &off, &size);
-		if (!ret && (size != j->tr.item_len ||
-			     memcmp(a->heic + off, j->ji.trailer, j->tr.item_len) != 0))
-			ret = -EINVAL;
-		if (ret) {
-			log_msg(LOG_ERR, "photo: the trailer item is not where iloc says");
-			ret = ret == -ENOMEM ? ret : -EINVAL;
-			goto out_release_handle;
-		}
-		a->item_off = (size_t)off;
-	}
 	ret = heic_decode_planes(h, j->orig.subsamp, j->orig.width, j->orig.height, 1, &a->dec);
 	if (ret)
 		goto out_release_handle;
@@ -1455,6 +1496,60 @@ static int check_size(const struct jpeg_info *ji, const struct codec_opts *opts,
 	return 1;
 }
 
+/*
+ * The trailer and the items that depend on it: the video in an mpvd box,
+ * the rest in the trailer item; the HEIC's XMP describes the HEIC's
+ * layout, so the XMP segment is then stored verbatim rather than rebuilt
+ * from that item. 0; 1 when the photo is kept (result says why); -errno.
+ */
+static int prepare_items(struct photo_job *j, struct codec_result *result)
+{
+	int ret;
+
+	trailer_classify(&j->ji, &j->tr);
+	result->carries = j->tr.carries;
+	if (j->tr.item_len > HEIC_MAX_ITEM_BYTES) {
+		codec_keep(result, "%zu bytes after the image (over %llu)", j->tr.item_len,
+			   (unsigned long long)HEIC_MAX_ITEM_BYTES);
+		return 1;
+	}
+	ret = trailer_heic_xmp(&j->ji, &j->tr, &j->heic_xmp, &j->heic_xmp_len);
+	if (ret)
+		return ret;
+	if (j->heic_xmp)
+		jpeg_info_drop_source(&j->ji, JPEG_SRC_XMP);
+	j->enc_ji = j->ji;
+	if (j->heic_xmp) {
+		j->enc_ji.xmp = j->heic_xmp;
+		j->enc_ji.xmp_len = j->heic_xmp_len;
+	}
+	return 0;
+}
+
+/* The header item (j->hdr) for j->vh as set by the caller (quality,
+ * sizes), with what the JPEG says: orientation, sizes of the sources, the
+ * trailer and the original's digests. 0 or -errno. */
+static int pack_header(struct photo_job *j)
+{
+	int ret;
+
+	j->vh.orientation = j->ji.orientation;
+	j->vh.orig_bytes = j->src_len;
+	j->vh.src_len[JPEG_SRC_EXIF] = j->ji.exif ? (uint32_t)j->ji.exif_len : 0;
+	j->vh.src_len[JPEG_SRC_XMP] = j->ji.xmp && !j->heic_xmp ? (uint32_t)j->ji.xmp_len : 0;
+	j->vh.src_len[JPEG_SRC_XMP_EXT] = j->ji.xmp_ext ? (uint32_t)j->ji.xmp_ext_len : 0;
+	j->vh.src_len[JPEG_SRC_ICC] = j->ji.icc ? (uint32_t)j->ji.icc_len : 0;
+	j->vh.carries = j->tr.carries;
+	j->vh.trailer_len = j->ji.trailer_len;
+	j->vh.video_len = j->tr.video_len;
+	ret = sum_buf(j->ji.trailer, j->ji.trailer_len, j->vh.trailer_sum);
+	if (!ret)
+		ret = sum_buf(j->src, j->src_len, j->vh.orig_sum);
+	if (!ret)
+		ret = hdr_pack(&j->vh, &j->ji, &j->hdr, &j->hdr_len);
+	return ret;
+}
+
 int photo_test_q_offset;
 
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
@@ -1506,47 +1601,18 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		goto out_release_job;
 	}
 
-	/* the trailer: its video in an mpvd box, the rest in an item; the
-	 * HEIC's XMP describes the HEIC's layout, so the XMP segment is then
-	 * stored verbatim rather than rebuilt from that item */
-	trailer_classify(&j.ji, &j.tr);
-	result->carries = j.tr.carries;
-	if (j.tr.item_len > HEIC_MAX_ITEM_BYTES) {
-		codec_keep(result, "%zu bytes after the image (over %llu)", j.tr.item_len,
-			   (unsigned long long)HEIC_MAX_ITEM_BYTES);
+	ret = prepare_items(&j, result);
+	if (ret) {
+		ret = ret == 1 ? 0 : ret;
 		goto out_release_job;
 	}
-	ret = trailer_heic_xmp(&j.ji, &j.tr, &j.heic_xmp, &j.heic_xmp_len);
-	if (ret)
-		goto out_release_job;
-	if (j.heic_xmp)
-		jpeg_info_drop_source(&j.ji, JPEG_SRC_XMP);
-	j.enc_ji = j.ji;
-	if (j.heic_xmp) {
-		j.enc_ji.xmp = j.heic_xmp;
-		j.enc_ji.xmp_len = j.heic_xmp_len;
-	}
-
 	/* the header item, provisional in its measured fields (view quality
-	 * and size, quality, SSIMs) but already its final length */
+	 * and size, quality, SSIMs, digests) but already its final length */
 	j.vh.view_quality = CODEC_DEF_VIEW_QUALITY;
 	j.vh.subsamp = j.orig.subsamp;
-	j.vh.orientation = j.ji.orientation;
 	j.vh.width = j.orig.width;
 	j.vh.height = j.orig.height;
-	j.vh.orig_bytes = j.src_len;
-	j.vh.src_len[JPEG_SRC_EXIF] = j.ji.exif ? (uint32_t)j.ji.exif_len : 0;
-	j.vh.src_len[JPEG_SRC_XMP] = j.ji.xmp && !j.heic_xmp ? (uint32_t)j.ji.xmp_len : 0;
-	j.vh.src_len[JPEG_SRC_XMP_EXT] = j.ji.xmp_ext ? (uint32_t)j.ji.xmp_ext_len : 0;
-	j.vh.src_len[JPEG_SRC_ICC] = j.ji.icc ? (uint32_t)j.ji.icc_len : 0;
-	j.vh.carries = j.tr.carries;
-	j.vh.trailer_len = j.ji.trailer_len;
-	j.vh.video_len = j.tr.video_len;
-	ret = sum_buf(j.ji.trailer, j.ji.trailer_len, j.vh.trailer_sum);
-	if (!ret)
-		ret = sum_buf(j.src, j.src_len, j.vh.orig_sum);
-	if (!ret)
-		ret = hdr_pack(&j.vh, &j.ji, &j.hdr, &j.hdr_len);
+	ret = pack_header(&j);
 	if (ret)
 		goto out_release_job;
 
@@ -1657,6 +1723,189 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		j.best.heic_len, 100.0 * (double)j.best.heic_len / (double)j.src_len,
 		j.vh.view_quality, view_ssim, j.encodes, j.probes, now() - t0);
 out_release_job:
+	job_release(&j);
+	return ret;
+}
+
+/*
+ * A retag: the JPEG src_fd is the view of the archived photo prev_fd with
+ * other metadata (its image data, first table marker through EOI, is the
+ * view's: the same digest) and maybe another trailer. Write out_path with
+ * prev's coded pictures bit for bit, src's metadata and trailer, and
+ * verify it like an archive: its view must be src byte for byte.
+ */
+int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_path,
+		const struct codec_opts *opts, struct codec_result *result)
+{
+	static const struct codec_opts defaults;
+	struct photo_job j = {0};
+	struct heif_context *pctx = NULL, *ctx = NULL;
+	struct heif_image_handle *ph = NULL, *h = NULL;
+	struct heic_coded coded = {0};
+	struct view_hdr old;
+	uint8_t *prev = NULL, *pitem = NULL, *psegs = NULL, sum[SUM_LEN];
+	size_t prev_len, psegs_len = 0;
+	double t0 = now();
+	int ret;
+
+	if (!opts)
+		opts = &defaults;
+	/* the previous archive: what its view's image data was */
+	ret = codec_read_all(prev_fd, PHOTO_MAX_HEIC_BYTES, &prev, &prev_len);
+	if (ret == -EFBIG) {
+		codec_keep(result, "previous file is not an archived photo");
+		return 0;
+	}
+	if (ret)
+		return ret;
+	ret = heic_open(prev, prev_len, opts->threads, &pctx, &ph);
+	if (!ret)
+		ret = view_source(ph, &pitem, &old, &psegs, &psegs_len);
+	if (ret == -ENOMEM)
+		goto out_release;
+	if (ret) {
+		codec_keep(result, "previous file is not an archived photo");
+		ret = 0;
+		goto out_release;
+	}
+	if (old.version < HDR_VERSION_LAYOUT) {
+		codec_keep(result, "previous archive records no digest of its view's image data");
+		goto out_release;
+	}
+
+	/* the new JPEG: the same image data, only segments and trailer changed */
+	ret = codec_read_all(src_fd, PHOTO_MAX_JPEG_BYTES, &j.src, &j.src_len);
+	if (ret == -EFBIG) {
+		codec_keep(result, "JPEG larger than %llu bytes", PHOTO_MAX_JPEG_BYTES);
+		ret = 0;
+		goto out_release;
+	}
+	if (ret)
+		goto out_release;
+	result->orig_bytes = j.src_len;
+	ret = jpeg_parse(j.src, j.src_len, &j.ji);
+	if (ret == -EINVAL || ret == -ENOTSUP) {
+		codec_keep(result, "%s", j.ji.why);
+		ret = 0;
+		goto out_release;
+	}
+	if (ret)
+		goto out_release;
+	if (!j.ji.head_in_place) {
+		codec_keep(result, "APPn/COM segments among the image data");
+		goto out_release;
+	}
+	ret = sum_buf(j.src + j.ji.head_end, j.ji.eoi_end - j.ji.head_end, sum);
+	if (ret)
+		goto out_release;
+	if (memcmp(sum, old.scan_sum, SUM_LEN) != 0) {
+		codec_keep(result, "image data differs from the archived view's");
+		goto out_release;
+	}
+	if (j.ji.segs_len > PHOTO_MAX_SEGS_BYTES) {
+		codec_keep(result, "%zu bytes of APPn/COM segments (over %llu)", j.ji.segs_len,
+			   (unsigned long long)PHOTO_MAX_SEGS_BYTES);
+		goto out_release;
+	}
+	ret = prepare_items(&j, result);
+	if (ret) {
+		ret = ret == 1 ? 0 : ret;
+		goto out_release;
+	}
+	/* the measures of the pictures are prev's: they are the same */
+	j.vh.view_quality = old.view_quality;
+	j.vh.subsamp = old.subsamp;
+	j.vh.width = old.width;
+	j.vh.height = old.height;
+	j.vh.quality = old.quality;
+	j.vh.ssim = old.ssim;
+	j.vh.view_ssim = old.view_ssim;
+	j.vh.view_bytes = j.src_len;
+	memcpy(j.vh.scan_sum, old.scan_sum, SUM_LEN);
+	ret = pack_header(&j);
+	if (ret)
+		goto out_release;
+	j.orig.width = old.width;
+	j.orig.height = old.height;
+	j.orig.subsamp = old.subsamp;
+
+	/* prev's coded pictures, in a file with src's metadata */
+	ret = heic_capture_coded(ph, old.width, old.height, old.subsamp, &coded);
+	if (ret == -EINVAL) {
+		codec_keep(result, "previous archive's coded pictures cannot be taken");
+		ret = 0;
+		goto out_release;
+	}
+	if (!ret)
+		ret = heic_encode_coded(&coded, &j.enc_ji, &ctx);
+	if (!ret)
+		ret = heic_add_item(ctx, HDR_ITEM_TYPE, HDR_CONTENT_TYPE, j.hdr, j.hdr_len);
+	if (!ret && j.tr.item_len)
+		ret = heic_add_item(ctx, HDR_ITEM_TYPE, TRAILER_CONTENT_TYPE, j.ji.trailer,
+				    j.tr.item_len);
+	if (!ret)
+		ret = heic_write_mem(ctx, &j.best.heic, &j.best.heic_len);
+	heif_context_free(ctx);
+	ctx = NULL;
+	if (!ret)
+		ret = heic_open(j.best.heic, j.best.heic_len, opts->threads, &ctx, &h);
+	if (!ret)
+		ret = locate_items(&j, &j.best, h);
+	if (!ret)
+		ret = heic_decode_planes(h, old.subsamp, old.width, old.height, 1, &j.best.dec);
+	if (ret)
+		goto out_release;
+	j.best.q = old.quality;
+	j.best.ssim = old.ssim;
+
+	/* its view: the same image data, with no room for padding */
+	ret = jpeg_encode_scan(&j.best.dec, old.view_quality, &j.scan, &j.scan_len);
+	if (!ret)
+		ret = sum_buf(j.scan, j.scan_len, sum);
+	if (!ret && (memcmp(sum, old.scan_sum, SUM_LEN) != 0 ||
+		     pad_for(j.ji.eoi_end - 2 - j.ji.segs_len, j.scan_len) != 0)) {
+		log_msg(LOG_ERR, "photo: the copied pictures do not render the view's image data");
+		ret = -EIO;
+	}
+	if (!ret)
+		ret = jpeg_view_layout(j.ji.segs, j.ji.segs_len, 0, j.scan, j.scan_len,
+				       j.ji.trailer, j.ji.trailer_len, &j.view, &j.view_len);
+	if (!ret && (j.view_len != j.src_len || memcmp(j.view, j.src, j.src_len) != 0)) {
+		log_msg(LOG_ERR, "photo: the retagged view is not the JPEG given");
+		ret = -EIO;
+	}
+	if (!ret)
+		ret = finish_heic(&j);
+	if (!ret)
+		ret = write_file(out_path, j.best.heic, j.best.heic_len);
+	if (!ret)
+		ret = verify_written(&j, out_path);
+	if (!ret && view_path)
+		ret = write_file(view_path, j.view, j.view_len);
+	if (ret)
+		goto out_release;
+
+	result->archived = 1;
+	result->reason[0] = '\0';
+	memcpy(result->suffix, ".heic", sizeof(".heic"));
+	result->stored_bytes = j.best.heic_len;
+	result->view_bytes = j.view_len;
+	result->quality = old.quality;
+	result->ssim = old.ssim;
+	result->view_ssim = old.view_ssim;
+	memcpy(result->orig_sum, j.vh.orig_sum, SUM_LEN);
+	memcpy(result->scan_sum, j.vh.scan_sum, SUM_LEN);
+	log_msg(LOG_INFO, "photo: retagged %dx%d, %zu -> %zu bytes, pictures kept, %.2f s",
+		old.width, old.height, j.src_len, j.best.heic_len, now() - t0);
+out_release:
+	heic_coded_release(&coded);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	free(psegs);
+	free(pitem);
+	heif_image_handle_release(ph);
+	heif_context_free(pctx);
+	free(prev);
 	job_release(&j);
 	return ret;
 }
@@ -1925,6 +2174,123 @@ int photo_embedded_sums(int fd, struct codec_embedded *e)
 	e->orig_bytes = vh.orig_bytes;
 out_release:
 	free(again);
+	free(item);
+	heif_image_handle_release(h);
+	heif_context_free(ctx);
+	return ret;
+}
+
+/* Read len bytes of fd at off and digest them. 0, -EINVAL (the file ends
+ * before), -errno, -ENOMEM. */
+static int sum_range(int fd, uint64_t off, uint64_t len, uint8_t out[SUM_LEN])
+{
+	uint8_t *buf = malloc(SUM_BLOCK);
+	struct sum *s = NULL;
+	int ret;
+
+	if (!buf)
+		return -ENOMEM;
+	ret = sum_new(&s);
+	while (!ret && len) {
+		size_t want = len < SUM_BLOCK ? (size_t)len : SUM_BLOCK;
+		ssize_t n = pread(fd, buf, want, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ret = n == 0 ? -EINVAL : -errno;
+			break;
+		}
+		ret = sum_update(s, buf, (size_t)n);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	if (!ret)
+		ret = sum_final(s, out);
+	sum_free(&s);
+	free(buf);
+	return ret;
+}
+
+/* Is the trailer that vh says lies contiguous at vh->tail_src really
+ * there: in the mpvd box that ends the file, or as the trailer item's data
+ * where iloc puts it, and of the recorded digest? 0, -EINVAL, -errno. */
+static int check_tail(int fd, const struct heic_fd *f, const struct heif_image_handle *h,
+		      const struct view_hdr *vh)
+{
+	uint8_t sum[SUM_LEN], box[MPVD_HEADER];
+	uint64_t off, size;
+	int ret;
+
+	if (vh->video_len == vh->trailer_len) {
+		if (vh->tail_src < MPVD_HEADER ||
+		    vh->tail_src + vh->trailer_len != (uint64_t)f->size ||
+		    pread(fd, box, sizeof(box), (off_t)(vh->tail_src - MPVD_HEADER)) !=
+			(ssize_t)sizeof(box) ||
+		    get_be32(box) != vh->trailer_len + MPVD_HEADER || memcmp(box + 4, "mpvd", 4))
+			return -EINVAL;
+	} else {
+		ret = mime_item_at(fd, NULL, 0, h, TRAILER_CONTENT_TYPE, &off, &size);
+		if (ret == -ENOMEM || (ret && ret != -EINVAL && ret != -ENOENT && ret != -ENOTSUP))
+			return ret;
+		if (ret || off != vh->tail_src || size != vh->trailer_len)
+			return -EINVAL;
+	}
+	ret = sum_range(fd, vh->tail_src, vh->trailer_len, sum);
+	if (ret)
+		return ret;
+	return memcmp(sum, vh->trailer_sum, SUM_LEN) ? -EINVAL : 0;
+}
+
+int photo_view_map(int fd, struct codec_view_map *m)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *h;
+	struct heic_fd f;
+	struct view_hdr vh;
+	const char *why = NULL;
+	uint8_t *item, *segs = NULL;
+	size_t len, segs_len = 0;
+	int ret;
+
+	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
+	if (ret == 1)
+		log_msg(LOG_ERR, "photo: no view to map: %s", why);
+	if (ret)
+		return ret == 1 ? -EINVAL : ret;
+	if (!vh.view_bytes) {
+		ret = -ENOTSUP; /* version 1: the size was not recorded */
+		goto out_release;
+	}
+	ret = rebuild_segs(h, &vh, &segs, &segs_len);
+	if (ret == -EINVAL && f.err)
+		ret = f.err;
+	if (ret)
+		goto out_release;
+	m->size = vh.view_bytes;
+	m->head_len = 2 + segs_len + vh.pad;
+	if (m->head_len > m->size) {
+		ret = -EINVAL;
+		goto out_release;
+	}
+	ret = jpeg_view_layout(segs, segs_len, vh.pad, NULL, 0, NULL, 0, &m->head, &len);
+	if (ret)
+		goto out_release;
+	if (vh.trailer_len && vh.tail_src) {
+		ret = check_tail(fd, &f, h, &vh);
+		if (ret == -EINVAL)
+			log_msg(LOG_ERR, "photo: the trailer is not where the header item says");
+		if (ret)
+			goto out_release;
+		m->tail_off = vh.view_bytes - vh.trailer_len;
+		m->tail_len = vh.trailer_len;
+		m->tail_src = vh.tail_src;
+	}
+out_release:
+	if (ret) {
+		free(m->head);
+		memset(m, 0, sizeof(*m));
+	}
+	free(segs);
 	free(item);
 	heif_image_handle_release(h);
 	heif_context_free(ctx);

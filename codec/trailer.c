@@ -232,12 +232,12 @@ int trailer_classify(const struct jpeg_info *ji, struct photo_trailer *t)
 	memset(t, 0, sizeof(*t));
 	if (!n)
 		return 0;
-	/* the video the XMP locates must be an MP4 and end the file; without
-	 * XMP, an MP4 that is the whole trailer */
-	if (v && (v > n || memcmp(tr + n - v + BOX_TYPE_AT, "ftyp", 4) != 0 || v < BOX_TYPE_AT + 4))
+	/* the video the XMP locates must be an MP4 and end the file; an MP4
+	 * that no XMP names is a motion video too, but the HEIC does not claim
+	 * to be a motion photo on the strength of four bytes: it goes in the
+	 * trailer item */
+	if (v && (v > n || v < BOX_TYPE_AT + 4 || memcmp(tr + n - v + BOX_TYPE_AT, "ftyp", 4) != 0))
 		v = 0;
-	if (!v && ftyp_first && !sef)
-		v = n;
 	t->video_len = v;
 	t->item_len = n - v;
 	if (v || ftyp_first || (ji->xmp && xmp_says_motion(ji->xmp, ji->xmp_len)))

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 
@@ -1849,6 +1850,24 @@ static void test_trailers(void)
 	check_archived(&f, "stray.jpg", &res, NULL, 0, 0);
 	buf_free(&f);
 
+	/* an MP4 no XMP names: a motion video, kept in the trailer item (the
+	 * HEIC claims no motion photo) */
+	{
+		struct buf mp4 = make_mp4();
+		char type[5];
+		size_t plen;
+		f = with_trailer(&none, mp4.p, mp4.len, 134);
+		archive_trailer(&f, "bare.jpg", CODEC_CARRIES_MOTION, &res);
+		check_archived(&f, "bare.jpg", &res, NULL, 0, 0);
+		heic = read_path(tpath("bare.jpg.heic"));
+		last_box(&heic, type, &plen);
+		CHECK(strcmp(type, "mpvd") != 0);
+		CHECK(memmem(heic.p, heic.len, mp4.p, mp4.len) != NULL);
+		buf_free(&heic);
+		buf_free(&mp4);
+		buf_free(&f);
+	}
+
 	/* nothing after EOI: nothing carried */
 	f = with_trailer(&none, NULL, 0, 133);
 	archive_trailer(&f, "plain.jpg", 0, &res);
@@ -1931,6 +1950,436 @@ static void test_digests(void)
 	CHECK_EQ(e.has, 0);
 	buf_free(&heic);
 	buf_free(&v);
+	buf_free(&f);
+	buf_free(&j);
+	rich_free(&r);
+}
+
+/* Sniff the bytes of b (written to a file) and archive them. */
+static enum codec_kind sniff_buf(const struct buf *b, const char **format, struct codec_result *res)
+{
+	int fd;
+	enum codec_kind k;
+
+	write_path(tpath("sniff.bin"), b);
+	fd = open(tpath("sniff.bin"), O_RDONLY);
+	CHECK(fd >= 0);
+	k = codec_sniff_format(fd, format);
+	CHECK_EQ(codec_sniff(fd), k);
+	if (res && k != CODEC_KIND_VIDEO && k != CODEC_KIND_JPEG)
+		CHECK_EQ(codec_archive(fd, tpath("sniff.out"), NULL, &opts, res), 0);
+	close(fd);
+	return k;
+}
+
+/* An ftyp box: major brand, then compatible brands (4 characters each). */
+static struct buf ftyp(const char *major, const char *compat)
+{
+	struct buf b = {0};
+	size_t n = 16 + strlen(compat);
+	uint8_t h[8] = {0, 0, 0, (uint8_t)n, 'f', 't', 'y', 'p'};
+
+	buf_add(&b, h, 8);
+	buf_add(&b, major, 4);
+	buf_add(&b, "\0\0\0\0", 4);
+	buf_add(&b, compat, strlen(compat));
+	buf_add(&b, "\0\0\0\x10mdat\0\0\0\0\0\0\0\0", 16);
+	return b;
+}
+
+/* A little-endian TIFF whose first IFD has the entries given (tag, type,
+ * count, value; an ASCII value longer than 4 bytes is placed after the
+ * IFD). */
+static struct buf tiff(const char *magic8, const uint32_t (*e)[4], int n, const char *make)
+{
+	uint8_t t[512] = {0};
+	size_t strings = 8 + 2 + 12 * (size_t)n + 4;
+	struct buf b = {0};
+
+	memcpy(t, magic8, 8);
+	le16(t + 8, (unsigned)n);
+	for (int i = 0; i < n; i++) {
+		uint32_t v = e[i][3];
+		if (e[i][0] == 0x010F) {
+			memcpy(t + strings, make, strlen(make) + 1);
+			v = (uint32_t)strings;
+		}
+		ifd_entry(t + 10 + 12 * i, e[i][0], e[i][1], e[i][2], v);
+	}
+	buf_add(&b, t, sizeof(t));
+	return b;
+}
+
+/* Content says what a file is: HEIF and AVIF stills and sequences (never
+ * videos), camera raws by their signatures (never their names), movies
+ * stay videos; codec_archive keeps HEIF and raws with their reasons. */
+static void test_sniff(void)
+{
+	static const struct {
+		const char *major, *compat, *format;
+	} heifs[] = {
+	    {"heic", "mif1heic", "HEIC"},     {"mif1", "mif1heic", "HEIC"},
+	    {"heix", "mif1heix", "HEIC"},     {"msf1", "msf1hevc", "HEIC"},
+	    {"avif", "mif1avifmiaf", "AVIF"}, {"avis", "msf1avis", "AVIF"},
+	    {"mif1", "mif1miaf", "HEIF"},     {"MiHB", "mif1heicmiaf", "HEIC"},
+	};
+	static const struct {
+		const char *major, *compat;
+	} movies[] = {{"isom", "isomiso2avc1mp41"},
+		      {"mp42", "mp42isom"},
+		      {"qt  ", "qt  "},
+		      {"isom", "isommif1"}};
+	const uint32_t dng[][4] = {{0x00FE, 4, 1, 1}, {0xC612, 1, 4, 0x00000401}};
+	const uint32_t nef[][4] = {{0x00FE, 4, 1, 1}, {0x010F, 2, 18, 0}, {0x014A, 4, 1, 300}};
+	const uint32_t arw[][4] = {{0x010F, 2, 5, 0}, {0xC634, 1, 4, 0}};
+	const uint32_t plain[][4] = {{0x0100, 3, 1, 64}, {0x010F, 2, 18, 0}};
+	struct codec_result res;
+	const char *fmt;
+	struct buf b;
+	char cmd[512];
+
+	for (size_t i = 0; i < sizeof(heifs) / sizeof(heifs[0]); i++) {
+		b = ftyp(heifs[i].major, heifs[i].compat);
+		CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_HEIF);
+		CHECK(strcmp(fmt, heifs[i].format) == 0);
+		CHECK(!res.archived && strstr(res.reason, "already ") &&
+		      strstr(res.reason, heifs[i].format));
+		buf_free(&b);
+	}
+	for (size_t i = 0; i < sizeof(movies) / sizeof(movies[0]); i++) {
+		b = ftyp(movies[i].major, movies[i].compat);
+		CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_VIDEO);
+		buf_free(&b);
+	}
+	/* raws */
+	b = ftyp("crx ", "crx isom");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "CR3") && strstr(res.reason, "camera raw (CR3)"));
+	buf_free(&b);
+	buf_add(&b, "FUJIFILMCCD-RAW 0201FF393101", 28);
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "RAF") && strstr(res.reason, "camera raw (RAF)"));
+	buf_free(&b);
+	b = tiff("IIRO\x08\0\0\0", plain, 0, "");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "ORF"));
+	buf_free(&b);
+	b = tiff("II*\0\x10\0\0\0", plain, 0, "");
+	memcpy(b.p + 8, "CR\x02\0", 4);
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "CR2"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", dng, 2, "");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "DNG") && strstr(res.reason, "camera raw (DNG)"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", nef, 3, "NIKON CORPORATION");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "NEF"));
+	buf_free(&b);
+	b = tiff("II*\0\x08\0\0\0", arw, 2, "SONY");
+	CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_RAW);
+	CHECK(!strcmp(fmt, "ARW"));
+	buf_free(&b);
+	/* a scanner's TIFF from a camera maker is no raw */
+	b = tiff("II*\0\x08\0\0\0", plain, 2, "NIKON CORPORATION");
+	CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_OTHER);
+	CHECK(!res.archived && strstr(res.reason, "not a photo or video"));
+	buf_free(&b);
+
+	/* real files: movies from ffmpeg, HEIC from the corpus */
+	for (int i = 0; i < 2; i++) {
+		snprintf(cmd, sizeof(cmd),
+			 "ffmpeg -nostdin -hide_banner -loglevel error -f lavfi -i "
+			 "testsrc=size=64x48:rate=10 -t 0.5 -c:v mpeg4 -y %s",
+			 tpath(i ? "m.mov" : "m.mp4"));
+		if (system(cmd) != 0)
+			continue;
+		b = read_path(tpath(i ? "m.mov" : "m.mp4"));
+		CHECK_EQ(sniff_buf(&b, &fmt, NULL), CODEC_KIND_VIDEO);
+		buf_free(&b);
+	}
+	{
+		static const char *const heic[] = {"IMG_5195.HEIC", "mobile/iphone_13_pro_max.HEIC",
+						   "mobile/HMD_Nokia_8.3_5G.heif",
+						   "samplefilehub.heif"};
+		char path[256];
+		for (size_t i = 0; i < sizeof(heic) / sizeof(heic[0]); i++) {
+			snprintf(path, sizeof(path), "../shared/corpus/exif-samples/heic/%s",
+				 heic[i]);
+			b = read_path(path);
+			if (!b.p) {
+				fprintf(stderr, "  corpus %s absent: not sniffed\n", path);
+				continue;
+			}
+			CHECK_EQ(sniff_buf(&b, &fmt, &res), CODEC_KIND_HEIF);
+			CHECK(!res.archived && strstr(res.reason, "already HEI"));
+			buf_free(&b);
+		}
+	}
+}
+
+static int map_path(const char *path, struct codec_view_map *m)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = codec_view_map(fd, m);
+	close(fd);
+	return ret;
+}
+
+/* The map of name's archived view against the rendered view: the head is
+ * the view's bytes before its image data, the tail (when contiguous) the
+ * stored file's bytes at tail_src. Returns tail_len. */
+static uint64_t check_map(const char *name)
+{
+	char heic_path[256], view_path[256];
+	struct codec_view_map m;
+	struct buf heic, v;
+	size_t vd, ve;
+	uint64_t tail;
+
+	snprintf(heic_path, sizeof(heic_path), "%s.heic", tpath(name));
+	snprintf(view_path, sizeof(view_path), "%s.view.jpg", tpath(name));
+	heic = read_path(heic_path);
+	v = read_path(view_path);
+	CHECK_EQ(map_path(heic_path, &m), 0);
+	jpeg_bounds(&v, &vd, &ve);
+	CHECK_EQ(m.size, v.len);
+	CHECK_EQ(m.head_len, vd);
+	CHECK(!memcmp(m.head, v.p, m.head_len));
+	if (m.tail_len) {
+		CHECK_EQ(m.tail_off, ve);
+		CHECK_EQ(m.tail_off + m.tail_len, v.len);
+		CHECK(m.tail_src + m.tail_len <= heic.len);
+		CHECK(!memcmp(v.p + m.tail_off, heic.p + m.tail_src, m.tail_len));
+	}
+	tail = m.tail_len;
+	codec_view_map_release(&m);
+	CHECK(m.head == NULL && m.size == 0);
+	buf_free(&heic);
+	buf_free(&v);
+	return tail;
+}
+
+/* A view's map: its head and its trailer's place in the stored file, read
+ * without decoding (a wrecked coded picture changes nothing), checked (a
+ * damaged trailer is an error); a trailer split between the trailer item
+ * and the mpvd box is not contiguous. */
+static void test_view_map(void)
+{
+	struct buf mp4 = make_mp4(), segs = {0}, f, heic, tr = {0};
+	struct codec_view_map m;
+	struct codec_result res;
+	char xmp[1024];
+	uint8_t *mdat;
+	size_t od, oe;
+
+	snprintf(xmp, sizeof(xmp),
+		 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/"
+		 "1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+		 "xmlns:GCamera=\"http://ns.google.com/photos/1.0/camera/\" "
+		 "GCamera:MicroVideo=\"1\" GCamera:MicroVideoOffset=\"%zu\"/></rdf:RDF>"
+		 "</x:xmpmeta>",
+		 mp4.len);
+	add_exif(&segs, 6);
+	add_xmp_text(&segs, xmp);
+	/* the video alone: contiguous in the mpvd box */
+	f = with_trailer(&segs, mp4.p, mp4.len, 150);
+	archive_trailer(&f, "map_mv.jpg", CODEC_CARRIES_MOTION, &res);
+	CHECK_EQ(check_map("map_mv.jpg"), mp4.len);
+	buf_free(&f);
+	/* 100 zeros, then the video: split */
+	buf_add(&tr, (const uint8_t[100]){0}, 100);
+	buf_add(&tr, mp4.p, mp4.len);
+	f = with_trailer(&segs, tr.p, tr.len, 151);
+	archive_trailer(&f, "map_split.jpg", CODEC_CARRIES_MOTION, &res);
+	check_archived(&f, "map_split.jpg", &res, NULL, 1, 0);
+	CHECK_EQ(check_map("map_split.jpg"), 0);
+	buf_free(&f);
+	/* MPF: contiguous in the trailer item */
+	f = make_mpf_photo(0, 152);
+	archive_trailer(&f, "map_mpf.jpg", CODEC_CARRIES_MPF, &res);
+	jpeg_bounds(&f, &od, &oe);
+	CHECK_EQ(check_map("map_mpf.jpg"), f.len - oe);
+	buf_free(&f);
+	/* no trailer */
+	f = with_trailer(&segs, NULL, 0, 153);
+	archive_trailer(&f, "map_none.jpg", 0, &res);
+	CHECK_EQ(check_map("map_none.jpg"), 0);
+	buf_free(&f);
+
+	/* no pixel is decoded: wreck the coded picture */
+	heic = read_path(tpath("map_mv.jpg.heic"));
+	mdat = memmem(heic.p, heic.len, "mdat", 4);
+	CHECK(mdat != NULL);
+	memset(mdat + 4, 0, 1000);
+	write_path(tpath("map_mv.jpg.heic"), &heic);
+	CHECK_EQ(check_map("map_mv.jpg"), mp4.len);
+	/* a damaged trailer is found out */
+	heic.p[heic.len - 10] ^= 1;
+	write_path(tpath("map_bad.heic"), &heic);
+	CHECK_EQ(map_path(tpath("map_bad.heic"), &m), -EINVAL);
+	/* not an archived photo */
+	CHECK_EQ(map_path(tpath("map_none.jpg"), &m), -EINVAL);
+	buf_free(&heic);
+	buf_free(&tr);
+	buf_free(&segs);
+	buf_free(&mp4);
+}
+
+static int retag_paths(const char *prev, const char *src, const char *out, const char *view,
+		       struct codec_result *res)
+{
+	int pfd = open(prev, O_RDONLY), sfd = open(src, O_RDONLY), ret;
+
+	CHECK(pfd >= 0 && sfd >= 0);
+	ret = codec_retag(pfd, sfd, out, view, &opts, res);
+	close(pfd);
+	close(sfd);
+	return ret;
+}
+
+/* The coded pictures of a HEIC (primary, thumbnail) as a decoder gets them. */
+static struct heic_coded coded_of(const char *path, int w, int h, int subsamp)
+{
+	struct buf heic = read_path(path);
+	struct heif_context *ctx;
+	struct heif_image_handle *hd;
+	struct heic_coded c;
+
+	CHECK_EQ(heic_open(heic.p, heic.len, 0, &ctx, &hd), 0);
+	CHECK_EQ(heic_capture_coded(hd, w, h, subsamp, &c), 0);
+	heif_image_handle_release(hd);
+	heif_context_free(ctx);
+	buf_free(&heic);
+	return c;
+}
+
+static double seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/*
+ * Tagging never costs pixels: ten successive metadata edits of a view
+ * (Exif, XMP, comments, a vendor segment, a trailer; the view's padding
+ * kept where a tagger leaves it) are each archived from the previous HEIC
+ * with its coded pictures bit for bit, their views are the edited JPEGs
+ * byte for byte with the first view's image data, and the HEIC's items
+ * follow the edits. A pixel edit is no retag, and writes nothing.
+ */
+static void test_retag(void)
+{
+	struct rich r;
+	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 160), f, v0;
+	struct codec_result res;
+	struct heic_coded c0;
+	size_t vd0, ve0;
+	char prev[256], src[256], out[256], view[256];
+	double t_full, t_retag = 0;
+
+	make_rich(&r, 6);
+	f = splice_segs(&j, &r.segs);
+	t_full = seconds();
+	CHECK_EQ(archive(&f, "tag0.jpg", &res), 0);
+	t_full = seconds() - t_full;
+	CHECK(res.archived);
+	v0 = read_path(tpath("tag0.jpg.view.jpg"));
+	jpeg_bounds(&v0, &vd0, &ve0);
+	c0 = coded_of(tpath("tag0.jpg.heic"), 800, 600, TJSAMP_420);
+	CHECK(c0.main.len > 0 && c0.thumb.len > 0);
+	snprintf(prev, sizeof(prev), "%s", tpath("tag0.jpg.heic"));
+	for (int i = 1; i <= 10; i++) {
+		struct buf segs = {0}, e = {0}, got, heic;
+		struct heic_coded ci;
+		char xmp[512], com[64], *x;
+		double t;
+
+		/* the edit: new Exif, XMP and comment, a vendor segment on odd
+		 * edits, the first view's padding, a trailer from the sixth */
+		add_exif(&segs, 1 + i % 8);
+		snprintf(xmp, sizeof(xmp),
+			 "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3."
+			 "org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+			 "xmlns:xmp=\"http://ns.adobe.com/xap/1.0/\" xmp:Rating=\"%d\" "
+			 "xmp:Label=\"edit %d\"/></rdf:RDF></x:xmpmeta>",
+			 i % 6, i);
+		add_xmp_text(&segs, xmp);
+		snprintf(com, sizeof(com), "edit number %d", i);
+		add_seg(&segs, 0xFE, com, strlen(com));
+		if (i & 1)
+			add_seg(&segs, 0xE9, "VENDOR\0edited", 13);
+		buf_add(&e, v0.p, 2);
+		buf_add(&e, segs.p, segs.len);
+		buf_add(&e, v0.p + 2 + r.segs.len, vd0 - 2 - r.segs.len); /* padding */
+		buf_add(&e, v0.p + vd0, ve0 - vd0);
+		for (int k = 5; k < i; k++)
+			buf_add(&e, "\0\0\0\0TRAILER", 11);
+		snprintf(src, sizeof(src), "%s", tpath("tag.src.jpg"));
+		write_path(src, &e);
+		snprintf(out, sizeof(out), "%s/tag%d.jpg.heic", tmpdir, i);
+		snprintf(view, sizeof(view), "%s/tag%d.jpg.view.jpg", tmpdir, i);
+		t = seconds();
+		CHECK_EQ(retag_paths(prev, src, out, view, &res), 0);
+		t_retag += seconds() - t;
+		if (!res.archived)
+			fprintf(stderr, "  edit %d not retagged: %s\n", i, res.reason);
+		CHECK(res.archived && res.view_bytes == e.len && !res.view_own_size);
+		got = read_path(view);
+		CHECK(got.len == e.len && !memcmp(got.p, e.p, e.len));
+		buf_free(&got);
+		/* a fresh render, too */
+		CHECK_EQ(render(out, tpath("tag.r.jpg"), &(uint64_t){0}), 0);
+		got = read_path(tpath("tag.r.jpg"));
+		CHECK(got.len == e.len && !memcmp(got.p, e.p, e.len));
+		CHECK(!memcmp(got.p + vd0 + segs.len - r.segs.len, v0.p + vd0,
+			      ve0 - vd0)); /* the first view's image data */
+		buf_free(&got);
+		/* the pictures are the first archive's, bit for bit */
+		ci = coded_of(out, 800, 600, TJSAMP_420);
+		CHECK(ci.main.len == c0.main.len &&
+		      !memcmp(ci.main.data, c0.main.data, c0.main.len));
+		CHECK(ci.thumb.len == c0.thumb.len &&
+		      !memcmp(ci.thumb.data, c0.thumb.data, c0.thumb.len));
+		heic_coded_release(&ci);
+		/* the HEIC's own items follow the edit */
+		heic = read_path(out);
+		x = heic_xmp_item(&heic);
+		snprintf(xmp, sizeof(xmp), "xmp:Label=\"edit %d\"", i);
+		CHECK(strstr(x, xmp) != NULL);
+		free(x);
+		buf_free(&heic);
+		snprintf(prev, sizeof(prev), "%s", out);
+		buf_free(&e);
+		buf_free(&segs);
+	}
+	fprintf(stderr, "  full archive %.2f s, retag %.2f s on average\n", t_full, t_retag / 10);
+
+	/* a pixel edit: no retag, nothing written */
+	{
+		struct buf e = {0};
+		buf_add(&e, v0.p, v0.len);
+		e.p[ve0 - 100] ^= 0x10;
+		write_path(tpath("tag.px.jpg"), &e);
+		CHECK_EQ(retag_paths(prev, tpath("tag.px.jpg"), tpath("tag.px.heic"), NULL, &res),
+			 0);
+		CHECK(!res.archived && strstr(res.reason, "image data differs"));
+		CHECK(access(tpath("tag.px.heic"), F_OK) != 0);
+		/* nor is a JPEG retagged against a file that is not an archive */
+		CHECK_EQ(retag_paths(tpath("tag.px.jpg"), tpath("tag.px.jpg"), tpath("tag.px.heic"),
+				     NULL, &res),
+			 0);
+		CHECK(!res.archived && strstr(res.reason, "not an archived photo"));
+		buf_free(&e);
+	}
+	heic_coded_release(&c0);
+	buf_free(&v0);
 	buf_free(&f);
 	buf_free(&j);
 	rich_free(&r);
@@ -2111,6 +2560,9 @@ int main(void)
 	RUN(test_motion_photo);
 	RUN(test_trailers);
 	RUN(test_digests);
+	RUN(test_sniff);
+	RUN(test_view_map);
+	RUN(test_retag);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

@@ -29,22 +29,14 @@ enum codec_kind {
 	CODEC_KIND_OTHER = 0, /* anything we keep byte for byte */
 	CODEC_KIND_JPEG,      /* a JPEG (may still be kept after a closer look) */
 	CODEC_KIND_VIDEO,     /* a container libavformat recognises with video */
+	/* a HEIF still image or sequence (ftyp brands heic, heix, heim, heis,
+	 * hevc, hevx, mif1, msf1, avif, avis...), kept: "already HEIC",
+	 * "already HEIF", "already AVIF" */
+	CODEC_KIND_HEIF,
+	/* camera raw (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2, PEF) by its
+	 * signature, kept: "camera raw (FORMAT)" */
+	CODEC_KIND_RAW,
 };
-
-/*
- * Kinds codec_sniff also says, both kept byte for byte. They are values of
- * enum codec_kind, named here rather than in its list only until every
- * switch on a codec_kind in the tree (fs/queue.c) has a case for them:
- * -Wswitch would fail the build. Until then such a switch passes them on
- * to codec_archive, which keeps them with the reason below.
- */
-/* a HEIF still image or sequence (ftyp brands heic, heix, heim, heis, hevc,
- * hevx, mif1, msf1, avif, avis...): "already HEIC", "already HEIF",
- * "already AVIF" */
-#define CODEC_KIND_HEIF ((enum codec_kind)3)
-/* camera raw (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2, PEF) by its
- * signature: "camera raw (FORMAT)" */
-#define CODEC_KIND_RAW ((enum codec_kind)4)
 
 /* Like codec_sniff, and *format says which format (a static string: "JPEG",
  * "HEIC", "HEIF", "AVIF", "DNG", "CR2", "CR3", "NEF", "ARW", "RAF", "ORF",
@@ -111,6 +103,7 @@ struct codec_result {
 				 min_view_ssim); view_why says why */
 	char view_why[96];
 	uint8_t orig_sum[SUM_LEN]; /* photo: SHA-256 of the original JPEG */
+	int retagged;              /* photo: made by codec_retag, nothing encoded */
 	uint8_t scan_sum[SUM_LEN]; /* photo: SHA-256 of the view's image data
 				      (first table marker through EOI) */
 };

@@ -298,6 +298,7 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 	const char *name = fs_basename(logical);
 	char dir[FS_PATH_MAX], out[64], target[NAME_MAX + 8], *outpath = NULL;
 	enum codec_kind sniffed;
+	const char *format = "";
 	int dfd = -1, src = -1, rc, video = 0;
 	double t0 = mono();
 
@@ -321,10 +322,10 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 		snprintf(f.what, sizeof(f.what), "%s", strerror(errno));
 		goto out_report;
 	}
-	sniffed = codec_sniff(src);
-	f.kind = sniffed == CODEC_KIND_JPEG    ? IDX_KIND_PHOTO
-		 : sniffed == CODEC_KIND_VIDEO ? IDX_KIND_VIDEO
-					       : IDX_KIND_OTHER;
+	sniffed = codec_sniff_format(src, &format);
+	f.kind = sniffed == CODEC_KIND_VIDEO ? IDX_KIND_VIDEO
+		 : sniffed == CODEC_KIND_OTHER ? IDX_KIND_OTHER
+					       : IDX_KIND_PHOTO;
 	e.kind = (uint32_t)f.kind;
 	rc = sum_file(src, 1, 0, 0, NULL, NULL, &orig);
 	if (rc) {
@@ -339,7 +340,12 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 		goto out_report;
 	}
 	res.archived = 0;
-	snprintf(res.reason, sizeof(res.reason), "not a photo or video");
+	if (sniffed == CODEC_KIND_HEIF)
+		snprintf(res.reason, sizeof(res.reason), "already %s", format);
+	else if (sniffed == CODEC_KIND_RAW)
+		snprintf(res.reason, sizeof(res.reason), "camera raw (%s)", format);
+	else
+		snprintf(res.reason, sizeof(res.reason), "not a photo or video");
 	if (sniffed == CODEC_KIND_JPEG && strlen(name) + strlen(".heic") > NAME_MAX) {
 		snprintf(res.reason, sizeof(res.reason), "name too long to append .heic");
 	} else if (sniffed == CODEC_KIND_JPEG || sniffed == CODEC_KIND_VIDEO) {
@@ -349,7 +355,7 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 			video = 1;
 		}
 		opts.cancel = r->im->stop;
-		rc = fs_archive_isolated(src, outpath, NULL, &opts, &res);
+		rc = fs_archive_isolated(src, -1, outpath, NULL, &opts, &res);
 		if (video)
 			fs_pool_video(pool, 0);
 		if (rc) {
@@ -757,7 +763,7 @@ static void sample(const struct fs_import *im, char **files, size_t n, size_t ma
 		if (fd < 0)
 			continue;
 		snprintf(path, sizeof(path), "%s/sample.out", dir);
-		if (fs_archive_isolated(fd, path, NULL, im->codec, &res) == 0) {
+		if (fs_archive_isolated(fd, -1, path, NULL, im->codec, &res) == 0) {
 			struct stat st;
 			fstat(fd, &st);
 			(*count)++;

@@ -279,8 +279,10 @@ int fs_copy_attrs(int src, int dst);
 /* --- spawn.c: archive jobs in a child process -------------------------- */
 
 /* codec_archive() in a child process: same contract, plus a crash of the
- * child keeps the file with the reason, and opts->cancel kills it. */
-int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
+ * child keeps the file with the reason, and opts->cancel kills it. With
+ * prev_fd (an archive the file replaced; -1 for none), codec_retag first:
+ * a metadata edit of its view keeps its pictures (result->retagged). */
+int fs_archive_isolated(int src_fd, int prev_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *result);
 
 /* A stored file decoded whole (codec_check_stored) in a child process: a

@@ -481,17 +481,21 @@ static void video_done(struct fs *fs)
 	pthread_mutex_unlock(&fs->jobs_lock);
 }
 
-/* What a job's file is, for the index, from what its bytes say. */
+/* What a job's file is, for the index, from what its bytes say: HEIC and
+ * camera raw files are photos too, kept as they are. */
 static int kind_of(enum codec_kind k)
 {
 	switch (k) {
 	case CODEC_KIND_JPEG:
+	case CODEC_KIND_HEIF:
+	case CODEC_KIND_RAW:
 		return IDX_KIND_PHOTO;
 	case CODEC_KIND_VIDEO:
 		return IDX_KIND_VIDEO;
-	default:
-		return IDX_KIND_OTHER;
+	case CODEC_KIND_OTHER:
+		break;
 	}
+	return IDX_KIND_OTHER;
 }
 
 /* sum_file's progress: stop hashing a file whose job was cancelled. */
@@ -678,6 +682,20 @@ static int again(struct fs *fs, struct job *j, const char *path, const struct su
 	return 1;
 }
 
+/* The archive this job's file replaced, kept aside, open for reading (a
+ * metadata edit of its view keeps its pictures), or -1. */
+static int prev_archive(struct fs *fs, struct job *j)
+{
+	struct idx_entry me, pe;
+	int fd;
+
+	if (fs_entry_get(fs, j->ino, &me) || !me.prev || fs_entry_get(fs, me.prev, &pe) ||
+	    sum_is_zero(pe.scan_sum))
+		return -1;
+	fd = fs_prev_open(fs, j->ino, me.prev);
+	return fd < 0 ? -1 : fd;
+}
+
 /* Copy an archive of the original src (another file with the same bytes,
  * archived before) to work/out and describe it in res, as an encode would.
  * 0, or -ENOENT when there is none whole. */
@@ -762,6 +780,7 @@ static int run_job(struct fs *fs, struct job *j)
 	uint64_t qgen;
 	int fd = -1, rc, video = 0, requeued = 0, kind;
 	enum codec_kind sniffed;
+	const char *format = "";
 	struct progress prog = {fs, j, 0};
 	double t0 = mono_sec();
 
@@ -788,7 +807,7 @@ static int run_job(struct fs *fs, struct job *j)
 		goto out;
 	}
 	/* the first bytes decide; only photos and videos need a child */
-	sniffed = codec_sniff(fd);
+	sniffed = codec_sniff_format(fd, &format);
 	kind = kind_of(sniffed);
 	if (sniffed == CODEC_KIND_VIDEO) {
 		if (!video_turn(fs, j)) {
@@ -812,8 +831,15 @@ static int run_job(struct fs *fs, struct job *j)
 		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st, kind, &src);
 		goto out;
 	}
-	if (sniffed == CODEC_KIND_OTHER) {
-		finish_kept(fs, j, IDX_KEPT, "not a photo or video", &st, kind, &src);
+	if (sniffed == CODEC_KIND_OTHER || sniffed == CODEC_KIND_HEIF || sniffed == CODEC_KIND_RAW) {
+		/* said by the first bytes: no child needed */
+		if (sniffed == CODEC_KIND_HEIF)
+			snprintf(reason, sizeof(reason), "already %s", format);
+		else if (sniffed == CODEC_KIND_RAW)
+			snprintf(reason, sizeof(reason), "camera raw (%s)", format);
+		else
+			snprintf(reason, sizeof(reason), "not a photo or video");
+		finish_kept(fs, j, IDX_KEPT, reason, &st, kind, &src);
 		goto out;
 	}
 	if (sniffed == CODEC_KIND_JPEG && strlen(fs_basename(path)) + strlen(".heic") > 255) {
@@ -850,10 +876,17 @@ static int run_job(struct fs *fs, struct job *j)
 		rc = 0;
 	} else {
 		double e0 = mono_sec();
+		int prev_fd = sniffed == CODEC_KIND_JPEG ? prev_archive(fs, j) : -1;
 		job_started(fs, j);
-		rc = fs_archive_isolated(fd, outpath, viewpath, &opts, &res);
-		if (rc == 0)
+		rc = fs_archive_isolated(fd, prev_fd, outpath, viewpath, &opts, &res);
+		if (prev_fd >= 0)
+			close(prev_fd);
+		if (rc == 0 && !res.retagged)
 			note_rate(fs, (uint64_t)st.st_size, mono_sec() - e0);
+		if (rc == 0 && res.retagged)
+			log_msg(LOG_INFO, "queue: %s: only its metadata changed: its pictures are "
+					  "kept, nothing encoded",
+				path);
 	}
 	if (rc == -ECANCELED || !job_current(fs, j)) {
 		log_msg(LOG_DEBUG, "queue: %s changed, archive abandoned", path);

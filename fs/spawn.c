@@ -32,6 +32,8 @@
 extern char **environ;
 
 #define CHILD_SRC_FD 3
+/* An archive a metadata edit may keep the pictures of (codec_retag). */
+#define CHILD_PREV_FD 4
 
 /* Options travel as arguments "key=value"; strings may be empty. */
 static void opts_to_args(const struct codec_opts *o, char buf[][96], char **argv, int *argc)
@@ -111,6 +113,8 @@ static int read_report(int fd, pid_t pid, const struct codec_opts *opts, struct 
 					if (sum_parse_hex(scan, res->scan_sum))
 						memset(res->scan_sum, 0, SUM_LEN);
 				}
+			} else if (!strcmp(line, "retagged")) {
+				res->retagged = 1;
 			} else if (!strncmp(line, "viewwhy ", 8)) {
 				size_t wl = strnlen(line + 8, sizeof(res->view_why) - 1);
 				memcpy(res->view_why, line + 8, wl);
@@ -129,9 +133,10 @@ static int read_report(int fd, pid_t pid, const struct codec_opts *opts, struct 
 	}
 }
 
-/* Start "hevcfs CMD PPID args..." with src_fd as its fd 3 and its stdout
- * on a pipe (*out, the read end). 0 or -errno. */
-static int spawn_child(int src_fd, char **argv, pid_t *pid, int *out)
+/* Start "hevcfs CMD PPID args..." with src_fd as its fd 3 (and prev_fd,
+ * when not -1, as its fd 4) and its stdout on a pipe (*out, the read end).
+ * 0 or -errno. */
+static int spawn_child(int src_fd, int prev_fd, char **argv, pid_t *pid, int *out)
 {
 	posix_spawn_file_actions_t fa;
 	int pipefd[2], rc;
@@ -140,6 +145,8 @@ static int spawn_child(int src_fd, char **argv, pid_t *pid, int *out)
 		return -errno;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, src_fd, CHILD_SRC_FD);
+	if (prev_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, prev_fd, CHILD_PREV_FD);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
 	rc = posix_spawn(pid, "/proc/self/exe", &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
@@ -153,7 +160,7 @@ static int spawn_child(int src_fd, char **argv, pid_t *pid, int *out)
 	return 0;
 }
 
-int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
+int fs_archive_isolated(int src_fd, int prev_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *res)
 {
 	char optbuf[8][96];
@@ -172,8 +179,10 @@ int fs_archive_isolated(int src_fd, const char *out_path, const char *view_path,
 	argv[argc++] = (char *)(opts->preset ? opts->preset : "-");
 	argv[argc++] = (char *)(opts->x265_params ? opts->x265_params : "-");
 	opts_to_args(opts, optbuf, argv, &argc);
+	if (prev_fd >= 0)
+		argv[argc++] = "prev=4";
 	argv[argc] = NULL;
-	rc = spawn_child(src_fd, argv, &pid, &fd);
+	rc = spawn_child(src_fd, prev_fd, argv, &pid, &fd);
 	if (rc)
 		return rc;
 	rc = read_report(fd, pid, opts, res, &have);
@@ -216,7 +225,7 @@ int fs_check_isolated(int src_fd, const struct codec_opts *opts, char *why, size
 		opts_to_args(opts, optbuf, argv, &argc);
 	argv[argc] = NULL;
 	why[0] = '\0';
-	rc = spawn_child(src_fd, argv, &pid, &fd);
+	rc = spawn_child(src_fd, -1, argv, &pid, &fd);
 	if (rc)
 		return rc;
 	for (;;) {
@@ -314,7 +323,19 @@ int fs_archive_child(int argc, char *argv[])
 		o.x265_params = argv[5];
 	args_to_opts(argc - 6, argv + 6, &o);
 	o.progress = child_progress;
-	rc = codec_archive(CHILD_SRC_FD, argv[2], strcmp(argv[3], "-") ? argv[3] : NULL, &o, &r);
+	rc = -ENOENT;
+	for (int i = 6; i < argc; i++) {
+		/* a metadata edit of that archive's view keeps its pictures */
+		if (!strcmp(argv[i], "prev=4")) {
+			rc = codec_retag(CHILD_PREV_FD, CHILD_SRC_FD, argv[2],
+					 strcmp(argv[3], "-") ? argv[3] : NULL, &o, &r);
+			if (rc == 0 && r.archived)
+				printf("retagged\n");
+		}
+	}
+	if (rc || !r.archived)
+		rc = codec_archive(CHILD_SRC_FD, argv[2], strcmp(argv[3], "-") ? argv[3] : NULL,
+				   &o, &r);
 	printf("result %d %d %s %llu %llu %llu %d %.6f %.6f\n", rc, r.archived,
 	       r.suffix[0] ? r.suffix : "-", (unsigned long long)r.orig_bytes,
 	       (unsigned long long)r.stored_bytes, (unsigned long long)r.view_bytes, r.quality,

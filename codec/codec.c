@@ -371,3 +371,17 @@ void codec_view_map_release(struct codec_view_map *m)
 	free(m->head);
 	memset(m, 0, sizeof(*m));
 }
+
+const char *codec_carries_words(uint32_t carries, char *buf, size_t size)
+{
+	static const char *const words[] = {"motion video", "gain map",	 "MPF images",
+					    "Samsung SEF",  "padding", "trailer bytes"};
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(words) / sizeof(*words); i++)
+		if (carries & (1u << i))
+			n += (size_t)snprintf(buf + n, n < size ? size - n : 0, "%s%s",
+					      n ? ", " : "", words[i]);
+	return buf;
+}

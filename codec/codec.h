@@ -66,18 +66,19 @@ struct codec_opts {
 /* What a photo carried besides its primary image (codec_result.carries):
  * bytes after the primary's EOI, archived verbatim and put back in its
  * view. */
-#define CODEC_CARRIES_MOTION                                                                       \
-	(1u << 0) /* a motion photo's video (Google                                                \
-		     Motion Photo, MicroVideo, an MP4) */
-#define CODEC_CARRIES_GAIN_MAP                                                                     \
-	(1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF                                           \
-		     plus the hdrgm XMP namespace */
-#define CODEC_CARRIES_MPF                                                                          \
-	(1u << 2)			/* other MPF images (previews,                             \
-					   stereo pairs) */
+#define CODEC_CARRIES_MOTION (1u << 0)   /* a motion photo's video (Google Motion
+					     Photo, MicroVideo, an MP4) */
+#define CODEC_CARRIES_GAIN_MAP (1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF
+					     plus the hdrgm XMP namespace */
+#define CODEC_CARRIES_MPF (1u << 2)      /* other MPF images (previews, stereo
+					     pairs) */
 #define CODEC_CARRIES_SEF (1u << 3)	/* a Samsung SEF trailer (SEFH..SEFT) */
 #define CODEC_CARRIES_PADDING (1u << 4) /* zero bytes only */
 #define CODEC_CARRIES_OTHER (1u << 5)	/* trailer bytes of no known kind */
+
+/* The words for what a photo carried (CODEC_CARRIES_* bits), comma
+ * separated, into buf: "motion video, gain map". */
+const char *codec_carries_words(uint32_t carries, char *buf, size_t size);
 
 /* What codec_archive() decided and measured. */
 struct codec_result {

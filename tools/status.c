@@ -312,6 +312,7 @@ static int print_file(void *arg, const char *logical, const char *stored, const 
 	static int first = 1;
 	struct idx_entry none = {0};
 	const char *state;
+	char words[128];
 
 	if (!e)
 		e = &none;
@@ -337,6 +338,8 @@ static int print_file(void *arg, const char *logical, const char *stored, const 
 		       (unsigned long long)e->orig_bytes, (unsigned long long)e->stored_bytes,
 		       (unsigned long long)e->view_bytes, e->quality, e->ssim, e->view_ssim);
 		json_str(stdout, e->reason);
+		printf(",\"carried\":");
+		json_str(stdout, codec_carries_words(e->carries, words, sizeof(words)));
 		putchar('}');
 	} else {
 		printf("%-9s %-6s %12llu %12llu", state, idx_kind_name(e->kind),
@@ -346,6 +349,8 @@ static int print_file(void *arg, const char *logical, const char *stored, const 
 		else
 			printf("  %-15s", "");
 		printf("  %s", logical);
+		if (e->carries)
+			printf("  [with %s]", codec_carries_words(e->carries, words, sizeof(words)));
 		if (e->reason[0])
 			printf("  (%s)", e->reason);
 		putchar('\n');

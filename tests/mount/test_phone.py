@@ -55,6 +55,11 @@ def test_phone_photo_archived_with_its_trailer(case, mount, tmp_path):
     e = entries(mount.backing)[case.filename]
     assert e["state"] == "archived", e
     assert e["carries"] != 0, e
+    words = {"google_motion_photo": "motion video", "mvimg": "motion video",
+             "samsung_sef": "Samsung SEF", "mpf_gainmap": "gain map",
+             "pixel_ultrahdr_motion": "gain map", "trailing_zeros": "padding",
+             "trailing_byte": "padding"}[case.name]  # its byte is a zero
+    assert words in e["carried"], e
     stored = os.path.join(mount.backing, case.filename + ".heic")
     assert os.path.getsize(stored) < len(data), (os.path.getsize(stored), len(data))
     p = os.path.join(mount.mnt, case.filename)
@@ -220,3 +225,42 @@ def test_tag_edits_never_cost_pixels(mount, tmp_path):
     assert encodes(mount) == made
     assert entries(mount.backing)["IMG.jpg"]["state"] == "archived"
     assert phone.mpf_images(open(p, "rb").read())[1] == phone.mpf_images(data)[1]
+
+
+def tiny_dng():
+    """A little-endian TIFF whose first IFD has a DNGVersion tag: what a
+    camera raw's first bytes say (DNG 1.4, section "DNGVersion")."""
+    import struct
+    entries = [(0x0100, 3, 1, 16), (0x0101, 3, 1, 16), (0xC612, 1, 4, 0x00000401)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", t, typ, n, v) for t, typ, n, v in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(256)
+
+
+def test_what_a_file_is(mount, tmp_path):
+    """HEIC photos are photos kept as already efficient, HEVC videos are
+    videos kept the same way, camera raw is recognised and kept."""
+    jpg = str(tmp_path / "a.jpg")
+    make_jpeg(jpg, 320, 240, seed=3)
+    subprocess.run(["heif-enc", "-q", "50", jpg, "-o", str(tmp_path / "b.heic")], check=True,
+                   capture_output=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=10:duration=1", "-c:v", "libx265",
+                    "-preset", "ultrafast", "-tag:v", "hvc1", "-x265-params", "log-level=error",
+                    str(tmp_path / "c.mp4")], check=True)
+    (tmp_path / "d.dng").write_bytes(tiny_dng())
+    for n in ("b.heic", "c.mp4", "d.dng"):
+        shutil.copy(tmp_path / n, os.path.join(mount.mnt, n))
+    mount.wait_idle()
+    e = entries(mount.backing)
+    assert (e["b.heic"]["state"], e["b.heic"]["kind"]) == ("kept", "photo"), e["b.heic"]
+    assert e["b.heic"]["reason"] == "already HEIC"
+    assert (e["c.mp4"]["state"], e["c.mp4"]["kind"]) == ("kept", "video"), e["c.mp4"]
+    assert "HEVC" in e["c.mp4"]["reason"]
+    assert (e["d.dng"]["state"], e["d.dng"]["kind"]) == ("kept", "photo"), e["d.dng"]
+    assert e["d.dng"]["reason"] == "camera raw (DNG)"
+    st = mount.status()
+    assert st["by_kind"]["photo"]["kept"] == 2 and st["by_kind"]["video"]["kept"] == 1
+    assert st["by_kind"]["other"]["files"] == 0
+    for n in ("b.heic", "c.mp4", "d.dng"):
+        assert open(os.path.join(mount.mnt, n), "rb").read() == (tmp_path / n).read_bytes()

@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,37 @@ int codec_read_all(int fd, size_t max, uint8_t **buf, size_t *len)
 	*buf = p;
 	*len = off;
 	return 0;
+}
+
+int codec_write_file(const char *path, const uint8_t *buf, size_t len)
+{
+	size_t off = 0;
+	int fd, ret = 0;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd == -1) {
+		ret = -errno;
+		log_msg(LOG_ERR, "codec: creating %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	while (off < len) {
+		ssize_t n = write(fd, buf + off, len - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			ret = -errno;
+			goto out_close;
+		}
+		off += (size_t)n;
+	}
+	if (fsync(fd) == -1)
+		ret = -errno;
+out_close:
+	if (close(fd) == -1 && !ret)
+		ret = -errno;
+	if (ret)
+		log_msg(LOG_ERR, "codec: writing %s: %s", path, strerror(-ret));
+	return ret;
 }
 
 int codec_archive(int src_fd, const char *out_path, const char *view_path,

@@ -193,6 +193,22 @@ int codec_view_map(int stored_fd, struct codec_view_map *m);
 /* Free what codec_view_map allocated (zeroed maps are fine). */
 void codec_view_map_release(struct codec_view_map *m);
 
+/*
+ * A JPEG of the primary image of the HEIF photo on fd (borrowed; a phone's
+ * HEIC, grids of tiles included), for viewers that
+ * open no HEIC: its pixels as stored (irot/imir not applied) with the
+ * orientation said by the EXIF Orientation tag (the HEIC's own Exif item
+ * carried with the tag set to match irot/imir, or a minimal Exif when it
+ * has none), its XMP and its ICC profile (none when its colour is given by
+ * nclx only). Its quality is opts->view_quality, raised as a view's is
+ * until its luma SSIM against the decoded picture reaches min_view_ssim.
+ * Deterministic: the same input gives the same bytes. Writes
+ * out_path, sets *size. 0, -EINVAL (not a HEIF photo libheif decodes), or
+ * -errno.
+ */
+int codec_render_heif_jpeg(int fd, const char *out_path, const struct codec_opts *opts,
+			   uint64_t *size);
+
 /* The digests a stored file carries about itself (for fsck --rebuild:
  * a stored file checked from the tree alone). */
 struct codec_embedded {

@@ -18,6 +18,10 @@
 #define CODEC_DEF_PRESET "medium"
 #define CODEC_DEF_MIN_VIDEO_SSIM 0.97
 #define CODEC_DEF_MAX_PIXELS 200000000ull
+/* A view's quality is raised in these steps up to VIEW_Q_MAX to meet the
+ * floor (min_view_ssim). */
+#define VIEW_Q_STEP 3
+#define VIEW_Q_MAX 98
 
 /* Archive a JPEG (photo.c). Same contract as codec_archive(). */
 int photo_archive(int src_fd, const char *out_path, const char *view_path,
@@ -59,6 +63,10 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 /* Set result to "kept" with a printf-style reason. */
 void codec_keep(struct codec_result *result, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* Create or truncate path, write buf, fsync and close. 0 or -errno
+ * (logged). */
+int codec_write_file(const char *path, const uint8_t *buf, size_t len);
 
 /* Read all of fd (up to max bytes) into a malloc'd buffer. 0 or -errno;
  * -EFBIG when larger than max. */

@@ -187,9 +187,6 @@
 
 /* Keep the JPEG unless the HEIC is at most this fraction of it. */
 #define MAX_SIZE_RATIO 0.90
-/* View quality is raised in these steps up to VIEW_Q_MAX to meet the floor. */
-#define VIEW_Q_STEP 3
-#define VIEW_Q_MAX 98
 
 /* What the header item says, parsed (segs borrowed from the item buffer). */
 struct view_hdr {
@@ -636,38 +633,6 @@ bad:
 out_release:
 	free(out);
 	sources_release(&src);
-	return ret;
-}
-
-/* Create or truncate path, write buf, fsync and close. 0 or -errno. */
-static int write_file(const char *path, const uint8_t *buf, size_t len)
-{
-	size_t off = 0;
-	int fd, ret = 0;
-
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd == -1) {
-		ret = -errno;
-		log_msg(LOG_ERR, "photo: creating %s: %s", path, strerror(-ret));
-		return ret;
-	}
-	while (off < len) {
-		ssize_t n = write(fd, buf + off, len - off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			ret = -errno;
-			goto out_close;
-		}
-		off += (size_t)n;
-	}
-	if (fsync(fd) == -1)
-		ret = -errno;
-out_close:
-	if (close(fd) == -1 && !ret)
-		ret = -errno;
-	if (ret)
-		log_msg(LOG_ERR, "photo: writing %s: %s", path, strerror(-ret));
 	return ret;
 }
 
@@ -1687,14 +1652,14 @@ int photo_archive(int src_fd, const char *out_path, const char *view_path,
 		ret = finish_heic(&j);
 	if (ret)
 		goto out_release_job;
-	ret = write_file(out_path, j.best.heic, j.best.heic_len);
+	ret = codec_write_file(out_path, j.best.heic, j.best.heic_len);
 	if (ret)
 		goto out_release_job;
 	ret = verify_written(&j, out_path);
 	if (ret)
 		goto out_release_job;
 	if (view_path) {
-		ret = write_file(view_path, j.view, j.view_len);
+		ret = codec_write_file(view_path, j.view, j.view_len);
 		if (ret)
 			goto out_release_job;
 	}
@@ -1877,11 +1842,11 @@ int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
 	if (!ret)
 		ret = finish_heic(&j);
 	if (!ret)
-		ret = write_file(out_path, j.best.heic, j.best.heic_len);
+		ret = codec_write_file(out_path, j.best.heic, j.best.heic_len);
 	if (!ret)
 		ret = verify_written(&j, out_path);
 	if (!ret && view_path)
-		ret = write_file(view_path, j.view, j.view_len);
+		ret = codec_write_file(view_path, j.view, j.view_len);
 	if (ret)
 		goto out_release;
 
@@ -1997,7 +1962,7 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 			"photo: view renders to %zu bytes, %llu recorded at archive "
 			"time (TurboJPEG changed?)",
 			view_len, (unsigned long long)vh.view_bytes);
-	ret = write_file(out_path, view, view_len);
+	ret = codec_write_file(out_path, view, view_len);
 	if (!ret)
 		*size = view_len;
 out_release:

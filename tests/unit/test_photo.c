@@ -2385,6 +2385,205 @@ static void test_retag(void)
 	rich_free(&r);
 }
 
+/* Luma (BT.601, 8 bits) of interleaved RGB. */
+static uint8_t *rgb_luma(const uint8_t *rgb, int w, int h, int stride)
+{
+	uint8_t *y = malloc((size_t)w * h);
+
+	for (int r = 0; r < h; r++)
+		for (int x = 0; x < w; x++) {
+			const uint8_t *p = rgb + (size_t)r * stride + 3 * x;
+			y[(size_t)r * w + x] =
+			    (uint8_t)((77 * p[0] + 150 * p[1] + 29 * p[2] + 128) >> 8);
+		}
+	return y;
+}
+
+/* A JPEG's luma as displayed (its EXIF orientation applied): *w x *h. */
+static uint8_t *jpeg_display_luma(const struct buf *j, int *w, int *h)
+{
+	tjhandle tj = tjInitDecompress();
+	int sw, sh, ss, cs, o;
+	uint8_t *rgb, *y, *d;
+	struct jpeg_info ji;
+
+	CHECK_EQ(jpeg_parse(j->p, j->len, &ji), 0);
+	o = ji.orientation;
+	jpeg_info_release(&ji);
+	CHECK_EQ(tjDecompressHeader3(tj, j->p, j->len, &sw, &sh, &ss, &cs), 0);
+	rgb = malloc((size_t)sw * sh * 3);
+	CHECK_EQ(tjDecompress2(tj, j->p, j->len, rgb, sw, 0, sh, TJPF_RGB, 0), 0);
+	tjDestroy(tj);
+	y = rgb_luma(rgb, sw, sh, sw * 3);
+	free(rgb);
+	*w = o >= 5 ? sh : sw;
+	*h = o >= 5 ? sw : sh;
+	d = malloc((size_t)*w * *h);
+	for (int r = 0; r < *h; r++)
+		for (int x = 0; x < *w; x++) {
+			int sx, sy;
+			src_of(o, sw, sh, x, r, &sx, &sy);
+			d[(size_t)r * *w + x] = y[(size_t)sy * sw + sx];
+		}
+	free(y);
+	return d;
+}
+
+/* libheif's own display of a HEIF file's primary image (irot/imir
+ * applied), as luma. */
+static uint8_t *heif_display_luma(const struct buf *heif, int *w, int *h)
+{
+	struct heif_context *ctx;
+	struct heif_image_handle *hd;
+	struct heif_image *img;
+	const uint8_t *rgb;
+	uint8_t *y;
+	int stride;
+
+	CHECK_EQ(heic_open(heif->p, heif->len, 0, &ctx, &hd), 0);
+	CHECK_EQ(heif_decode_image(hd, &img, heif_colorspace_RGB, heif_chroma_interleaved_RGB, NULL)
+		     .code,
+		 heif_error_Ok);
+	*w = heif_image_get_width(img, heif_channel_interleaved);
+	*h = heif_image_get_height(img, heif_channel_interleaved);
+	rgb = heif_image_get_plane_readonly(img, heif_channel_interleaved, &stride);
+	y = rgb_luma(rgb, *w, *h, stride);
+	heif_image_release(img);
+	heif_image_handle_release(hd);
+	heif_context_free(ctx);
+	return y;
+}
+
+/* Render the JPEG sibling of the HEIF file at path; check it shows what
+ * libheif shows (same size, luma SSIM >= 0.98) and carries the file's XMP
+ * and ICC profile. Returns the JPEG. */
+static struct buf sibling_check(const char *path, const char *out)
+{
+	struct buf heif = read_path(path), j;
+	struct heif_context *ctx;
+	struct heif_image_handle *hd;
+	struct jpeg_info ji;
+	uint8_t *a, *b, *x = NULL;
+	int aw, ah, bw, bh, fd = open(path, O_RDONLY);
+	uint64_t size = 0;
+	size_t xl = 0;
+	double ssim;
+
+	CHECK(fd >= 0 && heif.p);
+	CHECK_EQ(codec_render_heif_jpeg(fd, out, &opts, &size), 0);
+	close(fd);
+	j = read_path(out);
+	CHECK(j.len == size);
+	a = jpeg_display_luma(&j, &aw, &ah);
+	b = heif_display_luma(&heif, &bw, &bh);
+	CHECK(aw == bw && ah == bh);
+	ssim = codec_ssim_plane(a, aw, b, bw, aw, ah);
+	fprintf(stderr, "  %s: %dx%d, %zu -> %zu bytes, luma SSIM %.4f\n", path, aw, ah, heif.len,
+		j.len, ssim);
+	CHECK(ssim >= 0.98);
+	free(a);
+	free(b);
+	/* XMP and ICC as the HEIF file has them */
+	CHECK_EQ(jpeg_parse(j.p, j.len, &ji), 0);
+	CHECK(ji.exif != NULL);
+	CHECK_EQ(heic_open(heif.p, heif.len, 0, &ctx, &hd), 0);
+	if (heic_get_item(hd, "mime", "application/rdf+xml", &x, &xl) == 0)
+		CHECK(ji.xmp && ji.xmp_len == xl && !memcmp(ji.xmp, x, xl));
+	else
+		CHECK(ji.xmp == NULL);
+	free(x);
+	if (heif_image_handle_get_color_profile_type(hd) == heif_color_profile_type_prof) {
+		size_t n = heif_image_handle_get_raw_color_profile_size(hd);
+		uint8_t *icc = malloc(n);
+		CHECK(heif_image_handle_get_raw_color_profile(hd, icc).code == heif_error_Ok);
+		CHECK(ji.icc && ji.icc_len == n && !memcmp(ji.icc, icc, n));
+		free(icc);
+	} else {
+		CHECK(ji.icc == NULL);
+	}
+	heif_image_handle_release(hd);
+	heif_context_free(ctx);
+	jpeg_info_release(&ji);
+	buf_free(&heif);
+	return j;
+}
+
+/*
+ * A JPEG sibling of a HEIF photo: the pixels as stored and the orientation
+ * as EXIF, for all eight (irot/imir as libheif writes them, read back), the
+ * HEIC's Exif carried with its Orientation set (a minimal Exif when it has
+ * none), XMP and ICC carried; the same bytes every time; and the phone
+ * HEIC/HEIF files of the corpus (iPhone grids, Nokia, 10-bit HDR).
+ */
+static void test_heif_jpeg(void)
+{
+	struct buf j = make_jpeg(96, 64, TJSAMP_420, 0, 170);
+	struct heic_params hp = {.quality = 80, .preset = "ultrafast"};
+	struct photo_planes pl;
+	char name[64];
+
+	CHECK_EQ(y_plane(&j, &pl), 0);
+	for (int o = 1; o <= 8; o++) {
+		struct buf segs = {0}, f, heic, out, again;
+		struct jpeg_info ji;
+		struct heif_context *ctx;
+
+		/* even: an Exif item whose Orientation says 1; odd: none */
+		if (!(o & 1))
+			add_exif(&segs, 1);
+		add_xmp(&segs, 0, NULL);
+		f = splice_segs(&j, &segs);
+		CHECK_EQ(jpeg_parse(f.p, f.len, &ji), 0);
+		ji.orientation = o;
+		CHECK_EQ(heic_encode(&pl, &ji, &hp, &ctx), 0);
+		heic = (struct buf){0};
+		CHECK_EQ(heic_write_mem(ctx, &heic.p, &heic.len), 0);
+		heif_context_free(ctx);
+		snprintf(name, sizeof(name), "sib%d.heic", o);
+		write_path(tpath(name), &heic);
+		out = sibling_check(tpath(name), tpath("sib.out.jpg"));
+		{
+			struct jpeg_info oj;
+			CHECK_EQ(jpeg_parse(out.p, out.len, &oj), 0);
+			CHECK_EQ(oj.orientation, o);
+			if (!(o & 1)) /* the HEIC's own Exif: its maker note is there */
+				CHECK(memmem(oj.exif, oj.exif_len, "MAKERNOTE", 9) != NULL);
+			else
+				CHECK(oj.exif_len < 64);
+			jpeg_info_release(&oj);
+		}
+		/* deterministic */
+		again = sibling_check(tpath(name), tpath("sib.again.jpg"));
+		CHECK(again.len == out.len && !memcmp(again.p, out.p, out.len));
+		buf_free(&again);
+		buf_free(&out);
+		buf_free(&heic);
+		jpeg_info_release(&ji);
+		buf_free(&f);
+		buf_free(&segs);
+	}
+	photo_planes_release(&pl);
+	buf_free(&j);
+
+	{
+		static const char *const corpus[] = {
+		    "IMG_5195.HEIC", "samplefilehub.heif", "mobile/iphone_13_pro_max.HEIC",
+		    "mobile/HMD_Nokia_8.3_5G.heif", "mobile/HMD_Nokia_8.3_5G_hdr.heif"};
+		char path[256];
+		struct stat st;
+
+		if (stat("../shared/corpus/exif-samples/heic", &st) != 0)
+			SKIP("corpus HEIC files absent: corpus part NOT run");
+		for (size_t i = 0; i < sizeof(corpus) / sizeof(corpus[0]); i++) {
+			struct buf out;
+			snprintf(path, sizeof(path), "../shared/corpus/exif-samples/heic/%s",
+				 corpus[i]);
+			out = sibling_check(path, tpath("sib.corpus.jpg"));
+			buf_free(&out);
+		}
+	}
+}
+
 /* exiftool sees the same tags in the original and in its view. */
 static void test_exiftool_tags(void)
 {
@@ -2563,6 +2762,7 @@ int main(void)
 	RUN(test_sniff);
 	RUN(test_view_map);
 	RUN(test_retag);
+	RUN(test_heif_jpeg);
 	RUN(test_exiftool_tags);
 	RUN(test_corpus);
 	rc = check_done("test_photo");

@@ -1,8 +1,13 @@
 /*
- * cache — rendered JPEG views of archived photos, on disk in
- * BACKING/.hevcfs/cache, one file per archived inode, bounded by cache_bytes
- * with least-recently-used eviction (a view's mtime is its last use).
- * Concurrent readers of one photo wait for a single render.
+ * cache — rendered JPEG views of archived photos and JPEG siblings of HEIF
+ * photos, on disk in the state directory's cache: "<ino>" a view,
+ * "<ino>.jpg" a sibling, bounded by cache_bytes with least-recently-used
+ * eviction (a file's mtime is its last use). Concurrent readers of one
+ * photo wait for a single render. Every render is deterministic, so one
+ * evicted comes back with the size and digest the index recorded.
+ *
+ * Lock: render_lock (a leaf) guards the set of renders under way and the
+ * ring of cache files found whole.
  */
 #include "internal.h"
 
@@ -24,7 +29,7 @@ static int view_checked(struct fs *fs, uint64_t cino, int add)
 {
 	int seen = 0;
 
-	pthread_mutex_lock(&fs->render_lock);
+	fs_mutex_lock(&fs->render_lock);
 	for (size_t i = 0; i < fs->nviews_checked && !seen; i++)
 		seen = fs->views_checked[i] == cino;
 	if (!seen && add) {
@@ -37,19 +42,25 @@ static int view_checked(struct fs *fs, uint64_t cino, int add)
 				fs->nviews_checked++;
 		}
 	}
-	pthread_mutex_unlock(&fs->render_lock);
+	fs_mutex_unlock(&fs->render_lock);
 	return seen;
 }
 
-/* Open the cached view of ino if it is there, whole and (with
- * verify_reads, once a mount) equal to the view's digest e->view_sum. */
-static int cached(struct fs *fs, uint64_t ino, const struct idx_entry *e)
+/* The cache name of ino's view or sibling. */
+static void cache_name(uint64_t ino, int sibling, char buf[32])
+{
+	snprintf(buf, 32, "%llu%s", (unsigned long long)ino, sibling ? ".jpg" : "");
+}
+
+/* Open the cached view (or sibling) of ino if it is there, whole and (with
+ * verify_reads, once a mount) equal to its digest e->view_sum. */
+static int cached(struct fs *fs, uint64_t ino, int sibling, const struct idx_entry *e)
 {
 	char name[32];
 	struct stat st;
 	int fd;
 
-	snprintf(name, sizeof(name), "%llu", (unsigned long long)ino);
+	cache_name(ino, sibling, name);
 	fd = openat(fs->cache_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -58,8 +69,12 @@ static int cached(struct fs *fs, uint64_t ino, const struct idx_entry *e)
 	if (fs->cfg->verify_reads && !sum_is_zero(e->view_sum) &&
 	    !view_checked(fs, (uint64_t)st.st_ino, 0)) {
 		struct sum_file f;
-		if (sum_file(fd, 0, 0, 0, NULL, NULL, &f) != 0 ||
-		    memcmp(f.whole, e->view_sum, SUM_LEN) != 0) {
+		int bad = sum_file(fd, 0, 0, 0, NULL, NULL, &f) != 0;
+		if (!bad) {
+			bad = memcmp(f.whole, e->view_sum, SUM_LEN) != 0;
+			sum_file_release(&f);
+		}
+		if (bad) {
 			/* the cache's own damage: the view is made again */
 			log_msg(LOG_WARNING, "cache: view of inode %llu damaged, rendered again",
 				(unsigned long long)ino);
@@ -89,7 +104,7 @@ static int render_claim(struct fs *fs, uint64_t ino)
 {
 	int waited = 0;
 
-	pthread_mutex_lock(&fs->render_lock);
+	fs_mutex_lock(&fs->render_lock);
 	for (;;) {
 		size_t i;
 		for (i = 0; i < fs->nrendering && fs->rendering[i] != ino; i++)
@@ -97,7 +112,7 @@ static int render_claim(struct fs *fs, uint64_t ino)
 		if (i == fs->nrendering)
 			break;
 		waited = 1;
-		pthread_cond_wait(&fs->render_cond, &fs->render_lock);
+		fs_cond_wait(&fs->render_cond, &fs->render_lock);
 	}
 	if (!waited) {
 		uint64_t *r = realloc(fs->rendering, (fs->nrendering + 1) * sizeof(*r));
@@ -106,13 +121,13 @@ static int render_claim(struct fs *fs, uint64_t ino)
 			fs->rendering[fs->nrendering++] = ino;
 		}
 	}
-	pthread_mutex_unlock(&fs->render_lock);
+	fs_mutex_unlock(&fs->render_lock);
 	return !waited;
 }
 
 static void render_done(struct fs *fs, uint64_t ino)
 {
-	pthread_mutex_lock(&fs->render_lock);
+	fs_mutex_lock(&fs->render_lock);
 	for (size_t i = 0; i < fs->nrendering; i++) {
 		if (fs->rendering[i] == ino) {
 			fs->rendering[i] = fs->rendering[--fs->nrendering];
@@ -120,52 +135,48 @@ static void render_done(struct fs *fs, uint64_t ino)
 		}
 	}
 	pthread_cond_broadcast(&fs->render_cond);
-	pthread_mutex_unlock(&fs->render_lock);
+	fs_mutex_unlock(&fs->render_lock);
 }
 
-int fs_view_open(struct fs *fs, int parent, const char *name, uint64_t ino,
-		 const struct idx_entry *e, const char *path)
+/* Render ino's view or sibling from its stored photo src into the cache
+ * (rendering once however many readers ask), and open it. */
+static int open_rendered(struct fs *fs, int src, uint64_t ino, int sibling,
+			 const struct idx_entry *e, const char *path)
 {
 	char tmp[64], final[32], *tpath = NULL, what[128];
-	uint64_t size = 0;
-	int fd, src, rc;
+	uint64_t size = 0, key = ino * 2 + (uint64_t)sibling;
+	int fd, rc;
 
 	for (;;) {
-		fd = cached(fs, ino, e);
+		fd = cached(fs, ino, sibling, e);
 		if (fd >= 0)
 			return fd;
-		if (render_claim(fs, ino))
+		if (render_claim(fs, key))
 			break;
-	}
-	src = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (src == -1) {
-		rc = -errno;
-		goto out_done;
 	}
 	/* the HEIC is read whole by the render anyway: its digest first, so
 	 * damage is an error rather than a concealed, plausible picture */
 	if (fs->cfg->verify_reads && !sum_is_zero(e->sum)) {
 		struct sum_file f;
 		rc = sum_file(src, 0, 0, 0, NULL, NULL, &f);
-		if (!rc && (f.size != e->stored_bytes || memcmp(f.whole, e->sum, SUM_LEN))) {
-			fs_mark_damaged(fs, ino, path, "checksum mismatch");
-			rc = -EIO;
+		if (!rc) {
+			if (f.size != e->stored_bytes || memcmp(f.whole, e->sum, SUM_LEN)) {
+				fs_mark_damaged(fs, ino, path, "checksum mismatch");
+				rc = -EIO;
+			}
+			sum_file_release(&f);
 		}
-		if (rc) {
-			close(src);
+		if (rc)
 			goto out_done;
-		}
 	}
-	snprintf(tmp, sizeof(tmp), "%llu.render", (unsigned long long)ino);
-	snprintf(final, sizeof(final), "%llu", (unsigned long long)ino);
+	snprintf(tmp, sizeof(tmp), "%llu.%d.render", (unsigned long long)ino, sibling);
+	cache_name(ino, sibling, final);
 	if (asprintf(&tpath, "%s/%s", fs->cache_dir, tmp) < 0) {
 		tpath = NULL;
-		close(src);
 		rc = -ENOMEM;
 		goto out_done;
 	}
-	rc = codec_render_view(src, tpath, &fs->cfg->codec, &size);
-	close(src);
+	rc = fs_render_isolated(src, tpath, sibling, &fs->cfg->codec, &size);
 	if (rc) {
 		if (render_damage(rc)) {
 			snprintf(what, sizeof(what), "the stored photo does not render (%s)",
@@ -199,7 +210,52 @@ out_unlink:
 	unlinkat(fs->cache_fd, tmp, 0);
 out_done:
 	free(tpath);
-	render_done(fs, ino);
+	render_done(fs, key);
+	return rc;
+}
+
+int fs_view_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
+		 const char *path)
+{
+	return open_rendered(fs, stored, ino, 0, e, path);
+}
+
+int fs_sibling_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
+		    const char *path)
+{
+	return open_rendered(fs, stored, ino, 1, e, path);
+}
+
+int fs_sibling_render(struct fs *fs, int fd, uint64_t ino, uint64_t *bytes, uint8_t sum[SUM_LEN])
+{
+	char tmp[64], final[32], *tpath = NULL;
+	struct sum_file f;
+	int out = -1, rc;
+
+	snprintf(tmp, sizeof(tmp), "%llu.1.render", (unsigned long long)ino);
+	cache_name(ino, 1, final);
+	if (asprintf(&tpath, "%s/%s", fs->cache_dir, tmp) < 0)
+		return -ENOMEM;
+	render_claim(fs, ino * 2 + 1);
+	rc = fs_render_isolated(fd, tpath, 1, &fs->cfg->codec, bytes);
+	if (!rc && (out = openat(fs->cache_fd, tmp, O_RDONLY | O_CLOEXEC)) < 0)
+		rc = -errno;
+	if (!rc && !(rc = sum_file(out, 0, 0, 0, NULL, NULL, &f))) {
+		memcpy(sum, f.whole, SUM_LEN);
+		if (f.size != *bytes)
+			rc = -EIO;
+		sum_file_release(&f);
+	}
+	if (!rc && renameat(fs->cache_fd, tmp, fs->cache_fd, final) == -1)
+		rc = -errno;
+	if (rc)
+		unlinkat(fs->cache_fd, tmp, 0);
+	if (out >= 0)
+		close(out);
+	render_done(fs, ino * 2 + 1);
+	free(tpath);
+	if (!rc)
+		fs_cache_trim(fs);
 	return rc;
 }
 
@@ -207,7 +263,9 @@ void fs_view_drop(struct fs *fs, uint64_t ino)
 {
 	char name[32];
 
-	snprintf(name, sizeof(name), "%llu", (unsigned long long)ino);
+	cache_name(ino, 0, name);
+	unlinkat(fs->cache_fd, name, 0);
+	cache_name(ino, 1, name);
 	unlinkat(fs->cache_fd, name, 0);
 }
 

@@ -70,6 +70,11 @@ struct fs_config {
 	int scrub_days;	      /* scrub in the background so that every stored
 				 file is checked at least this often (0: off) */
 	const char *state;    /* state=DIR, or NULL (fs_paths) */
+	int heic_view;	      /* HEIF photos also show a read-only JPEG sibling
+				 NAME.HEIC.jpg (heic_view=jpeg) */
+	int max_nodes;	      /* inodes the kernel may keep looked up before it
+				 is asked to forget the oldest (0: as many as
+				 the descriptor limit allows, at most 65536) */
 	int foreground;	      /* -f: log to stderr, else to syslog */
 	struct codec_opts codec;
 };
@@ -257,6 +262,9 @@ int fs_import_estimate(const struct fs_import *im, struct fs_import_estimate *es
 /* The decode child (the hidden command "__check"): codec_check_stored on
  * fd 3. Returns the exit status. */
 int fs_check_child(int argc, char *argv[]);
+/* The render child (the hidden command "__render"): a view or sibling of
+ * the stored photo on fd 3. Returns the exit status. */
+int fs_render_child(int argc, char *argv[]);
 
 /* Name of the state directory inside BACKING, hidden from the mount. */
 #define FS_STATE_DIR ".hevcfs"

@@ -323,7 +323,7 @@ static void import_one(void *arg, struct fs_pool *pool, const char *logical, con
 		goto out_report;
 	}
 	sniffed = codec_sniff_format(src, &format);
-	f.kind = sniffed == CODEC_KIND_VIDEO ? IDX_KIND_VIDEO
+	f.kind = sniffed == CODEC_KIND_VIDEO   ? IDX_KIND_VIDEO
 		 : sniffed == CODEC_KIND_OTHER ? IDX_KIND_OTHER
 					       : IDX_KIND_PHOTO;
 	e.kind = (uint32_t)f.kind;

@@ -1,16 +1,36 @@
 /*
- * Private to fs/: the mount's shared state and the pieces the files of fs/
- * share.
+ * Private to fs/: the mount's shared state and the verbs the files of fs/
+ * offer each other. Which file owns what:
  *
- * Lock order (take left before right, never the reverse):
- *   fs.ns_lock -> fs.nodes_lock -> fs.jobs_lock
- * links_lock and render_lock are leaves: nothing is taken while holding them.
+ *   ops.c     the FUSE low-level operations: requests in, replies out
+ *   node.c    the inodes the kernel knows and the files being written:
+ *             struct fs_node, opaque outside it; staging and settling
+ *   names.c   logical <-> backing names, safe resolution below BACKING
+ *   commit.c  the one journalled "replace X by Y durably" step, and its
+ *             recovery
+ *   queue.c   archive jobs and their workers
+ *   prev.c    archives a new file replaced, kept aside until it settles
+ *   cache.c   rendered views; sums.c checksums checked on read
+ *   spawn.c   the children that archive and decode
+ *   mount.c   the state, recovery at mount, the FUSE session; state.c
+ *             where the state lives; scrub.c, import.c, export.c, pool.c,
+ *             tree.c the work done without requests
+ *
+ * Locks (lock.c checks the order in debug builds). Take them in this order,
+ * never the reverse; a leaf is never held while another lock is taken:
+ *   ns (namespace changes) -> nodes (node table, staging) -> jobs (queue)
+ *   leaves: render (cache.c), check (each struct fs_check), scrub, pool,
+ *           notify (node.c's invalidation list)
  * An index transaction may be opened while holding any of them; it is never
- * held across slow work (transcoding, fsync of data).
+ * held across slow work (transcoding, fsync of data), and no lock is taken
+ * while one is open for writing.
  */
 #ifndef HEVCFS_FS_INTERNAL_H
 #define HEVCFS_FS_INTERNAL_H
 
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -19,7 +39,36 @@
 #include "../index/index.h"
 #include "fs.h"
 
-struct fuse;
+/* Buffer sizes, named once. */
+#define FS_NAME_BUF (NAME_MAX + 1)    /* a name and its terminator */
+#define FS_STORED_BUF (NAME_MAX + 16) /* a name with an archive suffix */
+#define FS_JOB_NAME_BUF 64	      /* work/<ino>.<gen>.out and the like */
+#define FS_PROC_FD_BUF 32	      /* "/proc/self/fd/N" */
+
+/* ---- lock.c: mutexes that know their place in the lock order ------------ */
+
+enum fs_lock_rank {
+	FS_LOCK_NS = 1,
+	FS_LOCK_NODES,
+	FS_LOCK_JOBS,
+	FS_LOCK_LEAF, /* render, check, scrub, pool, notify */
+};
+
+struct fs_mutex {
+	pthread_mutex_t m;
+	enum fs_lock_rank rank;
+	const char *name;
+};
+
+void fs_mutex_init(struct fs_mutex *l, enum fs_lock_rank rank, const char *name);
+void fs_mutex_destroy(struct fs_mutex *l);
+/* Lock l; in debug builds abort with both names when a lock of the same or
+ * a later rank is already held by this thread. */
+void fs_mutex_lock(struct fs_mutex *l);
+void fs_mutex_unlock(struct fs_mutex *l);
+/* pthread_cond_wait/timedwait on l (the rank bookkeeping stays right). */
+void fs_cond_wait(pthread_cond_t *c, struct fs_mutex *l);
+int fs_cond_timedwait(pthread_cond_t *c, struct fs_mutex *l, const struct timespec *abstime);
 
 /* An archive verified and waiting to be committed: its output and view are
  * work/<ino>.<gen>.out and .view. */
@@ -28,45 +77,19 @@ struct ready {
 	struct codec_result res;
 };
 
-/*
- * In-memory state of one backing inode that is open for writing, settling,
- * or being archived. Reference counted: each open handle, the settle list
- * and a queued or running job hold one reference. Fields are protected by
- * fs.nodes_lock unless marked atomic.
- */
-struct node {
-	uint64_t ino;
-	int refs;
-	int writers;			/* open handles that may write */
-	int opens;			/* open handles of any kind */
-	int gone;			/* no name left: writes are not staged again */
-	int hidden_links;		/* names of it in the hidden directory */
-	char hidden_name[64];		/* the latest of them (fs_hidden_key) */
-	int64_t hidden_size;		/* size shown under a hidden name (a view's), or -1 */
-	int commit_waits;		/* an archive waits for the last handle to close */
-	struct ready *ready;		/* that archive, verified, its files in work/ */
-	int dirty;			/* written since the last enqueue */
-	int settling;			/* on the settle list (holds a reference) */
-	int64_t settle_at;		/* monotonic ms when it may be queued */
-	char *path;			/* last known logical path, relative, for the queue */
-	atomic_uint_fast64_t gen;	/* bumped by every change to the bytes */
-	atomic_int cancel;		/* set to abandon the running job */
-	struct fs_check *_Atomic check; /* reads checked against the stored
-				 file's digests (sums.c), set once */
-	struct node *next;		/* hash chain */
-	struct node *settle_next;
-};
+struct fs_node;
+struct fs_check;
 
 /* A queued or running archive job. */
 struct job {
-	uint64_t ino;
-	uint64_t gen;
-	int video;	   /* known to be a video (one runs at a time) */
-	struct node *node; /* holds a reference */
+	uint64_t ino;	      /* the backing file archived */
+	uint64_t gen;	      /* of its bytes */
+	int video;	      /* known to be a video (one runs at a time) */
+	struct fs_node *node; /* holds a reference */
 	struct job *next;
 };
 
-/* The mount. One instance, the FUSE private data. */
+/* The mount. One instance, the session's user data. */
 struct fs {
 	struct fs_config *cfg;
 	int root_fd;		    /* BACKING, O_PATH directory */
@@ -74,28 +97,21 @@ struct fs {
 	int state_fd;		    /* the state directory (fs_paths): lock, index, log */
 	int work_fd;		    /* BACKING/.hevcfs/work: archive outputs before commit */
 	int cache_fd;		    /* STATE/cache: rendered views */
-	int hidden_fd;		    /* BACKING/.hevcfs/hidden: files removed while open */
 	int prev_fd;		    /* BACKING/.hevcfs/prev: archives a new file
 				       replaced, kept aside until it settles */
+	dev_t dev;		    /* BACKING's device */
 	char *work_dir, *cache_dir; /* absolute paths of the above, for codec/ */
 	struct idx *idx;
 	const char *index_path; /* opened in the daemon, after fork */
-	struct fuse *fuse;
+	struct fuse_session *se;
 
-	/* Serialises namespace changes (rename, unlink, rmdir) with the
-	 * commit step of a job so a name cannot move under either. */
-	pthread_mutex_t ns_lock;
-	unsigned int hide_seen; /* libfuse's hiding counter, last seen (ops.c) */
+	/* Serialises namespace changes (rename, unlink, rmdir, create over
+	 * an archive) with the renames of commits. */
+	struct fs_mutex ns_lock;
 
-	pthread_mutex_t nodes_lock;
-	struct node **nodes; /* hash table by ino */
-	size_t nodes_size;
-	struct node *settle; /* list of settling nodes */
-	pthread_cond_t settle_cond;
-	int64_t settle_wake_at; /* when the settle thread next looks (ms) */
-	int settle_kick;	/* a node joined that is due before that */
+	struct fs_nodes *nodes; /* node.c's: the table, settling, the LRU */
 
-	pthread_mutex_t jobs_lock;
+	struct fs_mutex jobs_lock;
 	pthread_cond_t jobs_cond;
 	struct job *jobs_head, *jobs_tail;
 	int video_running;   /* one video at a time; protected by jobs_lock */
@@ -104,23 +120,14 @@ struct fs {
 
 	pthread_t *workers;
 	int nworkers;
-	pthread_t settle_thread;
 	int threads_started;
 
-	pthread_mutex_t links_lock; /* names of hard-linked files (links.c) */
-	pthread_cond_t links_cond;
-	struct link_name *links;
-	size_t nlinks;
-	int links_stop;
-	uint64_t links_queued, links_done; /* invalidations asked for, done */
-	pthread_t links_thread;
-
-	pthread_mutex_t scrub_lock; /* the background scrubber's sleep (scrub.c) */
+	struct fs_mutex scrub_lock; /* the background scrubber's sleep (scrub.c) */
 	pthread_cond_t scrub_cond;
 	pthread_t scrub_thread;
 	int scrubbing;
 
-	pthread_mutex_t render_lock; /* one render of a given view at a time */
+	struct fs_mutex render_lock; /* one render of a given view at a time */
 	pthread_cond_t render_cond;
 	uint64_t *rendering; /* inos being rendered */
 	size_t nrendering;
@@ -131,152 +138,292 @@ struct fs {
 /* Current monotonic time in ms. */
 int64_t fs_now_ms(void);
 
-/* --- path.c: names, safe resolution ------------------------------------ */
+/* ---- names.c: logical <-> backing names, resolution below BACKING ------- */
 
-/* Is this logical path (leading '/') the state directory or inside it? */
+/* Is name a name a file may have: not empty, no '/', not "." or "..", at
+ * most NAME_MAX bytes? */
+int fs_name_ok(const char *name);
+/* Is name, in the directory dir_ino (BACKING's root when is_root), the
+ * state directory? */
+int fs_name_reserved(int is_root, const char *name);
+/* Is this logical path (with or without a leading '/') the state directory
+ * or inside it? */
 int fs_path_reserved(const char *path);
-/*
- * Open the parent directory of a logical path with no way out of BACKING
- * (no symlinks, no "..", no magic links) and point *name at its last
- * component. Returns an fd (O_PATH directory; close it) or -errno. For "/"
- * itself returns -EINVAL.
- */
-int fs_open_parent(struct fs *fs, const char *path, const char **name);
-/* Copy src into dst from offset 0, at most limit bytes (copy_file_range:
- * a reflink where the filesystem shares extents). 0 or -errno. */
-int fs_copy_fd(int src, int dst, uint64_t limit);
-/* Open rel below root_fd (BACKING, or any directory) the same way: no
- * symlink, "..", or magic link followed. An fd or -errno. */
-int fs_open_beneath(int root_fd, const char *rel, int flags, mode_t mode);
+/* Does backing name end with a suffix used for archived copies? */
+int fs_has_archive_suffix(const char *name);
 /* The stored name of an archived file named name whose archive has suffix
  * (".heic", ".mp4", ".mkv"): name + suffix, except that an MP4 of a video
  * whose name already says MP4/MOV/M4V keeps its name. -ENAMETOOLONG when it
  * does not fit in NAME_MAX (or size). */
 int fs_stored_name(const char *name, const char *suffix, char *out, size_t size);
-/* Open a directory or file by logical path as above, with flags. */
-int fs_open_path(struct fs *fs, const char *path, int flags, mode_t mode);
-
-/* How a logical name is stored. */
-struct fs_lookup {
-	int parent;	    /* parent directory fd (caller closes) */
-	char name[256 + 8]; /* backing name */
-	struct stat st;	    /* of the backing file */
-	int archived;	    /* stored as an archived copy under a suffix */
-	struct idx_entry e; /* valid when has_entry: looked up only for names
-			       that carry an archive suffix */
-	int has_entry;
-	int hidden; /* found in the hidden directory */
-};
-/* Resolve a logical path to its backing file (following the mapping of
- * archived names). Returns 0 (lk->parent open) or -errno (nothing open). */
-int fs_lookup(struct fs *fs, const char *path, struct fs_lookup *lk);
-/* The same, except that when only the last name is missing it returns
- * -ENOENT with lk->parent open and lk->name set, ready for a create. */
-int fs_lookup_for_create(struct fs *fs, const char *path, struct fs_lookup *lk);
-/* The logical name under which a backing entry appears in the mount, or NULL
- * when it is hidden. Writes into buf. */
-const char *fs_logical_name(struct fs *fs, struct idx_txn *txn, const char *name, uint64_t ino,
-			    char *buf, size_t size);
-/*
- * Is name the kind libfuse gives a file removed while open
- * (".fuse_hidden" and 16 hex digits)? libfuse renames the file to it, asks
- * for its attributes under it and removes it at the last close; hevcfs keeps
- * such a file in BACKING/.hevcfs/hidden, out of every listing, under a key
- * naming its directory (fs_hidden_key). A name of the form is looked up
- * there first, then in its directory.
- */
-int fs_hidden_name(const char *name);
-/* The name in the hidden directory of the hidden name name of directory
- * dirfd: "<directory inode>-<name>". */
-int fs_hidden_key(int dirfd, const char *name, char *buf, size_t size);
 /* The last component of a path. */
 const char *fs_basename(const char *path);
-/* Does backing name end with a suffix used for archived copies? */
-int fs_has_archive_suffix(const char *name);
+/* A path relative to BACKING: parent's path joined with name into buf
+ * (FS_PATH_MAX bytes). 0 or -ENAMETOOLONG. */
+int fs_path_join(const char *parent, const char *name, char *buf, size_t size);
+
+/* How a logical name is stored in a directory. */
+enum fs_kind {
+	FS_KIND_PLAIN = 0, /* the file itself */
+	FS_KIND_VIEW,	   /* an archived photo shown as its JPEG view */
+	FS_KIND_SIBLING,   /* a HEIF photo's read-only JPEG sibling */
+};
+
+struct fs_found {
+	char lname[FS_NAME_BUF];  /* the logical name looked up */
+	char name[FS_STORED_BUF]; /* the backing name */
+	struct stat st;		  /* of the backing file */
+	enum fs_kind kind;
+	uint64_t view_bytes; /* VIEW, SIBLING: the size shown */
+	int has_entry;	     /* e is the backing file's index entry */
+	struct idx_entry e;
+};
+
+/* Resolve logical name in the directory dirfd (BACKING's root when
+ * is_root). 0, -ENOENT, or -errno. Only names that can be archived copies
+ * (a suffix, or a missing name) cost an index lookup. */
+int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct fs_found *f);
+/* The logical name of the backing entry name (inode ino, type d_type) in
+ * a listing, into buf: name itself, name less its archive suffix, or NULL
+ * when it is not shown (the state directory, an archive's own name in the
+ * legacy view). txn may be NULL (no index lookups). */
+const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int is_root, const char *name,
+			 uint64_t ino, unsigned char d_type, char *buf, size_t size);
+/* The read-only JPEG sibling name of a kept HEIF photo named name (its
+ * entry e), into buf; NULL when it has none (heic_view=jpeg off, no view
+ * learnt). */
+const char *fs_sibling_name(struct fs *fs, const char *name, const struct idx_entry *e, char *buf,
+			    size_t size);
+
+/* Open rel below root_fd (BACKING, or any directory) without following a
+ * symlink, "..", or magic link (openat2 RESOLVE_BENEATH). An fd or -errno. */
+int fs_open_beneath(int root_fd, const char *rel, int flags, mode_t mode);
+/* Open a directory or file by logical path the same way, with flags. */
+int fs_open_path(struct fs *fs, const char *path, int flags, mode_t mode);
+/* Open the parent directory of a logical path the same way and point *name
+ * at its last component. An O_PATH fd or -errno (-EINVAL for the root). */
+int fs_open_parent(struct fs *fs, const char *path, const char **name);
+/* Resolve a logical path to its backing file: the parent directory opened
+ * (*dirfd, O_PATH; close it) and what fs_resolve finds there. 0 or -errno
+ * (nothing open). */
+int fs_resolve_path(struct fs *fs, const char *path, int *dirfd, struct fs_found *f);
+/* Copy src into dst from offset 0, at most limit bytes (copy_file_range:
+ * a reflink where the filesystem shares extents). 0 or -errno. */
+int fs_copy_fd(int src, int dst, uint64_t limit);
+/* "/proc/self/fd/N" for fd, into buf (FS_PROC_FD_BUF bytes). */
+const char *fs_proc_fd(int fd, char *buf);
 
 /* Read one index entry in its own transaction. */
 int fs_entry_get(struct fs *fs, uint64_t ino, struct idx_entry *e);
 
-/* --- stage.c: nodes, generations, settling ----------------------------- */
+/* ---- node.c: the inodes the kernel knows, and the files being written ---
+ *
+ * A node is one backing inode (an archived photo's view and a HEIF photo's
+ * JPEG sibling are nodes of their own), known to the kernel (nlookup) or to
+ * hevcfs (a handle, a job, the settle list: refs). It holds an O_PATH fd of
+ * its backing file once the kernel has looked it up, the directory and
+ * name it was last seen under, and the state of its bytes: their
+ * generation, writers, settling, the job's cancel flag, an archive waiting
+ * for its readers, the check of its reads. Every field is node.c's, under
+ * its lock; the rest of fs/ uses the verbs below. Nodes the kernel no
+ * longer needs go, and node.c asks the kernel to forget the least recently
+ * used ones when there are more than it keeps, so memory does not grow with
+ * the number of files.
+ */
 
-/* Find or create the node of ino, taking a reference. NULL on ENOMEM. */
-struct node *fs_node_get(struct fs *fs, uint64_t ino);
-/* Find the node of ino if any, taking a reference. */
-struct node *fs_node_find(struct fs *fs, uint64_t ino);
-/* Drop a reference; frees the node at zero. Accepts NULL. */
-void fs_node_put(struct fs *fs, struct node *n);
-/* Record a change to the bytes: new generation, cancel a running job. */
-void fs_node_touch(struct fs *fs, struct node *n);
-/* A writer opened (path may be NULL). */
-void fs_node_writer_open(struct fs *fs, struct node *n, const char *path);
-/* A writer closed: start settling if it was the last and the node is dirty. */
-void fs_node_writer_close(struct fs *fs, struct node *n, const char *path);
-/* Is path the hidden name of n's file, removed while open (not a name
- * somebody chose that only looks like one)? Caller holds nodes_lock. */
-int fs_node_path_hidden(const struct node *n, const char *path);
-/* A handle of any kind opened (through path) or closed on n. When the last
- * closes on a file with no name left, fs_node_closed copies the hidden name
- * it still has to buf (size 64) and returns 1: whoever removes it says so
- * with fs_node_hidden_link(-1). When the last closes on a file whose archive
- * waited for it, it queues the file again. */
-void fs_node_opened(struct fs *fs, struct node *n, const char *path);
-int fs_node_closed(struct fs *fs, struct node *n, char *buf);
-/* Does ino have open handles? */
-int fs_node_is_open(struct fs *fs, uint64_t ino);
-/* Has n open handles that may write? */
-int fs_node_writing(struct fs *fs, struct node *n);
-/* If n has open handles, keep the verified archive res of gen for its
- * commit at the last close (fs_node_closed queues the file again) and
- * return 1. Take it back with fs_node_take_ready (1 if still of gen). An
- * archive not taken is removed from work/ when replaced or when the node
- * goes. */
-int fs_node_defer_commit(struct fs *fs, struct node *n, uint64_t gen,
-			 const struct codec_result *res);
-int fs_node_take_ready(struct fs *fs, struct node *n, uint64_t gen, struct codec_result *res);
-/* Has a file opened under path (kept current by renames) open handles? It
- * may be another inode than the name has now: the one an archive replaced.
- * Walks every node: not for a hot path. */
-int fs_path_is_open(struct fs *fs, const char *path);
-/* The link count the mount shows for ino, whose backing count is nlink:
- * links in the hidden directory do not count, and a file with no name left
- * has none. Returns nlink when the node is unknown. */
-nlink_t fs_node_nlink(struct fs *fs, uint64_t ino, nlink_t nlink);
-/* ino got the hidden name (delta 1; shown with size, -1 for its own) or
- * lost it (-1). */
-void fs_node_hidden_link(struct fs *fs, uint64_t ino, const char *name, int delta, int64_t size);
-/* The size a file under a hidden name shows (an archived photo's view's),
- * or -1 for its own. */
-int64_t fs_node_hidden_size(struct fs *fs, uint64_t ino);
-/* A name went (libfuse hid the file under it): no node remembers it. */
-void fs_nodes_forget_path(struct fs *fs, const char *path);
-/* At the end of the mount: free what nodes are left (hidden links' own). */
+int fs_nodes_new(struct fs *fs);
+/* At unmount: free every node (what the kernel knew is gone with it). */
 void fs_nodes_free(struct fs *fs);
-/* A rename happened: rewrite the remembered paths at or below from. */
-void fs_nodes_rename(struct fs *fs, const char *from, const char *to);
+int fs_nodes_start(struct fs *fs); /* the settle and notify threads */
+void fs_nodes_stop(struct fs *fs);
+
+/* What the table holds now (tests, and the log at unmount). */
+struct fs_nodes_stats {
+	size_t nodes, looked_up, with_fd, lru, max, notices;
+};
+void fs_nodes_stats(struct fs *fs, struct fs_nodes_stats *s);
+
+/* The root (BACKING) and the node of a kernel inode number. */
+struct fs_node *fs_node_root(struct fs *fs);
+struct fs_node *fs_node_of(struct fs *fs, fuse_ino_t ino);
+fuse_ino_t fs_node_id(const struct fs_node *n);
+uint64_t fs_node_generation(const struct fs_node *n);
+
+/* A lookup the kernel will remember (nlookup + 1): the node of what f found
+ * in parent (made, with an O_PATH fd of it, when new; otherwise brought up
+ * to date: its name, kind and size shown). *out holds no extra reference.
+ * 0 or -errno. */
+int fs_node_lookup(struct fs *fs, struct fs_node *parent, const struct fs_found *f,
+		   struct fs_node **out);
+/* The kernel forgets nlookup lookups of n. */
+void fs_node_forget(struct fs *fs, struct fs_node *n, uint64_t nlookup);
+
+/* The node of backing inode ino (for jobs), made without a kernel lookup
+ * when there is none; with a reference. NULL on ENOMEM. */
+struct fs_node *fs_node_get(struct fs *fs, uint64_t ino);
+/* The node of backing inode ino if any, with a reference. */
+struct fs_node *fs_node_find(struct fs *fs, uint64_t ino);
+void fs_node_hold(struct fs *fs, struct fs_node *n);
+/* Drop a reference (NULL is fine); frees the node when nothing holds it. */
+void fs_node_put(struct fs *fs, struct fs_node *n);
+
+/* What a node is. fd: its O_PATH fd (-1 when the kernel never looked it
+ * up); valid while the node is held or looked up. */
+int fs_node_fd(const struct fs_node *n);
+uint64_t fs_node_ino(const struct fs_node *n);
+enum fs_kind fs_node_kind(const struct fs_node *n);
+uint64_t fs_node_view_bytes(const struct fs_node *n);
+mode_t fs_node_type(const struct fs_node *n);
+/* n's logical path (relative, no leading '/') into buf (FS_PATH_MAX):
+ * through the names its directories were last seen under. -ENOENT when it
+ * has no name left (removed, or known only to a job). */
+int fs_node_path(struct fs *fs, struct fs_node *n, char *buf, size_t size);
+/* n's backing name in its directory, and that directory's O_PATH fd (dup'd:
+ * close it). -ENOENT when it has none. */
+int fs_node_at(struct fs *fs, struct fs_node *n, int *dirfd, char *name, size_t size);
+/* The stat the kernel is told: the backing file's, with a view's size. */
+int fs_node_stat(struct fs *fs, struct fs_node *n, struct stat *st);
+
+/* Namespace changes (the caller holds ns_lock). */
+/* n was renamed: now named lname (logical; bname stored) in parent. */
+void fs_node_moved(struct fs *fs, struct fs_node *n, struct fs_node *parent, const char *lname,
+		   const char *bname);
+/* n's backing file lost the name it was known by (unlinked, renamed over):
+ * when no name is left it is gone (nothing of it is archived). */
+void fs_node_unnamed(struct fs *fs, struct fs_node *n, int last);
+/* The node of backing inode ino, if any, now stands for another backing
+ * file (an archive committed, a photo turned back into a JPEG to be written,
+ * an archive put back): inode new_ino, stored as bname in the same
+ * directory, of kind and size shown. Its O_PATH fd is opened anew; the
+ * kernel is told to forget what it cached of it unless in_request (the
+ * request's own reply brings it up to date). */
+void fs_node_replaced(struct fs *fs, uint64_t ino, uint64_t new_ino, int dirfd, const char *bname,
+		      enum fs_kind kind, uint64_t view_bytes, int in_request);
+/* Tell the kernel (from a thread that serves no request: never from inside
+ * one) to forget what it cached of the node of backing inode ino (its
+ * attributes and pages), or of the name name (logical) of the directory of
+ * logical path dir. */
+void fs_notify_ino(struct fs *fs, uint64_t ino);
+void fs_notify_name(struct fs *fs, const char *dir, const char *name);
+
+/* The bytes of n's file changed: a new generation, its job cancelled. */
+void fs_node_touch(struct fs *fs, struct fs_node *n);
+/* A handle opened on n (writable: it may write) or closed. The last writer's
+ * close starts settling when the bytes changed; the last close of a file
+ * whose archive waited for its readers queues it again. */
+void fs_node_opened(struct fs *fs, struct fs_node *n, int writable);
+void fs_node_closed(struct fs *fs, struct fs_node *n, int writable);
+/* Has n open handles? Writers? (ino: by backing inode, 0 when unknown.) */
+int fs_node_is_open(struct fs *fs, uint64_t ino);
+int fs_node_writing(struct fs *fs, struct fs_node *n);
 /* The file is gone (no name left): cancel its job, forget settling, and
- * stage nothing for it until it is opened under a real name again. */
+ * stage nothing for it again. */
 void fs_node_gone(struct fs *fs, uint64_t ino);
-/* Mark a new or rewritten file as staged in the index, with its path in
- * the queue so recovery finds it if the mount ends before it settles. */
+/* The job's view of n: its generation, cancel flag, whether it is current
+ * (gen and no writer). */
+uint64_t fs_node_gen(struct fs_node *n);
+atomic_int *fs_node_cancel(struct fs_node *n);
+int fs_node_current(struct fs *fs, struct fs_node *n, uint64_t gen);
+/* Start n at generation gen (a job queued from the index at mount). */
+void fs_node_set_gen(struct fs_node *n, uint64_t gen);
+/* If n has open handles, keep the verified archive res of gen for its
+ * commit at the last close and return 1. Take it back with
+ * fs_node_take_ready (1 if still of gen). */
+int fs_node_defer_commit(struct fs *fs, struct fs_node *n, uint64_t gen,
+			 const struct codec_result *res);
+int fs_node_take_ready(struct fs *fs, struct fs_node *n, uint64_t gen, struct codec_result *res);
+/* The check of the reads of n's file (backing inode ino), a reference (put
+ * it), or NULL when there is none. */
+struct fs_check *fs_node_check_get(struct fs *fs, struct fs_node *n, uint64_t ino);
+/* Make c (the caller's reference, taken) the check of n's file ino, unless
+ * one is there already or a writer has it open. Returns the check to use, a
+ * reference, or NULL. */
+struct fs_check *fs_node_check_set(struct fs *fs, struct fs_node *n, uint64_t ino,
+				   struct fs_check *c);
+/* Mark a new or rewritten file staged in the index, with its path in the
+ * queue so recovery finds it if the mount ends before it settles. */
 int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path);
-int fs_settle_start(struct fs *fs);
-void fs_settle_stop(struct fs *fs);
+/* Cancel every job (at unmount). */
+void fs_nodes_cancel_all(struct fs *fs);
 
-/* --- queue.c: jobs, workers, commit, recovery -------------------------- */
+/* ---- commit.c: the one durable replace step, and its recovery ----------- */
 
-/* Queue ino at gen (node may be NULL: one is created). */
-int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node);
-int fs_workers_start(struct fs *fs);
-void fs_workers_stop(struct fs *fs);
-/* Re-queue every pending record of the index (at mount). */
-int fs_queue_load(struct fs *fs);
+enum fs_replace_result {
+	FS_REPLACED = 0,  /* done: Y is in place, indexed, X gone or aside */
+	FS_REPLACE_MOVED, /* X changed, moved or went meanwhile: nothing done */
+	FS_REPLACE_TAKEN, /* Y's name was taken by another file: nothing done */
+	FS_REPLACE_OPEN,  /* X is open: nothing done (the archive waits for its
+			     last close) */
+	FS_REPLACE_ERROR, /* *err says why; nothing lost */
+};
+
+/* How fs_replace replaces X by Y. */
+enum {
+	FS_REPLACE_ATTRS = 1 << 0,	/* give Y X's owner, mode, times, xattrs */
+	FS_REPLACE_JOURNAL = 1 << 1,	/* an intent first (recovery finishes it) */
+	FS_REPLACE_SYNC = 1 << 2,	/* durable: directories and index synced
+					   before X goes */
+	FS_REPLACE_KEEP_X = 1 << 3,	/* X kept aside for Y (prev/), not removed */
+	FS_REPLACE_HAVE_NS = 1 << 4,	/* the caller holds ns_lock */
+	FS_REPLACE_IN_REQUEST = 1 << 5, /* called inside a request: the kernel
+					   learns from its reply */
+};
+
+/*
+ * Replace the file X (backing x_name, inode x_ino, in the directory dirfd of
+ * logical path dir; x_name NULL when there is no X) by Y (y_name in the
+ * directory y_dirfd: work/, prev/, or elsewhere in the tree), which becomes
+ * target in dirfd. The steps, in this order, whatever the caller: Y gets X's
+ * attributes and is synced (ATTRS); under ns_lock, X is checked to be still
+ * itself (inode, queue generation x_gen when not 0, not open when node says
+ * so: the archive then waits in the node for its last close), an intent is
+ * recorded (JOURNAL), Y is renamed to target (never over another file but
+ * X), the directory synced (SYNC), the index records Y (entry, when not
+ * NULL: gen is set to Y's inode; its digests sums; X's entry dropped unless
+ * KEEP_X) and is synced (SYNC), X is removed or kept aside (KEEP_X), the
+ * directory synced and its times put back, the intent dropped. A crash at
+ * any point leaves X, or Y in place with the index saying so.
+ */
+struct fs_replace {
+	int dirfd;
+	const char *dir;    /* logical path of that directory */
+	const char *x_name; /* X's backing name, or NULL */
+	uint64_t x_ino;
+	uint64_t x_gen;
+	int y_dirfd;
+	const char *y_name;
+	const char *target; /* Y's name in dirfd */
+	struct idx_entry *entry;
+	const struct sum_file *sums;
+	const char *logical;  /* the origin path of an archive (entry) */
+	struct fs_node *node; /* X's node: the archive waits in it while X is
+				 open (ready), and it stands for Y after */
+	const struct codec_result *ready;
+	enum fs_kind kind; /* what Y is shown as */
+	unsigned flags;
+};
+enum fs_replace_result fs_replace(struct fs *fs, const struct fs_replace *r, int *err);
+/* Finish or roll back every journalled replace (at mount, in fsck). */
+int fs_replace_recover(struct fs *fs);
 /* fsync a directory given any fd of it (O_PATH too). */
 int fs_fsync_dir(int dirfd);
 /* Give dst src's owner, mode, times and user.* xattrs, then fsync dst.
  * Failures to copy an xattr are logged, not fatal. */
 int fs_copy_attrs(int src, int dst);
+/* Debug hook for crash tests: when the environment variable
+ * HEVCFS_CRASH_AT names this point, the process kills itself with SIGKILL. */
+void fs_crash_point(const char *name);
 
-/* --- spawn.c: archive jobs in a child process -------------------------- */
+/* ---- queue.c: jobs, workers ---------------------------------------------- */
+
+/* Queue ino at gen (node may be NULL: one is made). */
+int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node);
+int fs_workers_start(struct fs *fs);
+void fs_workers_stop(struct fs *fs);
+/* Queue again every pending record of the index (at mount). */
+int fs_queue_load(struct fs *fs);
+
+/* ---- spawn.c: archive jobs in a child process ---------------------------- */
 
 /* codec_archive() in a child process: same contract, plus a crash of the
  * child keeps the file with the reason, and opts->cancel kills it. With
@@ -284,56 +431,23 @@ int fs_copy_attrs(int src, int dst);
  * a metadata edit of its view keeps its pictures (result->retagged). */
 int fs_archive_isolated(int src_fd, int prev_fd, const char *out_path, const char *view_path,
 			const struct codec_opts *opts, struct codec_result *result);
-
 /* A stored file decoded whole (codec_check_stored) in a child process: a
  * decoder that crashes on it marks it damaged, never the caller. 0, 1 with
  * why set when it does not decode, -errno. */
 int fs_check_isolated(int fd, const struct codec_opts *opts, char *why, size_t len);
 
-/* --- scrub.c: the background scrubber (scrub_days) --------------------- */
+/* A view (codec_render_view) or a HEIF photo's JPEG sibling
+ * (codec_render_heif_jpeg, sibling 1) of the stored photo on fd, rendered
+ * to out_path in a child process: the render's contract, with a decoder
+ * that crashes on the file giving -EIO. */
+int fs_render_isolated(int fd, const char *out_path, int sibling, const struct codec_opts *opts,
+		       uint64_t *size);
+
+/* ---- scrub.c: the background scrubber (scrub_days) ---------------------- */
 int fs_scrubber_start(struct fs *fs);
 void fs_scrubber_stop(struct fs *fs);
 
-/* --- links.c: attribute caching and hard links -------------------------- */
-
-/* Remember path (with its leading '/') as a name of ino, which has several. */
-void fs_links_note(struct fs *fs, uint64_t ino, const char *path);
-/* ino changed: have the kernel forget what it cached for its other names. */
-void fs_links_changed(struct fs *fs, uint64_t ino, const char *except);
-int fs_links_start(struct fs *fs);
-void fs_links_stop(struct fs *fs);
-
-/* --- cache.c: rendered views -------------------------------------------- */
-
-/* Open (rendering if needed) the view of an archived photo stored at
- * parent/name with inode ino. Returns an fd open for reading or -errno. */
-int fs_view_open(struct fs *fs, int parent, const char *name, uint64_t ino,
-		 const struct idx_entry *e, const char *path);
-/* Forget the cached view of ino. */
-void fs_view_drop(struct fs *fs, uint64_t ino);
-/* Keep the cache under its bound (least recently used out first). */
-void fs_cache_trim(struct fs *fs);
-
-/* --- tree.c: walking the backing tree ----------------------------------- */
-
-/* Called for every regular file below BACKING (the state directory left
- * out) with its directory, name, stat and path relative to BACKING; a
- * nonzero return stops the walk. */
-typedef int (*fs_walk_fn)(void *arg, int dirfd, const char *name, const struct stat *st,
-			  const char *path);
-/* Walk every regular file. Returns 0, the visitor's nonzero value that
- * stopped it, or -ENOMEM. Symlinks are never followed. */
-int fs_walk(int root_fd, fs_walk_fn visit, void *arg);
-
-/* What fs_walk_tree shows: a file, a directory before and after its
- * entries, anything else (symlink, FIFO, device). */
-enum fs_tree_what { FS_TREE_FILE, FS_TREE_DIR, FS_TREE_DIR_END, FS_TREE_OTHER };
-typedef int (*fs_tree_fn)(void *arg, enum fs_tree_what what, int dirfd, const char *name,
-			  const struct stat *st, const char *path);
-/* Walk every entry, directories in pre- and post-order. */
-int fs_walk_tree(int root_fd, fs_tree_fn visit, void *arg);
-
-/* --- prev.c: archives a new file replaced, kept aside ------------------ */
+/* ---- prev.c: archives a new file replaced, kept aside ------------------- */
 
 /* Keep the archived file dirfd/name (inode ino) aside for owner, the new
  * file that replaced it (renamed over it, or opened over it for writing):
@@ -353,7 +467,7 @@ void fs_prev_drop(struct fs *fs, uint64_t owner, uint64_t ino);
 /* At mount: drop what no staged or pending entry names. */
 void fs_prev_recover(struct fs *fs);
 
-/* --- pool.c: workers for import and export ----------------------------- */
+/* ---- pool.c: workers for import and export ------------------------------ */
 
 struct fs_pool;
 /* Run one task: path relative to the walk's root, src (import: the source
@@ -370,26 +484,47 @@ void fs_pool_video(struct fs_pool *p, int start);
 /* Let the workers finish what is queued, join them, free p (NULL is fine). */
 void fs_pool_free(struct fs_pool *p);
 
-/* --- sums.c: checksums of stored files, checked on read ---------------- */
+/* ---- tree.c: walking the backing tree ------------------------------------ */
 
-struct fs_check;
+/* Called for every regular file below BACKING (the state directory left
+ * out) with its directory, name, stat and path relative to BACKING; a
+ * nonzero return stops the walk. */
+typedef int (*fs_walk_fn)(void *arg, int dirfd, const char *name, const struct stat *st,
+			  const char *path);
+/* Walk every regular file. Returns 0, the visitor's nonzero value that
+ * stopped it, or -ENOMEM. Symlinks are never followed. */
+int fs_walk(int root_fd, fs_walk_fn visit, void *arg);
+
+/* What fs_walk_tree shows: a file, a directory before and after its
+ * entries, anything else (symlink, FIFO, device). */
+enum fs_tree_what { FS_TREE_FILE, FS_TREE_DIR, FS_TREE_DIR_END, FS_TREE_OTHER };
+typedef int (*fs_tree_fn)(void *arg, enum fs_tree_what what, int dirfd, const char *name,
+			  const struct stat *st, const char *path);
+/* Walk every entry, directories in pre- and post-order. */
+int fs_walk_tree(int root_fd, fs_tree_fn visit, void *arg);
+
+/* ---- sums.c: checksums of stored files, checked on read ---------------- */
+
 struct sum_file;
 
-/* Start checking reads of n's file, open on fd with backing inode ino and
- * entry e, against its block digests: nothing happens unless e is at rest
- * (kept or archived) with digests for fd's whole size, and verify_reads is
- * on. Handles of one file share one check. */
-void fs_check_attach(struct fs *fs, struct node *n, int fd, uint64_t ino,
-		     const struct idx_entry *e);
-/* Check the blocks that bytes [off, off + size) of n's file touch, reading
- * whole blocks from fd. 0 (also when nothing is checked), -EIO when one does
- * not match its digest (the file is flagged damaged and named in the log by
- * path), or -errno of a failed read. */
-int fs_check_range(struct fs *fs, struct node *n, int fd, uint64_t off, size_t size,
-		   const char *path);
-/* A writer opened n's file: nothing more of it is checked. */
-void fs_check_stop(struct node *n);
-void fs_check_free(struct fs_check *c);
+/* The check of the reads of n's file, open on fd with backing inode ino
+ * and entry e, against its block digests: a reference for the handle (put
+ * it at its close), or NULL when nothing is checked (verify_reads off, e
+ * not at rest with digests for fd's whole size, a writer has it open).
+ * Handles of one file share one check. */
+struct fs_check *fs_check_attach(struct fs *fs, struct fs_node *n, int fd, uint64_t ino,
+				 const struct idx_entry *e);
+/* Check the blocks that bytes [off, off + size) of the file c checks touch,
+ * reading whole blocks from fd (n: its node, to tell a change from damage).
+ * 0 (also when c is NULL or stopped), -EIO when one does not match its
+ * digest (the file is flagged damaged and named in the log by path), or
+ * -errno of a failed read. */
+int fs_check_range(struct fs *fs, struct fs_check *c, struct fs_node *n, int fd, uint64_t off,
+		   size_t size, const char *path);
+/* A writer opened the file: nothing more of it is checked. NULL is fine. */
+void fs_check_stop(struct fs_check *c);
+struct fs_check *fs_check_ref(struct fs_check *c);
+void fs_check_put(struct fs_check *c); /* NULL is fine */
 /* Flag ino damaged in the index and name it in the log, with what failed. */
 void fs_mark_damaged(struct fs *fs, uint64_t ino, const char *path, const char *what);
 /* Record the digests f of ino's stored file in e (sum, checked now, no
@@ -399,11 +534,26 @@ int fs_sums_record(struct idx_txn *txn, uint64_t ino, struct idx_entry *e,
 /* Digest dirfd/name whole and per block (sum_file). */
 int fs_sum_path(int dirfd, const char *name, struct sum_file *f);
 
-/* --- ops.c ---------------------------------------------------------------- */
-extern const struct fuse_operations fs_ops;
+/* ---- cache.c: rendered views --------------------------------------------- */
 
-/* Debug hook for crash tests: when the environment variable
- * HEVCFS_CRASH_AT names this point, the process kills itself with SIGKILL. */
-void fs_crash_point(const char *name);
+/* Open (rendering if needed) the view of an archived photo whose stored
+ * file is open on stored (borrowed), inode ino, entry e; path names it in
+ * the log. Returns an fd open for reading or -errno. */
+int fs_view_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
+		 const char *path);
+/* The same for a HEIF photo's JPEG sibling. */
+int fs_sibling_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
+		    const char *path);
+/* Render the JPEG sibling of the HEIF photo open on fd (inode ino) into
+ * the cache now (a photo kept with heic_view=jpeg), its size and digest
+ * into bytes and sum for the index. 0 or -errno. */
+int fs_sibling_render(struct fs *fs, int fd, uint64_t ino, uint64_t *bytes, uint8_t sum[SUM_LEN]);
+/* Forget the cached views of ino. */
+void fs_view_drop(struct fs *fs, uint64_t ino);
+/* Keep the cache under its bound (least recently used out first). */
+void fs_cache_trim(struct fs *fs);
+
+/* ---- ops.c ----------------------------------------------------------------- */
+extern const struct fuse_lowlevel_ops fs_ops;
 
 #endif

@@ -1,15 +1,13 @@
 /*
  * mount — opening a backing directory (state directory, lock, index),
- * recovery after a crash, and the FUSE main loop.
+ * recovery after a crash, and the FUSE session.
  */
-#define FUSE_USE_VERSION 314
 #include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <fuse.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +61,7 @@ static void fs_close_state(struct fs *fs)
 {
 	idx_close(fs->idx);
 	fs->idx = NULL;
-	int *fds[] = {&fs->cache_fd, &fs->work_fd,  &fs->hidden_fd,
+	int *fds[] = {&fs->cache_fd, &fs->work_fd,  &fs->prev_fd,
 		      &fs->meta_fd,  &fs->state_fd, &fs->root_fd};
 	for (size_t i = 0; i < sizeof(fds) / sizeof(*fds); i++) {
 		if (*fds[i] >= 0)
@@ -97,8 +95,7 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 	struct stat st;
 	int rc = 0;
 
-	fs->root_fd = fs->state_fd = fs->meta_fd = fs->work_fd = fs->cache_fd = fs->hidden_fd =
-		fs->prev_fd = -1;
+	fs->root_fd = fs->state_fd = fs->meta_fd = fs->work_fd = fs->cache_fd = fs->prev_fd = -1;
 	*lock_fd = -1;
 	if (!index)
 		return -ENOMEM;
@@ -120,10 +117,9 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		goto out;
 	}
-	/* outputs and files removed while open are renamed to and from the
-	 * tree: they live on BACKING's filesystem; the cache with the state */
+	/* outputs and archives kept aside are renamed to and from the tree:
+	 * they live on BACKING's filesystem; the cache with the state */
 	if ((rc = fs->work_fd = open_subdir(fs->meta_fd, "work")) < 0 ||
-	    (rc = fs->hidden_fd = open_subdir(fs->meta_fd, "hidden")) < 0 ||
 	    (rc = fs->prev_fd = open_subdir(fs->meta_fd, "prev")) < 0 ||
 	    (rc = fs->cache_fd = open_subdir(fs->state_fd, "cache")) < 0)
 		goto out;
@@ -142,77 +138,7 @@ out:
 	return rc;
 }
 
-/* Roll one commit forward (the archived copy is in place and whole) or
- * back. An archived copy whose bytes are not the ones the intent recorded
- * is dropped while the original is still there; without the original it is
- * kept, flagged damaged. */
-static int recover_intent(void *arg, const struct idx_intent *in)
-{
-	struct fs *fs = arg;
-	const char *name;
-	char target[NAME_MAX + 16];
-	struct stat st;
-	struct idx_txn *txn;
-	struct sum_file f = {0};
-	int parent = fs_open_parent(fs, in->path, &name), whole, original;
-
-	if (parent < 0) {
-		log_msg(LOG_WARNING, "recovery: %s: %s", in->path, strerror(-parent));
-		goto out_forget;
-	}
-	snprintf(target, sizeof(target), "%s%s", name, in->entry.suffix);
-	if (fstatat(parent, target, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-	    (uint64_t)st.st_ino != in->archive_ino) {
-		log_msg(LOG_INFO, "recovery: rolled back archiving %s (queued again)", in->path);
-		goto out_close;
-	}
-	whole = fs_sum_path(parent, target, &f) == 0 &&
-		(sum_is_zero(in->entry.sum) || !memcmp(f.whole, in->entry.sum, SUM_LEN));
-	original = in->entry.suffix[0] && fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		   (uint64_t)st.st_ino == in->staged_ino;
-	if (!whole && original) {
-		unlinkat(parent, target, 0);
-		fs_fsync_dir(parent);
-		log_msg(LOG_WARNING, "recovery: the archived copy of %s is not whole: rolled back",
-			in->path);
-		goto out_close;
-	}
-	/* forward: the archived copy is in place */
-	if (idx_begin(fs->idx, 1, &txn) == 0) {
-		struct idx_entry e = in->entry;
-		if (whole)
-			fs_sums_record(txn, in->archive_ino, &e, &f);
-		else
-			e.flags |= IDX_F_DAMAGED;
-		idx_del(txn, in->staged_ino);
-		idx_put(txn, in->archive_ino, &e);
-		if (whole)
-			idx_origin_put(txn, e.orig_sum, in->archive_ino, in->path);
-		idx_queue_del(txn, in->staged_ino);
-		idx_commit(txn);
-		idx_sync(fs->idx);
-	}
-	if (original)
-		unlinkat(parent, name, 0);
-	fs_fsync_dir(parent);
-	if (whole)
-		log_msg(LOG_INFO, "recovery: finished archiving %s", in->path);
-	else
-		log_msg(LOG_ERR, "damaged: %s: its archived copy does not match its checksum",
-			in->path);
-out_close:
-	sum_file_release(&f);
-	close(parent);
-out_forget:
-	if (idx_begin(fs->idx, 1, &txn) == 0) {
-		idx_intent_del(txn, in->staged_ino);
-		idx_commit(txn);
-	}
-	return 0;
-}
-
-/* Remove every file in a directory of the state: unfinished outputs, and
- * files removed while open when the last mount ended. */
+/* Remove every file in a directory of the state: unfinished outputs. */
 static void wipe_dir(int dirfd)
 {
 	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -277,45 +203,26 @@ static int recover_file(void *arg, int dirfd, const char *name, const struct sta
 	return 0;
 }
 
-/* Intents are copied out of the read transaction before any is resolved. */
-struct intents {
-	struct idx_intent *v;
-	size_t n;
-};
-
-static int intent_collect(void *arg, const struct idx_intent *in)
-{
-	struct intents *l = arg;
-	struct idx_intent *g = realloc(l->v, (l->n + 1) * sizeof(*g));
-
-	if (!g)
-		return 1;
-	l->v = g;
-	l->v[l->n++] = *in;
-	return 0;
-}
-
 /* Recovery proper, on an opened state: finish or undo half-done commits,
  * drop unfinished outputs, and after an unclean end (fresh 1), or on a
  * tree the index has never seen, give every unknown file an entry so it is
  * archived too (fresh -1: never walk the tree). */
 static int recover(struct fs *fs, int fresh)
 {
-	struct intents l = {0};
 	struct idx_txn *txn;
-	int rc = idx_begin(fs->idx, 0, &txn);
+	int rc = fs_replace_recover(fs), old;
 
 	if (rc)
 		return rc;
-	rc = idx_intent_each(txn, intent_collect, &l);
-	idx_abort(txn);
-	for (size_t i = 0; !rc && i < l.n; i++)
-		recover_intent(fs, &l.v[i]);
-	free(l.v);
-	if (rc)
-		return rc;
 	wipe_dir(fs->work_fd);
-	wipe_dir(fs->hidden_fd);
+	/* files removed while open were kept in "hidden" by versions before
+	 * 0.9; their handles are long gone */
+	if ((old = openat(fs->meta_fd, "hidden", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >=
+	    0) {
+		wipe_dir(old);
+		close(old);
+		unlinkat(fs->meta_fd, "hidden", AT_REMOVEDIR);
+	}
 	fs_prev_recover(fs);
 	/* an index that has never seen the tree (new, or made before a first
 	 * mount only to hold saved options) walks it whole */
@@ -414,9 +321,8 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 		    video_name(name, n - 4))
 			snprintf(e.suffix, sizeof(e.suffix), "%s", name + n - 4);
 	}
-	if (archived &&
-	    (sum_file(fd, 1, 0, 0, NULL, NULL, &f) ||
-	     (emb.has && codec_check_self_sum(fd, &emb, &ok))))
+	if (archived && (sum_file(fd, 1, 0, 0, NULL, NULL, &f) ||
+			 (emb.has && codec_check_self_sum(fd, &emb, &ok))))
 		archived = 0; /* unreadable: looked at again as a new file */
 	close(fd);
 	if (!archived) {
@@ -541,11 +447,33 @@ int fs_is_mounted(const struct fs_paths *p)
 	return busy;
 }
 
+/* Serve the session until it is unmounted (or a signal ends it): the
+ * request threads as the command line asked. 0 or an error. */
+static int serve(struct fs *fs, struct fuse_cmdline_opts *o)
+{
+	struct fuse_loop_config *lc;
+	int rc;
+
+	if (o->singlethread)
+		return fuse_session_loop(fs->se);
+	lc = fuse_loop_cfg_create();
+	if (!lc)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(lc, (unsigned)o->clone_fd);
+	fuse_loop_cfg_set_idle_threads(lc, o->max_idle_threads);
+	fuse_loop_cfg_set_max_threads(lc, o->max_threads);
+	rc = fuse_session_loop_mt(fs->se, lc);
+	fuse_loop_cfg_destroy(lc);
+	return rc;
+}
+
 int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *argv[])
 {
 	struct fs fs = {.cfg = cfg};
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts o = {0};
 	char *index = NULL;
-	int lock_fd, fresh = 0, dirty, rc;
+	int lock_fd, fresh = 0, dirty, rc, mounted = 0, handlers = 0;
 
 	rc = fs_open_state(&fs, p, &lock_fd, &fresh);
 	if (fs.state_fd >= 0 && rc != -EBUSY) {
@@ -566,38 +494,50 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 		goto out_close;
 	}
 	/* LMDB handles must not cross fork(): the index is reopened in the
-	 * daemon (op_init runs after fuse_main daemonizes). */
+	 * daemon (op_init runs once the session has daemonized). */
 	idx_close(fs.idx);
 	fs.idx = NULL;
-	dirty = openat(fs.state_fd, DIRTY_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-	if (dirty >= 0)
-		close(dirty);
-	pthread_mutex_init(&fs.ns_lock, NULL);
-	pthread_mutex_init(&fs.nodes_lock, NULL);
-	pthread_mutex_init(&fs.jobs_lock, NULL);
+	fs_mutex_init(&fs.ns_lock, FS_LOCK_NS, "ns");
+	fs_mutex_init(&fs.jobs_lock, FS_LOCK_JOBS, "jobs");
+	fs_mutex_init(&fs.render_lock, FS_LOCK_LEAF, "render");
+	fs_mutex_init(&fs.scrub_lock, FS_LOCK_LEAF, "scrub");
 	pthread_cond_init(&fs.jobs_cond, NULL);
-	pthread_mutex_init(&fs.links_lock, NULL);
-	pthread_cond_init(&fs.links_cond, NULL);
-	pthread_mutex_init(&fs.render_lock, NULL);
-	pthread_mutex_init(&fs.scrub_lock, NULL);
 	pthread_cond_init(&fs.scrub_cond, NULL);
 	pthread_cond_init(&fs.render_cond, NULL);
-	fs.nodes_size = 4096;
-	fs.nodes = calloc(fs.nodes_size, sizeof(*fs.nodes));
 	index = fs_index_dir(p);
-	if (!fs.nodes || !index) {
-		rc = -ENOMEM;
+	if (!index || fs_nodes_new(&fs)) {
+		log_msg(LOG_ERR, "out of memory");
 		goto out_close;
 	}
 	fs.index_path = index;
 
+	if (fuse_parse_cmdline(&args, &o) != 0 || !o.mountpoint) {
+		log_msg(LOG_ERR, "no mountpoint given");
+		goto out_close;
+	}
+	fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
+	if (!fs.se)
+		goto out_close;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_close;
+	handlers = 1;
+	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
+		goto out_close;
+	mounted = 1;
+	dirty = openat(fs.state_fd, DIRTY_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (dirty >= 0)
+		close(dirty);
 	/* The kernel has applied the caller's umask to every mode it hands us
 	 * (no FUSE_CAP_DONT_MASK): the daemon's own must not mask it again, or
 	 * a 0664 file made under umask 002 would land as 0644. Files of our
 	 * own are created with explicit modes (0600/0700 in .hevcfs), and an
 	 * archived copy takes its original's mode. */
 	umask(0);
-	rc = fuse_main(argc, argv, &fs_ops, &fs) ? 1 : 0;
+	if (fuse_daemonize(o.foreground) != 0)
+		goto out_close;
+	rc = serve(&fs, &o) ? 1 : 0;
+	fuse_session_unmount(fs.se);
+	mounted = 0;
 	/* a return at all is a clean end: everything was recorded */
 	unlinkat(fs.state_fd, DIRTY_NAME, 0);
 	goto out_free;
@@ -605,12 +545,18 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 out_close:
 	rc = 1;
 out_free:
-	if (fs.nodes)
-		fs_nodes_free(&fs);
-	free(fs.nodes);
+	if (mounted)
+		fuse_session_unmount(fs.se);
+	if (handlers)
+		fuse_remove_signal_handlers(fs.se);
+	if (fs.se)
+		fuse_session_destroy(fs.se); /* op_destroy: threads stopped */
+	fs_nodes_free(&fs);
 	free(fs.rendering);
 	free(fs.views_checked);
 	free(index);
+	free(o.mountpoint);
+	fuse_opt_free_args(&args);
 	fs_close_state(&fs);
 	if (lock_fd >= 0)
 		close(lock_fd);

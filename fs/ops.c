@@ -1,116 +1,76 @@
 /*
- * ops — the FUSE operations: a passthrough to the backing tree through
- * directory fds (no path can leave BACKING), plus the mapping of archived
- * files to their logical names and views, and the staging hooks that queue
- * written files for archiving.
+ * ops — the FUSE low-level operations: a passthrough to the backing tree by
+ * inode (each node holds an O_PATH fd of its backing file; names come one
+ * component at a time and are resolved below their directory, so no path
+ * can leave BACKING), plus the mapping of archived files to their logical
+ * names and views, and the hooks that stage written files for archiving.
  */
-#define FUSE_USE_VERSION 314
 #include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
-/* What fi->fh points at: the kernel hands directory handles to setattr and
- * getattr too (fchmod, futimens, fstat on a directory fd), so both kinds
- * start with their kind. */
-enum { HANDLE_FILE = 0x46494c45, HANDLE_DIR = 0x44495220 };
+/* How long the kernel may keep names and attributes: every change goes
+ * through the mount or is told to the kernel (fs_notify_*), so long. */
+#define ENTRY_TIMEOUT 86400.0
+#define ATTR_TIMEOUT 86400.0
+/* Largest chunk the kernel reads or writes at once. */
+#define IO_MAX (1u << 20)
 
 /* An open file. */
 struct handle {
-	int kind;	   /* HANDLE_FILE */
-	int fd;		   /* where the bytes are read and written */
-	int bfd;	   /* the backing file (differs from fd for a rendered view) */
-	struct node *node; /* writers only */
+	int fd;		      /* what reads and writes go to (a view's cache
+				 file once rendered) */
+	int stored;	      /* a view: its stored HEIC, open for reading */
+	struct fs_node *node; /* held */
 	int writable;
 	int staged; /* the index already says "staged" */
-	int linked; /* the file has other names (links.c) */
-	uint64_t ino;
+	enum fs_kind kind;
+	struct codec_view_map *map; /* a view: what is served without a render */
+	struct fs_check *check;	    /* its reads checked (sums.c), or NULL */
+	pthread_mutex_t lock;	    /* a view: its render, once */
+	uint64_t ino;		    /* backing inode */
 };
 
 /* An open directory, read in a stream. */
 struct dirh {
-	int kind; /* HANDLE_DIR */
 	DIR *dir;
-	int root;	     /* the mount's root: hide the state directory */
-	off_t pos;	     /* telldir() after the last entry returned */
-	struct dirent *held; /* read but not yet passed to the filler */
+	struct fs_node *node;	   /* held */
+	off_t pos;		   /* telldir() after the last entry returned */
+	struct dirent *held;	   /* read but not yet passed on */
+	char sibling[FS_NAME_BUF]; /* a sibling name still to pass on at pos */
 };
 
-static struct fs *fs_get(void)
+static struct fs *fs_of(fuse_req_t req)
 {
-	return fuse_get_context()->private_data;
+	return fuse_req_userdata(req);
 }
 
-/* The file handle of fi, or NULL when there is none or it is a directory's. */
-static struct handle *fh_of(struct fuse_file_info *fi)
+static struct fs_node *node_of(fuse_req_t req, fuse_ino_t ino)
 {
-	struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
-
-	return h && h->kind == HANDLE_FILE ? h : NULL;
+	return fs_node_of(fs_of(req), ino);
 }
 
-/* The backing fd an attribute change through fi applies to (a file's or a
- * directory's), or -1 when fi carries none. */
-static int attr_fd(struct fuse_file_info *fi)
+/* Reply an error (errno value, positive) or success. */
+static void reply_err(fuse_req_t req, int rc)
 {
-	int *kind = fi ? (int *)(uintptr_t)fi->fh : NULL;
-
-	if (!kind)
-		return -1;
-	if (*kind == HANDLE_FILE)
-		return ((struct handle *)kind)->bfd;
-	return dirfd(((struct dirh *)kind)->dir);
+	fuse_reply_err(req, rc < 0 ? -rc : rc);
 }
 
-/* Can st have other names the kernel caches apart (a hard link)? Any
- * file but a directory: FIFOs, sockets, devices and symlinks too. */
-static int linkable(const struct stat *st)
-{
-	return !S_ISDIR(st->st_mode) && st->st_nlink > 1;
-}
-
-/* A file that changed, seen through st: if it has other names, the kernel
- * must forget what it cached for them. */
-static void changed(struct fs *fs, const struct stat *st, const char *path)
-{
-	if (linkable(st))
-		fs_links_changed(fs, st->st_ino, path);
-}
-
-/* The same through an fd. */
-static void changed_fd(struct fs *fs, int fd, const char *path)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) == 0)
-		changed(fs, &st, path);
-}
-
-/* Strip leading slashes: index and queue paths are relative. */
-static const char *rel(const char *path)
-{
-	while (*path == '/')
-		path++;
-	return path;
-}
-
-/* A new object belongs to the caller, as on a local disk (when we can). The
+/* A new object belongs to the caller, as on a local disk (when we can); the
  * group follows a set-gid parent directory. */
-static void own_new(int parent, const char *name)
+static void own_new(fuse_req_t req, int parent, const char *name)
 {
-	struct fuse_context *ctx = fuse_get_context();
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat pst;
 	gid_t gid = ctx->gid;
 
@@ -125,165 +85,109 @@ static void own_new(int parent, const char *name)
 			strerror(errno));
 }
 
-/* The stat the mount shows for a looked-up file. */
-static void logical_stat(const struct fs_lookup *lk, struct stat *st)
+/* The logical path of name in the directory node p, into buf. */
+static int path_in(struct fs *fs, struct fs_node *p, const char *name, char *buf, size_t size)
 {
-	*st = lk->st;
-	if (lk->archived)
-		st->st_size = (off_t)lk->e.view_bytes;
+	char dir[FS_PATH_MAX];
+	int rc = fs_node_path(fs, p, dir, sizeof(dir));
+
+	return rc ? rc : fs_path_join(dir, name, buf, size);
 }
 
-/*
- * What a file removed while open shows. libfuse keeps it under a hidden name
- * (hide_file), a link the file does not really have: no name counts the
- * hidden ones. libfuse itself takes one off when it answers a getattr of a
- * hidden name, but not when it answers an attribute change (fchmod,
- * ftruncate, ...) through one. A file with no name left shows 0 either way;
- * a hard-linked file that lost one of its names may show a count off by one
- * through that name's descriptor (which answer it gets depends on the
- * request, which the path-based API does not tell). A photo read as its
- * view keeps the view's size.
- */
-static void shown_stat(struct fs *fs, const struct fs_lookup *lk, struct stat *st)
+/* Fill an entry reply for node n (one more lookup of it, by the caller). */
+static int entry_of(struct fs *fs, struct fs_node *n, struct fuse_entry_param *e)
 {
-	if (!S_ISREG(st->st_mode) || (!lk->hidden && st->st_nlink < 2))
-		return; /* the hot path: nothing of it can be hidden */
-	st->st_nlink = fs_node_nlink(fs, st->st_ino, st->st_nlink);
-	if (lk->hidden && st->st_nlink > 0)
-		st->st_nlink++; /* for libfuse to take off */
-	if (lk->hidden) {
-		int64_t size = fs_node_hidden_size(fs, st->st_ino);
-		if (size >= 0)
-			st->st_size = (off_t)size;
-	}
+	memset(e, 0, sizeof(*e));
+	e->ino = fs_node_id(n);
+	e->generation = fs_node_generation(n);
+	e->attr_timeout = ATTR_TIMEOUT;
+	e->entry_timeout = ENTRY_TIMEOUT;
+	return fs_node_stat(fs, n, &e->attr);
 }
 
-static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+/* Look name up in p and make the kernel's entry for it (nlookup + 1). */
+static int lookup_entry(struct fs *fs, struct fs_node *p, const char *name,
+			struct fuse_entry_param *e)
 {
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	int rc;
-
-	if (attr_fd(fi) >= 0) {
-		struct handle *h = fh_of(fi);
-		if (fstat(attr_fd(fi), st) == -1)
-			return -errno;
-		if (h && h->fd != h->bfd) {
-			/* a view: the backing file's inode and blocks, the view's size */
-			struct stat vst;
-			if (fstat(h->fd, &vst) == -1)
-				return -errno;
-			st->st_size = vst.st_size;
-		}
-		if (h && S_ISREG(st->st_mode))
-			st->st_nlink = fs_node_nlink(fs, h->ino, st->st_nlink);
-		return 0;
-	}
-	if (!path)
-		return -ESTALE;
-	if (!strcmp(path, "/"))
-		return fstat(fs->root_fd, st) == -1 ? -errno : 0;
-	rc = fs_lookup(fs, path, &lk);
-	if (rc)
-		return rc;
-	close(lk.parent);
-	logical_stat(&lk, st);
-	shown_stat(fs, &lk, st);
-	if (!lk.hidden && linkable(st))
-		fs_links_note(fs, st->st_ino, path);
-	return 0;
-}
-
-static int op_readlink(const char *path, char *buf, size_t size)
-{
-	struct fs_lookup lk;
-	ssize_t n;
-	int rc = fs_lookup(fs_get(), path, &lk);
+	struct fs_found f;
+	struct fs_node *n;
+	int rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &f);
 
 	if (rc)
 		return rc;
-	n = readlinkat(lk.parent, lk.name, buf, size - 1);
-	rc = n == -1 ? -errno : 0;
-	close(lk.parent);
-	if (n >= 0)
-		buf[n] = '\0';
-	return rc;
-}
-
-/* Open the parent of a name about to be created, refusing the state
- * directory and names that would shadow an archived file. */
-static int create_parent(struct fs *fs, const char *path, const char **name)
-{
-	struct fs_lookup lk;
-	int rc;
-
-	if (fs_path_reserved(path))
-		return -EPERM;
-	rc = fs_lookup_for_create(fs, path, &lk);
-	if (rc == 0) {
-		close(lk.parent);
-		return -EEXIST;
-	}
-	if (rc != -ENOENT || lk.parent < 0)
+	if ((rc = fs_node_lookup(fs, p, &f, &n)))
 		return rc;
-	*name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-	return lk.parent;
+	rc = entry_of(fs, n, e);
+	if (rc)
+		fs_node_forget(fs, n, 1);
+	return rc;
 }
 
-static int op_mknod(const char *path, mode_t mode, dev_t rdev)
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	struct fs *fs = fs_get();
-	const char *name;
-	int parent = create_parent(fs, path, &name), rc = 0;
+	struct fs *fs = fs_of(req);
+	struct fuse_entry_param e;
+	int rc = lookup_entry(fs, node_of(req, parent), name, &e);
 
-	if (parent < 0)
-		return parent;
-	if (S_ISREG(mode)) {
-		int fd = openat(parent, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode);
-		if (fd == -1) {
-			rc = -errno;
-		} else {
-			struct stat st;
-			own_new(parent, name);
-			if (fstat(fd, &st) == 0)
-				fs_mark_staged(fs, st.st_ino, 0, path);
-			close(fd);
-			/* an empty file settles like any other */
-			struct node *n = fs_node_get(fs, st.st_ino);
-			if (n) {
-				fs_node_writer_open(fs, n, path);
-				fs_node_touch(fs, n);
-				fs_node_writer_close(fs, n, path);
-				fs_node_put(fs, n);
-			}
-		}
-	} else if (S_ISFIFO(mode)) {
-		rc = mkfifoat(parent, name, mode) == -1 ? -errno : 0;
-	} else {
-		rc = mknodat(parent, name, mode, rdev) == -1 ? -errno : 0;
+	if (rc == -ENOENT) {
+		/* "no such name" is cached too: every name appears through
+		 * the mount, or is told (fs_notify_name) */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = ENTRY_TIMEOUT;
+		fuse_reply_entry(req, &e);
+		return;
 	}
-	if (!rc && !S_ISREG(mode))
-		own_new(parent, name);
-	close(parent);
-	return rc;
+	if (rc)
+		reply_err(req, rc);
+	else
+		fuse_reply_entry(req, &e);
 }
 
-static int op_mkdir(const char *path, mode_t mode)
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	const char *name;
-	int parent = create_parent(fs_get(), path, &name), rc;
+	fs_node_forget(fs_of(req), node_of(req, ino), nlookup);
+	fuse_reply_none(req);
+}
 
-	if (parent < 0)
-		return parent;
-	rc = mkdirat(parent, name, mode) == -1 ? -errno : 0;
-	if (!rc)
-		own_new(parent, name);
-	close(parent);
-	return rc;
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct fs *fs = fs_of(req);
+
+	for (size_t i = 0; i < count; i++)
+		fs_node_forget(fs, fs_node_of(fs, forgets[i].ino), forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int rc = fs_node_stat(fs_of(req), node_of(req, ino), &st);
+
+	(void)fi;
+	if (rc)
+		reply_err(req, rc);
+	else
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+/* ---- staging -------------------------------------------------------------- */
+
+/* First change through a handle: new generation, "staged" in the index. */
+static void handle_dirty(struct fs *fs, struct handle *h)
+{
+	fs_node_touch(fs, h->node);
+	if (!h->staged) {
+		struct stat st;
+		char path[FS_PATH_MAX];
+		h->staged = 1;
+		/* a file with no name left (removed while open) is not staged */
+		if (fstat(h->fd, &st) == 0 && fs_node_path(fs, h->node, path, sizeof(path)) == 0)
+			fs_mark_staged(fs, (uint64_t)st.st_ino, (uint64_t)st.st_size, path);
+	}
 }
 
 /* Forget everything hevcfs knows about a backing file that no longer has a
- * name. */
+ * name: its job, its entry, its views, an archive it replaced. */
 static void forget_file(struct fs *fs, uint64_t ino)
 {
 	struct idx_txn *txn;
@@ -298,199 +202,772 @@ static void forget_file(struct fs *fs, uint64_t ino)
 		idx_queue_del(txn, ino);
 		idx_commit(txn);
 	}
-	fs_prev_drop(fs, ino, e.prev); /* an archive it replaced goes with it */
+	fs_prev_drop(fs, ino, e.prev);
+}
+
+/* ---- files: open, read, write ------------------------------------------- */
+
+static void op_release_handle(struct fs *fs, struct fuse_file_info *fi);
+
+static void handle_free(struct fs *fs, struct handle *h)
+{
+	if (!h)
+		return;
+	if (h->node)
+		fs_node_closed(fs, h->node, h->writable);
+	if (h->stored >= 0)
+		close(h->stored);
+	if (h->fd >= 0)
+		close(h->fd);
+	fs_check_put(h->check);
+	codec_view_map_release(h->map);
+	free(h->map);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+/* A handle on n with fd (taken). */
+static struct handle *handle_new(struct fs *fs, struct fs_node *n, int fd, int writable)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->fd = fd;
+	h->stored = -1;
+	h->node = n;
+	h->writable = writable;
+	h->kind = fs_node_kind(n);
+	h->ino = fs_node_ino(n);
+	pthread_mutex_init(&h->lock, NULL);
+	fs_node_opened(fs, n, writable);
+	return h;
+}
+
+/* A stored file at rest opened for reading: its reads are checked against
+ * its digests (sums.c). */
+static void check_reads(struct fs *fs, struct handle *h)
+{
+	struct idx_entry e;
+
+	if (fs->cfg->verify_reads && fs_entry_get(fs, h->ino, &e) == 0)
+		h->check = fs_check_attach(fs, h->node, h->fd >= 0 ? h->fd : h->stored, h->ino, &e);
+}
+
+/*
+ * Turn the archived photo n (a view) back into a plain staged JPEG at its
+ * logical name, so it can be written: the view's bytes (or nothing when
+ * truncating), the archive kept aside (prev.c) in case the edit changes
+ * only its metadata or brings its original back. Inside the open request.
+ */
+static int materialise(struct fs *fs, struct fs_node *n, int keep_bytes)
+{
+	struct idx_entry e;
+	char name[FS_STORED_BUF], lname[FS_NAME_BUF], tmp[FS_JOB_NAME_BUF], path[FS_PATH_MAX];
+	char dir[FS_PATH_MAX];
+	struct stat st;
+	int dirfd = -1, src = -1, dst = -1, view, rc;
+	uint64_t ino = fs_node_ino(n), staged = 0;
+
+	if ((rc = fs_node_path(fs, n, path, sizeof(path))) ||
+	    (rc = fs_node_at(fs, n, &dirfd, name, sizeof(name))))
+		return rc;
+	snprintf(lname, sizeof(lname), "%s", fs_basename(path));
+	snprintf(dir, sizeof(dir), "%.*s",
+		 (int)(fs_basename(path) - path) - (strchr(path, '/') ? 1 : 0), path);
+	if ((rc = fs_entry_get(fs, ino, &e)))
+		goto out;
+	snprintf(tmp, sizeof(tmp), "edit.%llu", (unsigned long long)ino);
+	dst = openat(fs->work_fd, tmp, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
+	src = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (dst < 0 || src < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (keep_bytes) {
+		view = fs_view_open(fs, src, ino, &e, path);
+		if (view < 0) {
+			rc = view;
+			goto out;
+		}
+		rc = fs_copy_fd(view, dst, e.view_bytes);
+		close(view);
+		if (rc)
+			goto out;
+	}
+	if ((rc = fs_copy_attrs(src, dst)) || fstat(dst, &st) == -1) {
+		rc = rc ? rc : -errno;
+		goto out;
+	}
+	if ((rc = fs_mark_staged(fs, (uint64_t)st.st_ino, (uint64_t)st.st_size, path)))
+		goto out;
+	staged = (uint64_t)st.st_ino;
+	{
+		struct fs_replace r = {
+		    .dirfd = dirfd,
+		    .dir = dir,
+		    .x_name = name,
+		    .x_ino = ino,
+		    .y_dirfd = fs->work_fd,
+		    .y_name = tmp,
+		    .target = lname,
+		    .kind = FS_KIND_PLAIN,
+		    .flags = FS_REPLACE_KEEP_X | FS_REPLACE_HAVE_NS | FS_REPLACE_IN_REQUEST,
+		};
+		switch (fs_replace(fs, &r, &rc)) {
+		case FS_REPLACED:
+			rc = 0;
+			break;
+		case FS_REPLACE_TAKEN:
+			rc = -EEXIST;
+			break;
+		case FS_REPLACE_MOVED:
+		case FS_REPLACE_OPEN:
+			rc = -EAGAIN;
+			break;
+		case FS_REPLACE_ERROR:
+			break;
+		}
+	}
+out:
+	if (rc) {
+		unlinkat(fs->work_fd, tmp, 0);
+		if (staged)
+			forget_file(fs, staged);
+	}
+	if (src >= 0)
+		close(src);
+	if (dst >= 0)
+		close(dst);
+	if (dirfd >= 0)
+		close(dirfd);
+	return rc;
+}
+
+/* Open n's backing file with flags, through its O_PATH fd (the magic link
+ * is the inode itself: following it cannot leave BACKING). */
+static int reopen(struct fs_node *n, int flags)
+{
+	char proc[FS_PROC_FD_BUF];
+	int fd = open(fs_proc_fd(fs_node_fd(n), proc),
+		      (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW)) | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* Open n as fi asks, into a new handle (fi->fh). 0 or -errno. */
+static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi)
+{
+	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
+	int trunc = (fi->flags & O_TRUNC) != 0, fd, rc = 0, locked = 0;
+	enum fs_kind kind = fs_node_kind(n);
+	struct handle *h;
+
+	if (kind == FS_KIND_SIBLING && (writable || trunc))
+		return -EROFS; /* a rendering of a HEIF photo: read only */
+	if (kind != FS_KIND_PLAIN && !writable && !trunc) {
+		/* a view or sibling: its stored photo, rendered at need */
+		fd = reopen(n, O_RDONLY);
+		if (fd < 0)
+			return fd;
+		h = handle_new(fs, n, -1, 0);
+		if (!h) {
+			close(fd);
+			return -ENOMEM;
+		}
+		h->stored = fd;
+		if (kind == FS_KIND_VIEW)
+			check_reads(fs, h); /* its trailer is served from it */
+		fi->fh = (uintptr_t)h;
+		fi->keep_cache = 1; /* a view never changes while archived */
+		return 0;
+	}
+	if (writable || trunc) {
+		/* not between a commit's look at the file and its rename */
+		fs_mutex_lock(&fs->ns_lock);
+		locked = 1;
+	}
+	/* a photo opened for writing is a JPEG again */
+	if (kind == FS_KIND_VIEW && (rc = materialise(fs, n, !trunc)))
+		goto out_unlock;
+	fd = reopen(n, fi->flags);
+	if (fd < 0) {
+		rc = fd;
+		goto out_unlock;
+	}
+	h = handle_new(fs, n, fd, writable);
+	if (!h) {
+		close(fd);
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	fi->fh = (uintptr_t)h;
+	if (trunc && writable)
+		handle_dirty(fs, h);
+	else if (!writable && fs_node_type(n) == S_IFREG)
+		check_reads(fs, h);
+out_unlock:
+	if (locked)
+		fs_mutex_unlock(&fs->ns_lock);
+	return rc;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	int rc = open_node(fs_of(req), node_of(req, ino), fi);
+
+	if (rc)
+		reply_err(req, rc);
+	else if (fuse_reply_open(req, fi) == -ENOENT)
+		op_release_handle(fs_of(req), fi); /* the opener went away */
+}
+
+/* A view's map (what is served without a render), made at its first
+ * read. 0 or -errno (the caller renders instead). */
+static int view_map(struct fs *fs, struct handle *h)
+{
+	struct codec_view_map *m;
+	struct idx_entry e;
+	uint8_t sum[SUM_LEN];
+	int rc;
+
+	if (h->map)
+		return 0;
+	if (fs_entry_get(fs, h->ino, &e) || sum_is_zero(e.head_sum))
+		return -ENOENT; /* archived before the head was recorded */
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	rc = codec_view_map(h->stored, m);
+	/* the head is checked against what was recorded (served bytes are
+	 * never plausible garbage) */
+	if (!rc && (m->size != e.view_bytes || sum_buf(m->head, (size_t)m->head_len, sum) ||
+		    memcmp(sum, e.head_sum, SUM_LEN)))
+		rc = -EIO;
+	if (rc) {
+		codec_view_map_release(m);
+		free(m);
+		return rc;
+	}
+	h->map = m;
+	return 0;
+}
+
+/* Render h's view (once) and make h->fd its cache file. */
+static int view_render(struct fs *fs, struct handle *h, const char *why)
+{
+	struct idx_entry e;
+	char path[FS_PATH_MAX];
+	int fd, rc;
+
+	if (h->fd >= 0)
+		return 0;
+	if ((rc = fs_entry_get(fs, h->ino, &e)))
+		return rc;
+	if (fs_node_path(fs, h->node, path, sizeof(path)))
+		snprintf(path, sizeof(path), "%s", why);
+	fd = h->kind == FS_KIND_SIBLING ? fs_sibling_open(fs, h->stored, h->ino, &e, path)
+					: fs_view_open(fs, h->stored, h->ino, &e, path);
+	if (fd < 0)
+		return fd == -ENOSPC || fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM ? fd : -EIO;
+	h->fd = fd;
+	return 0;
+}
+
+/* Reply bytes [off, off + size) of fd (a splice where the kernel can). */
+static void reply_fd(fuse_req_t req, int fd, size_t size, off_t off)
+{
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = fd;
+	bv.buf[0].pos = off;
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	int rc = 0;
+
+	(void)ino;
+	if (h->stored >= 0) {
+		/* a view: its header and trailer are the original's, served
+		 * without rendering it (a photo manager reading metadata);
+		 * anything else renders it once */
+		uint64_t end = (uint64_t)off + size;
+		pthread_mutex_lock(&h->lock);
+		if (h->fd < 0 && h->kind == FS_KIND_VIEW && view_map(fs, h) == 0) {
+			const struct codec_view_map *m = h->map;
+			if ((uint64_t)off >= m->size) {
+				pthread_mutex_unlock(&h->lock);
+				fuse_reply_buf(req, NULL, 0);
+				return;
+			}
+			if (end > m->size)
+				end = m->size;
+			if (end <= m->head_len) {
+				pthread_mutex_unlock(&h->lock);
+				fuse_reply_buf(req, (const char *)m->head + off,
+					       (size_t)(end - (uint64_t)off));
+				return;
+			}
+			if (m->tail_len && (uint64_t)off >= m->tail_off &&
+			    end <= m->tail_off + m->tail_len) {
+				uint64_t src = m->tail_src + ((uint64_t)off - m->tail_off);
+				pthread_mutex_unlock(&h->lock);
+				rc = fs_check_range(fs, h->check, h->node, h->stored, src,
+						    (size_t)(end - (uint64_t)off),
+						    "a view's trailer");
+				if (rc) {
+					reply_err(req, rc);
+					return;
+				}
+				reply_fd(req, h->stored, (size_t)(end - (uint64_t)off), (off_t)src);
+				return;
+			}
+		}
+		rc = view_render(fs, h, "a view");
+		pthread_mutex_unlock(&h->lock);
+		if (rc) {
+			reply_err(req, rc);
+			return;
+		}
+		reply_fd(req, h->fd, size, off);
+		return;
+	}
+	if (h->check) {
+		char path[FS_PATH_MAX];
+		if (fs_node_path(fs, h->node, path, sizeof(path)))
+			snprintf(path, sizeof(path), "inode %llu", (unsigned long long)h->ino);
+		rc = fs_check_range(fs, h->check, h->node, h->fd, (uint64_t)off, size, path);
+		if (rc) {
+			reply_err(req, rc);
+			return;
+		}
+	}
+	reply_fd(req, h->fd, size, off);
+}
+
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+			 struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t n;
+
+	(void)ino;
+	if (!h->writable) {
+		reply_err(req, EBADF);
+		return;
+	}
+	dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	dst.buf[0].fd = h->fd;
+	dst.buf[0].pos = off;
+	n = fuse_buf_copy(&dst, in, FUSE_BUF_SPLICE_NONBLOCK);
+	if (n < 0) {
+		reply_err(req, (int)n);
+		return;
+	}
+	handle_dirty(fs_of(req), h);
+	fuse_reply_write(req, (size_t)n);
+}
+
+static void op_release_handle(struct fs *fs, struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct stat st;
+
+	/* written and left without a name (removed while open): nothing of
+	 * it is archived */
+	if (h->writable && fstat(h->fd, &st) == 0 && st.st_nlink == 0)
+		forget_file(fs, (uint64_t)st.st_ino);
+	handle_free(fs, h);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	op_release_handle(fs_of(req), fi);
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	int fd = h->fd >= 0 ? h->fd : h->stored;
+
+	(void)ino;
+	reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) == -1 ? errno : 0);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	if (!h->writable) {
+		reply_err(req, EBADF);
+		return;
+	}
+	if (fallocate(h->fd, mode, off, len) == -1) {
+		reply_err(req, errno);
+		return;
+	}
+	handle_dirty(fs_of(req), h);
+	reply_err(req, 0);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	off_t r;
+
+	(void)ino;
+	if (h->fd < 0) {
+		/* a view: all data, no holes */
+		uint64_t size = fs_node_view_bytes(h->node);
+		if ((uint64_t)off >= size) {
+			reply_err(req, ENXIO);
+			return;
+		}
+		fuse_reply_lseek(req, whence == SEEK_HOLE ? (off_t)size : off);
+		return;
+	}
+	r = lseek(h->fd, off, whence);
+	if (r == -1)
+		reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+/* ---- creating names ---------------------------------------------------- */
+
+/* Is name free to create in p (no logical file of that name, not the state
+ * directory)? 0, -EEXIST, -EPERM, or -errno. */
+static int can_create(struct fs *fs, struct fs_node *p, const char *name)
+{
+	struct fs_found f;
+	int rc;
+
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	if (fs_name_reserved(p == fs_node_root(fs), name))
+		return -EPERM;
+	rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &f);
+	return rc == 0 ? -EEXIST : rc == -ENOENT ? 0 : rc;
+}
+
+/* Reply the entry of the new name name in p, made by the caller. */
+static void reply_new(fuse_req_t req, struct fs_node *p, const char *name)
+{
+	struct fuse_entry_param e;
+	int rc = lookup_entry(fs_of(req), p, name, &e);
+
+	if (rc)
+		reply_err(req, rc);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent);
+	int d = fs_node_fd(p), rc = can_create(fs, p, name);
+
+	if (!rc) {
+		if (S_ISREG(mode)) {
+			int fd = openat(d, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode);
+			rc = fd == -1 ? -errno : 0;
+			if (fd >= 0) {
+				struct stat st;
+				char path[FS_PATH_MAX];
+				own_new(req, d, name);
+				/* an empty file settles like any other */
+				if (fstat(fd, &st) == 0 &&
+				    path_in(fs, p, name, path, sizeof(path)) == 0)
+					fs_mark_staged(fs, (uint64_t)st.st_ino, 0, path);
+				close(fd);
+			}
+		} else if (S_ISFIFO(mode)) {
+			rc = mkfifoat(d, name, mode) == -1 ? -errno : 0;
+		} else {
+			rc = mknodat(d, name, mode, rdev) == -1 ? -errno : 0;
+		}
+		if (!rc && !S_ISREG(mode))
+			own_new(req, d, name);
+	}
+	if (rc) {
+		reply_err(req, rc);
+		return;
+	}
+	if (S_ISREG(mode)) {
+		/* staged: its node settles it with no writer open */
+		struct fuse_entry_param e;
+		rc = lookup_entry(fs, p, name, &e);
+		if (!rc) {
+			struct fs_node *n = fs_node_of(fs, e.ino);
+			fs_node_opened(fs, n, 1);
+			fs_node_touch(fs, n);
+			fs_node_closed(fs, n, 1);
+			fuse_reply_entry(req, &e);
+			return;
+		}
+		reply_err(req, rc);
+		return;
+	}
+	reply_new(req, p, name);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent);
+	int rc = can_create(fs, p, name);
+
+	if (!rc && mkdirat(fs_node_fd(p), name, mode) == -1)
+		rc = -errno;
+	if (rc) {
+		reply_err(req, rc);
+		return;
+	}
+	own_new(req, fs_node_fd(p), name);
+	reply_new(req, p, name);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent);
+	int rc = can_create(fs, p, name);
+
+	if (!rc && symlinkat(link, fs_node_fd(p), name) == -1)
+		rc = -errno;
+	if (rc) {
+		reply_err(req, rc);
+		return;
+	}
+	own_new(req, fs_node_fd(p), name);
+	reply_new(req, p, name);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent), *n;
+	struct fuse_entry_param e;
+	struct handle *h;
+	int d = fs_node_fd(p), fd, rc = can_create(fs, p, name);
+
+	if (rc == -EEXIST && !(fi->flags & O_EXCL)) {
+		/* there already (made meanwhile, or an archived copy): open it */
+		rc = lookup_entry(fs, p, name, &e);
+		if (!rc && (rc = open_node(fs, fs_node_of(fs, e.ino), fi)))
+			fs_node_forget(fs, fs_node_of(fs, e.ino), 1);
+		if (rc)
+			reply_err(req, rc);
+		else if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+			op_release_handle(fs, fi);
+			fs_node_forget(fs, fs_node_of(fs, e.ino), 1);
+		}
+		return;
+	}
+	if (rc) {
+		reply_err(req, rc);
+		return;
+	}
+	fd = openat(d, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (fd < 0) {
+		reply_err(req, errno);
+		return;
+	}
+	own_new(req, d, name);
+	rc = lookup_entry(fs, p, name, &e);
+	if (rc) {
+		close(fd);
+		reply_err(req, rc);
+		return;
+	}
+	n = fs_node_of(fs, e.ino);
+	h = handle_new(fs, n, fd, 1);
+	if (!h) {
+		close(fd);
+		fs_node_forget(fs, n, 1);
+		reply_err(req, ENOMEM);
+		return;
+	}
+	handle_dirty(fs, h);
+	fi->fh = (uintptr_t)h;
+	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+		/* the opener went away: nothing holds the handle */
+		handle_free(fs, h);
+		fs_node_forget(fs, n, 1);
+	}
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = node_of(req, ino), *p = node_of(req, newparent);
+	char target[FS_STORED_BUF], proc[FS_PROC_FD_BUF], suffix[8] = "";
+	int rc = can_create(fs, p, newname);
+
+	if (rc) {
+		reply_err(req, rc);
+		return;
+	}
+	if (fs_node_kind(n) == FS_KIND_SIBLING) {
+		reply_err(req, EPERM);
+		return;
+	}
+	if (fs_node_kind(n) == FS_KIND_VIEW) {
+		struct idx_entry e;
+		if (fs_entry_get(fs, fs_node_ino(n), &e) == 0)
+			snprintf(suffix, sizeof(suffix), "%s", e.suffix);
+	}
+	if ((size_t)snprintf(target, sizeof(target), "%s%s", newname, suffix) >= sizeof(target) ||
+	    strlen(target) > NAME_MAX) {
+		reply_err(req, ENAMETOOLONG);
+		return;
+	}
+	if (linkat(AT_FDCWD, fs_proc_fd(fs_node_fd(n), proc), fs_node_fd(p), target,
+		   AT_SYMLINK_FOLLOW) == -1) {
+		reply_err(req, errno);
+		return;
+	}
+	reply_new(req, p, newname);
+}
+
+/* ---- removing and renaming --------------------------------------------- */
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent), *n;
+	struct fs_found f;
+	int rc;
+
+	fs_mutex_lock(&fs->ns_lock);
+	rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &f);
+	if (!rc && f.kind == FS_KIND_SIBLING)
+		rc = -EPERM; /* a rendering: it goes with its photo */
+	if (!rc && unlinkat(fs_node_fd(p), f.name, 0) == -1)
+		rc = -errno;
+	if (!rc && !S_ISDIR(f.st.st_mode)) {
+		int last = f.st.st_nlink <= 1;
+		n = fs_node_find(fs, (uint64_t)f.st.st_ino);
+		if (n) {
+			fs_node_unnamed(fs, n, last);
+			fs_node_put(fs, n);
+		}
+		if (last && S_ISREG(f.st.st_mode))
+			forget_file(fs, (uint64_t)f.st.st_ino);
+	}
+	fs_mutex_unlock(&fs->ns_lock);
+	reply_err(req, rc);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent), *n;
+	struct fs_found f;
+	int rc;
+
+	fs_mutex_lock(&fs->ns_lock);
+	rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &f);
+	if (!rc && unlinkat(fs_node_fd(p), f.name, AT_REMOVEDIR) == -1)
+		rc = -errno;
+	if (!rc && (n = fs_node_find(fs, (uint64_t)f.st.st_ino))) {
+		fs_node_unnamed(fs, n, 1);
+		fs_node_put(fs, n);
+	}
+	fs_mutex_unlock(&fs->ns_lock);
+	reply_err(req, rc);
 }
 
 /* Does src, renamed over the archived dst, settle into a job that may find
  * it is dst's original again (a file being written: staged or pending)? */
-static int replaces_archive(struct fs *fs, const struct fs_lookup *src,
-			    const struct fs_lookup *dst)
+static int replaces_archive(struct fs *fs, const struct fs_found *src, const struct fs_found *dst)
 {
 	struct idx_entry e;
 
-	return dst->archived && S_ISREG(src->st.st_mode) && src->st.st_nlink == 1 &&
-	       fs_entry_get(fs, src->st.st_ino, &e) == 0 &&
+	return dst->has_entry && dst->e.state == IDX_ARCHIVED && S_ISREG(src->st.st_mode) &&
+	       src->st.st_nlink == 1 && fs_entry_get(fs, src->st.st_ino, &e) == 0 &&
 	       (e.state == IDX_STAGED || e.state == IDX_PENDING);
-}
-
-static int op_unlink(const char *path)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	int rc;
-
-	pthread_mutex_lock(&fs->ns_lock);
-	rc = fs_lookup(fs, path, &lk);
-	if (rc) {
-		/* libfuse removing a hidden file that its last close removed */
-		if (rc == -ENOENT && fs_hidden_name(fs_basename(path)))
-			rc = 0;
-		goto out_unlock;
-	}
-	if (unlinkat(lk.parent, lk.name, 0) == -1) {
-		rc = -errno;
-	} else if (S_ISREG(lk.st.st_mode) &&
-		   (lk.hidden ? lk.st.st_nlink : fs_node_nlink(fs, lk.st.st_ino, lk.st.st_nlink)) <=
-		       1) {
-		/* the last name; a hidden one is the last link */
-		if (lk.hidden)
-			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1, -1);
-		forget_file(fs, lk.st.st_ino);
-	} else {
-		if (lk.hidden)
-			fs_node_hidden_link(fs, lk.st.st_ino, lk.name, -1, -1);
-		changed(fs, &lk.st, path);
-	}
-	close(lk.parent);
-out_unlock:
-	pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_rmdir(const char *path)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	int rc;
-
-	pthread_mutex_lock(&fs->ns_lock);
-	rc = fs_lookup(fs, path, &lk);
-	if (!rc) {
-		rc = unlinkat(lk.parent, lk.name, AT_REMOVEDIR) == -1 ? -errno : 0;
-		close(lk.parent);
-	}
-	pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_symlink(const char *target, const char *path)
-{
-	const char *name;
-	int parent = create_parent(fs_get(), path, &name), rc;
-
-	if (parent < 0)
-		return parent;
-	rc = symlinkat(target, parent, name) == -1 ? -errno : 0;
-	if (!rc)
-		own_new(parent, name);
-	close(parent);
-	return rc;
-}
-
-/*
- * Is the rename from -> to libfuse hiding a file removed while open? It
- * renames the file within its directory to ".fuse_hidden%08x%08x", the
- * second number a counter of its own that only grows (by one a try), and
- * only while the file is open. A name somebody gives a file (a leftover of
- * another FUSE filesystem, say) has none of that together, and stays an
- * ordinary rename. Caller holds ns_lock, which guards fs->hide_seen.
- */
-static int is_hide(struct fs *fs, const char *from, const char *to, const struct fs_lookup *src,
-		   unsigned int flags)
-{
-	const char *name = fs_basename(to);
-	size_t dlen = (size_t)(name - to);
-	unsigned int count;
-	int32_t ahead;
-
-	if (flags || src->hidden || !S_ISREG(src->st.st_mode) || !fs_hidden_name(name) ||
-	    dlen != (size_t)(fs_basename(from) - from) || memcmp(from, to, dlen) != 0)
-		return 0;
-	count = (unsigned int)strtoul(name + strlen(name) - 8, NULL, 16);
-	/* tries of other threads may arrive a little out of order */
-	ahead = (int32_t)(count - fs->hide_seen);
-	if (ahead < -256 || ahead > 1024)
-		return 0;
-	/* open: this inode, or the one a reader holds that the archive
-	 * replaced under the same name */
-	if (!fs_node_is_open(fs, src->st.st_ino) && !fs_path_is_open(fs, from))
-		return 0;
-	if (ahead > 0)
-		fs->hide_seen = count;
-	return 1;
-}
-
-/*
- * libfuse's removal of a file that is still open (is_hide): it answers
- * fstat() through the hidden name and removes it at the last close. The
- * file waits in the hidden directory under a key naming its directory, out
- * of every listing (the directory can be removed), and is no longer in the
- * index: nothing is archived from it. Caller holds ns_lock.
- */
-static int hide_file(struct fs *fs, struct fs_lookup *src, const char *from, const char *to)
-{
-	nlink_t names = fs_node_nlink(fs, src->st.st_ino, src->st.st_nlink);
-	char key[64];
-	int rc = fs_hidden_key(src->parent, fs_basename(to), key, sizeof(key));
-
-	if (rc)
-		return rc;
-	if (renameat2(src->parent, src->name, fs->hidden_fd, key, RENAME_NOREPLACE) == -1) {
-		if (errno == ENOENT)
-			return -ENOENT;
-		/* another filesystem mounted inside BACKING (EXDEV), or no room
-		 * for the name: remove the file now, as a local disk would;
-		 * only fstat() through the mount loses it */
-		log_msg(LOG_WARNING, "cannot keep %s open after its removal: %s", from,
-			strerror(errno));
-		if (unlinkat(src->parent, src->name, 0) == -1)
-			return -errno;
-	} else {
-		/* a photo read as its view keeps showing the view's size */
-		fs_node_hidden_link(fs, src->st.st_ino, key, 1,
-				    src->archived ? (int64_t)src->e.view_bytes : -1);
-	}
-	/* the name is gone: no node (an open original the archive replaced
-	 * under it, say) may stand for it any more */
-	fs_nodes_forget_path(fs, from);
-	if (names <= 1)
-		forget_file(fs, src->st.st_ino);
-	else
-		changed(fs, &src->st, from);
-	return 0;
 }
 
 /* The name paths pass through while two are exchanged. */
 #define EXCHANGE_TMP "\x01\x02hevcfs exchange\x02\x01"
 
-static int op_rename(const char *from, const char *to, unsigned int flags)
+/* Tell the index and the nodes that from (logical path) is now to. */
+static void renamed_paths(struct fs *fs, const char *from, const char *to, unsigned int flags)
 {
-	struct fs *fs = fs_get();
-	struct fs_lookup src, dst;
-	const char *to_name;
-	char target[NAME_MAX + 16];
-	int to_parent = -1, have_dst, rc;
+	struct idx_txn *txn;
 
-	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
-		return -EINVAL;
-	if (fs_path_reserved(to))
-		return -EPERM;
-	pthread_mutex_lock(&fs->ns_lock);
-	rc = fs_lookup(fs, from, &src);
+	if (idx_begin(fs->idx, 1, &txn))
+		return;
+	if (flags & RENAME_EXCHANGE) {
+		/* through a name no real path will have */
+		idx_queue_rename(txn, from, EXCHANGE_TMP);
+		idx_queue_rename(txn, to, from);
+		idx_queue_rename(txn, EXCHANGE_TMP, to);
+		idx_origins_rename(txn, from, EXCHANGE_TMP);
+		idx_origins_rename(txn, to, from);
+		idx_origins_rename(txn, EXCHANGE_TMP, to);
+	} else {
+		idx_queue_rename(txn, from, to);
+		idx_origins_rename(txn, from, to);
+	}
+	idx_commit(txn);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	struct fs *fs = fs_of(req);
+	struct fs_node *p = node_of(req, parent), *np = node_of(req, newparent), *n;
+	struct fs_found src, dst;
+	char target[FS_STORED_BUF], from[FS_PATH_MAX], to[FS_PATH_MAX];
+	const char *suffix;
+	int have_dst, rc;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+		reply_err(req, EINVAL);
+		return;
+	}
+	if (strlen(newname) > NAME_MAX) {
+		reply_err(req, ENAMETOOLONG);
+		return;
+	}
+	if (fs_name_reserved(np == fs_node_root(fs), newname)) {
+		reply_err(req, EPERM);
+		return;
+	}
+	fs_mutex_lock(&fs->ns_lock);
+	rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &src);
+	if (!rc && src.kind == FS_KIND_SIBLING)
+		rc = -EPERM;
 	if (rc)
 		goto out_unlock;
-	if (is_hide(fs, from, to, &src, flags)) {
-		rc = hide_file(fs, &src, from, to);
-		goto out_src;
-	}
-	to_parent = fs_open_parent(fs, to, &to_name);
-	if (to_parent < 0) {
-		rc = to_parent;
-		goto out_src;
-	}
-	if (strlen(to_name) > NAME_MAX) {
-		rc = -ENAMETOOLONG;
-		goto out_close;
-	}
 	/* an archived copy keeps its suffix under its new name */
-	size_t slen = strlen(src.name),
-	       llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
-	const char *suffix = src.name + (slen > llen ? llen : slen);
-	if (snprintf(target, sizeof(target), "%s%s", to_name, suffix) > NAME_MAX) {
+	suffix = src.name + strlen(name);
+	if ((size_t)snprintf(target, sizeof(target), "%s%s", newname, suffix) >= sizeof(target) ||
+	    strlen(target) > NAME_MAX) {
 		rc = -ENAMETOOLONG;
-		goto out_close;
+		goto out_unlock;
 	}
-	have_dst = fs_lookup(fs, to, &dst) == 0;
+	have_dst = fs_resolve(fs, fs_node_fd(np), np == fs_node_root(fs), newname, &dst) == 0;
+	if (have_dst && dst.kind == FS_KIND_SIBLING) {
+		rc = -EPERM;
+		goto out_unlock;
+	}
 	if (have_dst && strcmp(dst.name, target) != 0) {
 		/* the logical target is stored under another name */
 		if (flags & RENAME_NOREPLACE) {
@@ -503,615 +980,199 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 			rc = -EISDIR;
 		} else if (src.st.st_ino == dst.st.st_ino) {
 			rc = 0;
-		} else if (renameat2(src.parent, src.name, to_parent, target, RENAME_NOREPLACE) ==
-			   -1) {
+			goto out_unlock;
+		} else if (renameat2(fs_node_fd(p), src.name, fs_node_fd(np), target,
+				     RENAME_NOREPLACE) == -1) {
 			rc = -errno;
 		} else if (!(replaces_archive(fs, &src, &dst) &&
-			     fs_prev_keep(fs, dst.parent, dst.name, dst.st.st_ino, src.st.st_ino) ==
-				     0)) {
+			     fs_prev_keep(fs, fs_node_fd(np), dst.name, dst.st.st_ino,
+					  src.st.st_ino) == 0)) {
 			/* (an archive replaced by a file being written waits
 			 * aside: the new bytes may be its original again) */
-			if (unlinkat(dst.parent, dst.name, 0) == -1)
-				log_msg(LOG_ERR, "rename: cannot remove replaced %s: %s", to,
+			if (unlinkat(fs_node_fd(np), dst.name, 0) == -1)
+				log_msg(LOG_ERR, "rename: cannot remove replaced %s: %s", newname,
 					strerror(errno));
 			else if (S_ISREG(dst.st.st_mode) && dst.st.st_nlink <= 1)
 				forget_file(fs, dst.st.st_ino);
 		}
-	} else if (src.archived && suffix[0] && (flags & RENAME_EXCHANGE)) {
+	} else if (src.kind == FS_KIND_VIEW && suffix[0] && (flags & RENAME_EXCHANGE)) {
 		rc = -EINVAL; /* exchanging stored names would swap their suffixes */
-	} else if (renameat2(src.parent, src.name, to_parent, target, flags) == -1) {
+	} else if (renameat2(fs_node_fd(p), src.name, fs_node_fd(np), target, flags) == -1) {
 		rc = -errno;
 	} else if (have_dst && !(flags & RENAME_EXCHANGE) && S_ISREG(dst.st.st_mode) &&
 		   dst.st.st_nlink <= 1 && dst.st.st_ino != src.st.st_ino) {
 		forget_file(fs, dst.st.st_ino);
-	} else if (have_dst && dst.st.st_ino != src.st.st_ino) {
-		changed(fs, &dst.st, NULL);
 	}
-	if (have_dst)
-		close(dst.parent);
-	if (!rc) {
-		struct idx_txn *txn;
-		if (idx_begin(fs->idx, 1, &txn) == 0) {
-			if (flags & RENAME_EXCHANGE) {
-				/* through a name no real path will have */
-				idx_queue_rename(txn, rel(from), EXCHANGE_TMP);
-				idx_queue_rename(txn, rel(to), rel(from));
-				idx_queue_rename(txn, EXCHANGE_TMP, rel(to));
-				idx_origins_rename(txn, rel(from), EXCHANGE_TMP);
-				idx_origins_rename(txn, rel(to), rel(from));
-				idx_origins_rename(txn, EXCHANGE_TMP, rel(to));
-			} else {
-				idx_queue_rename(txn, rel(from), rel(to));
-				idx_origins_rename(txn, rel(from), rel(to));
-			}
-			idx_commit(txn);
-		}
-		if (flags & RENAME_EXCHANGE) {
-			fs_nodes_rename(fs, from, EXCHANGE_TMP);
-			fs_nodes_rename(fs, to, from);
-			fs_nodes_rename(fs, EXCHANGE_TMP, to);
-		} else {
-			fs_nodes_rename(fs, from, to);
-		}
-	}
-out_close:
-	close(to_parent);
-out_src:
-	close(src.parent);
-out_unlock:
-	pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_link(const char *from, const char *to)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup src;
-	const char *name;
-	char target[NAME_MAX + 16];
-	int parent, rc;
-
-	parent = create_parent(fs, to, &name);
-	if (parent < 0)
-		return parent;
-	rc = fs_lookup(fs, from, &src);
 	if (rc)
-		goto out_close;
-	size_t slen = strlen(src.name),
-	       llen = strlen(from) - (size_t)(strrchr(from, '/') - from) - 1;
-	if (snprintf(target, sizeof(target), "%s%s", name, src.name + (slen > llen ? llen : slen)) >
-	    NAME_MAX)
-		rc = -ENAMETOOLONG;
-	else if (linkat(src.parent, src.name, parent, target, 0) == -1)
-		rc = -errno;
-	if (!rc) {
-		fs_links_note(fs, src.st.st_ino, from);
-		fs_links_note(fs, src.st.st_ino, to);
-		fs_links_changed(fs, src.st.st_ino, to);
+		goto out_unlock;
+	/* the nodes and the paths the index keeps follow */
+	if (have_dst && dst.st.st_ino != src.st.st_ino &&
+	    (n = fs_node_find(fs, (uint64_t)dst.st.st_ino))) {
+		if (flags & RENAME_EXCHANGE)
+			fs_node_moved(fs, n, p, name, src.name); /* where src was */
+		else
+			fs_node_unnamed(fs, n, S_ISDIR(dst.st.st_mode) || dst.st.st_nlink <= 1);
+		fs_node_put(fs, n);
 	}
-	close(src.parent);
-out_close:
-	close(parent);
-	return rc;
+	if ((n = fs_node_find(fs, (uint64_t)src.st.st_ino))) {
+		fs_node_moved(fs, n, np, newname, target);
+		fs_node_put(fs, n);
+	}
+	if (path_in(fs, p, name, from, sizeof(from)) == 0 &&
+	    path_in(fs, np, newname, to, sizeof(to)) == 0)
+		renamed_paths(fs, from, to, flags);
+out_unlock:
+	fs_mutex_unlock(&fs->ns_lock);
+	reply_err(req, rc);
 }
 
-/* An attribute change: chmod, chown or utimens. */
-struct attr_change {
-	enum { SET_MODE, SET_OWNER, SET_TIMES } what;
-	mode_t mode;
-	uid_t uid;
-	gid_t gid;
-	const struct timespec *tv;
-};
+/* ---- attributes ---------------------------------------------------------- */
 
-/* Apply c through an open fd (a handle's backing file or directory). */
-static int change_fd(int fd, const struct attr_change *c)
+/* Apply to_set of attr to node n (through its handle's fd when there is
+ * one). 0 or -errno. */
+static int set_attrs(fuse_req_t req, struct fs_node *n, struct stat *attr, int to_set,
+		     struct handle *h)
 {
-	int r = c->what == SET_MODE    ? fchmod(fd, c->mode)
-		: c->what == SET_OWNER ? fchown(fd, c->uid, c->gid)
-				       : futimens(fd, c->tv);
-	return r == -1 ? -errno : 0;
-}
+	struct fs *fs = fs_of(req);
+	char proc[FS_PROC_FD_BUF];
+	const char *path = fs_proc_fd(fs_node_fd(n), proc);
+	int fd = h && h->fd >= 0 ? h->fd : -1, rc = 0;
 
-/* Apply c to dir/name, never following a symlink. */
-static int change_at(int dir, const char *name, const struct attr_change *c)
-{
-	int r = c->what == SET_MODE    ? fchmodat(dir, name, c->mode, AT_SYMLINK_NOFOLLOW)
-		: c->what == SET_OWNER ? fchownat(dir, name, c->uid, c->gid, AT_SYMLINK_NOFOLLOW)
-				       : utimensat(dir, name, c->tv, AT_SYMLINK_NOFOLLOW);
-	return r == -1 ? -errno : 0;
-}
-
-/* Apply c by handle when there is one, else by name; then tell the other
- * names of a hard-linked file. */
-static int set_attr(const char *path, struct fuse_file_info *fi, const struct attr_change *c)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	struct stat st;
-	int rc, fd = attr_fd(fi), locked = 0;
-
-	if (fd < 0) {
-		rc = fs_lookup(fs, path, &lk);
+	if (to_set & FUSE_SET_ATTR_MODE) {
+		if ((fd >= 0 ? fchmod(fd, attr->st_mode) : chmod(path, attr->st_mode)) == -1)
+			return -errno;
+	}
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t uid = to_set & FUSE_SET_ATTR_UID ? attr->st_uid : (uid_t)-1;
+		gid_t gid = to_set & FUSE_SET_ATTR_GID ? attr->st_gid : (gid_t)-1;
+		if (fchownat(fs_node_fd(n), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) ==
+		    -1)
+			return -errno;
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		int tfd = fd;
+		if (fs_node_kind(n) == FS_KIND_VIEW) {
+			/* truncate(2) of an archived photo: a JPEG again */
+			fs_mutex_lock(&fs->ns_lock);
+			rc = materialise(fs, n, attr->st_size > 0);
+			fs_mutex_unlock(&fs->ns_lock);
+			if (rc)
+				return rc;
+		}
+		if (tfd < 0) {
+			tfd = open(fs_proc_fd(fs_node_fd(n), proc),
+				   O_WRONLY | O_CLOEXEC | O_NONBLOCK);
+			if (tfd < 0)
+				return -errno;
+		}
+		rc = ftruncate(tfd, attr->st_size) == -1 ? -errno : 0;
+		if (!rc) {
+			/* a change of the bytes, as a write is */
+			struct handle *t = h && h->writable ? h : handle_new(fs, n, tfd, 1);
+			if (t) {
+				handle_dirty(fs, t);
+				if (t != h) {
+					t->fd = -1;
+					handle_free(fs, t);
+				}
+			}
+		}
+		if (tfd != fd)
+			close(tfd);
 		if (rc)
 			return rc;
-		st = lk.st;
-	} else if (fstat(fd, &st) == -1) {
-		return -errno;
 	}
-	/* A commit puts its directory's times back after its renames (cp -a
-	 * set them): a directory's new times must not fall between its look
-	 * and its restore, or they would be undone. */
-	if (c->what == SET_TIMES && S_ISDIR(st.st_mode)) {
-		pthread_mutex_lock(&fs->ns_lock);
-		locked = 1;
-	}
-	if (fd >= 0) {
-		rc = change_fd(fd, c);
-		if (!rc)
-			changed(fs, &st, path);
-	} else {
-		rc = change_at(lk.parent, lk.name, c);
-		if (!rc)
-			changed(fs, &lk.st, path);
-		close(lk.parent);
-	}
-	if (locked)
-		pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-	struct attr_change c = {.what = SET_MODE, .mode = mode};
-
-	return set_attr(path, fi, &c);
-}
-
-static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
-{
-	struct attr_change c = {.what = SET_OWNER, .uid = uid, .gid = gid};
-
-	return set_attr(path, fi, &c);
-}
-
-static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
-{
-	struct attr_change c = {.what = SET_TIMES, .tv = tv};
-
-	return set_attr(path, fi, &c);
-}
-
-/*
- * Turn an archived file back into a plain staged one at its logical name,
- * so it can be written: a photo's view bytes (or nothing when truncating), a
- * video's stored bytes. Caller holds ns_lock. keep_bytes = 0 for O_TRUNC.
- */
-static int materialise(struct fs *fs, struct fs_lookup *lk, const char *path, int keep_bytes)
-{
-	const char *lname = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-	struct idx_txn *txn;
-	struct stat st;
-	char tmp[64];
-	int src = -1, dst = -1, rc;
-
-	if (!lk->e.suffix[0] || strcmp(lk->e.suffix, ".heic") != 0) {
-		/* a video: its view is its stored bytes; give it back its name */
-		if (strcmp(lk->name, lname) != 0 &&
-		    renameat2(lk->parent, lk->name, lk->parent, lname, RENAME_NOREPLACE) == -1)
-			return -errno;
-		snprintf(lk->name, sizeof(lk->name), "%s", lname);
-		rc = fs_mark_staged(fs, lk->st.st_ino, (uint64_t)lk->st.st_size, path);
-		lk->archived = 0;
-		return rc;
-	}
-	snprintf(tmp, sizeof(tmp), "edit.%llu", (unsigned long long)lk->st.st_ino);
-	dst = openat(fs->work_fd, tmp, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
-	if (dst == -1)
-		return -errno;
-	src = openat(lk->parent, lk->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (src == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	if (keep_bytes) {
-		int view = fs_view_open(fs, lk->parent, lk->name, lk->st.st_ino, &lk->e, path);
-		if (view < 0) {
-			rc = view;
-			goto out_close;
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		struct timespec tv[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_nsec = UTIME_OMIT}};
+		int locked = 0;
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			tv[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			tv[0] = attr->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			tv[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			tv[1] = attr->st_mtim;
+		/* a commit puts its directory's times back after its renames
+		 * (cp -a set them): a directory's new times must not fall
+		 * between its look and its restore */
+		if (fs_node_type(n) == S_IFDIR) {
+			fs_mutex_lock(&fs->ns_lock);
+			locked = 1;
 		}
-		rc = fs_copy_fd(view, dst, lk->e.view_bytes);
-		close(view);
+		/* through the magic link: the inode itself, a symlink too */
+		if (fd >= 0)
+			rc = futimens(fd, tv) == -1 ? -errno : 0;
+		else
+			rc = utimensat(AT_FDCWD, path, tv, 0) == -1 ? -errno : 0;
+		if (locked)
+			fs_mutex_unlock(&fs->ns_lock);
 		if (rc)
-			goto out_close;
+			return rc;
 	}
-	if ((rc = fs_copy_attrs(src, dst)) || fstat(dst, &st) == -1)
-		goto out_close;
-	if (renameat2(fs->work_fd, tmp, lk->parent, lname, RENAME_NOREPLACE) == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	fs_fsync_dir(lk->parent);
-	fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, path);
-	/* the archive waits aside: the edit may change only its metadata (a
-	 * retag), or write its original again */
-	if (fs_prev_keep(fs, lk->parent, lk->name, lk->st.st_ino, st.st_ino)) {
-		if ((rc = idx_begin(fs->idx, 1, &txn)) == 0) {
-			idx_del(txn, lk->st.st_ino);
-			rc = idx_commit(txn);
-		}
-		if (unlinkat(lk->parent, lk->name, 0) == -1)
-			log_msg(LOG_ERR, "edit: cannot remove %s: %s", lk->name, strerror(errno));
-		fs_view_drop(fs, lk->st.st_ino);
-	}
-	fs_fsync_dir(lk->parent);
-	snprintf(lk->name, sizeof(lk->name), "%s", lname);
-	lk->st = st;
-	lk->archived = 0;
-	lk->has_entry = 0;
-out_close:
-	if (src >= 0)
-		close(src);
-	close(dst);
-	if (rc)
-		unlinkat(fs->work_fd, tmp, 0);
-	return rc;
-}
-
-/* Set up a handle on fd for the logical path. Every handle holds its
- * file's node (ino: the backing file's, 0 to take fd's). */
-static int handle_new(struct fs *fs, int fd, uint64_t ino, const char *path, int writable,
-		      struct fuse_file_info *fi)
-{
-	struct handle *h = calloc(1, sizeof(*h));
-	struct stat st;
-
-	if (!h)
-		return -ENOMEM;
-	h->kind = HANDLE_FILE;
-	h->fd = h->bfd = fd;
-	h->writable = writable;
-	if (fstat(fd, &st) == -1) {
-		int rc = -errno;
-		free(h);
-		return rc;
-	}
-	h->ino = ino ? ino : st.st_ino;
-	if (!(h->node = fs_node_get(fs, h->ino))) {
-		free(h);
-		return -ENOMEM;
-	}
-	fs_node_opened(fs, h->node, path);
-	if (writable) {
-		h->linked = st.st_nlink > 1;
-		fs_node_writer_open(fs, h->node, path);
-	}
-	fi->fh = (uintptr_t)h;
 	return 0;
 }
 
-/* Let go of a handle's node: the last writer's close starts settling (path
- * may be NULL: the node remembers the last name). */
-static void handle_close_node(struct fs *fs, struct handle *h, const char *path)
-{
-	char hidden[64];
-
-	if (h->writable)
-		fs_node_writer_close(fs, h->node, path);
-	/* libfuse removes a hidden file after its last release through its
-	 * path; without one (its directory is gone) that is for us to do */
-	if (fs_node_closed(fs, h->node, hidden) && !path) {
-		if (unlinkat(fs->hidden_fd, hidden, 0) == 0 || errno == ENOENT)
-			fs_node_hidden_link(fs, h->ino, hidden, -1, -1);
-		else
-			log_msg(LOG_WARNING, "cannot remove %s: %s", hidden, strerror(errno));
-	}
-	fs_node_put(fs, h->node);
-	h->node = NULL;
-}
-
-/* First change through a handle: new generation, "staged" in the index. */
-static void handle_dirty(struct fs *fs, struct handle *h, const char *path)
-{
-	fs_node_touch(fs, h->node);
-	if (!h->staged) {
-		struct stat st;
-		h->staged = 1;
-		if (h->linked)
-			fs_links_changed(fs, h->ino, path);
-		if (fstat(h->fd, &st) == 0) {
-			pthread_mutex_lock(&fs->nodes_lock);
-			/* under a hidden name the node knows the real one; a
-			 * file with no name left (removed while open) is not
-			 * staged */
-			if (fs_node_path_hidden(h->node, path))
-				path = NULL;
-			const char *name = h->node->gone ? NULL : path ? path : h->node->path;
-			char *p = name ? strdup(name) : NULL;
-			pthread_mutex_unlock(&fs->nodes_lock);
-			if (p)
-				fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, p);
-			free(p);
-		}
-	}
-}
-
-/* A stored file at rest opened for reading: its reads are checked against
- * its digests (sums.c). */
-static void check_reads(struct fs *fs, struct handle *h, const struct fs_lookup *lk)
-{
-	struct idx_entry e;
-
-	if (lk->has_entry)
-		e = lk->e;
-	else if (fs_entry_get(fs, h->ino, &e) != 0)
-		return;
-	fs_check_attach(fs, h->node, h->fd, h->ino, &e);
-}
-
-static int op_open(const char *path, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
-	int fd, rc;
-
-	if (writable || (fi->flags & O_TRUNC))
-		pthread_mutex_lock(&fs->ns_lock);
-	rc = fs_lookup(fs, path, &lk);
-	if (rc)
-		goto out_unlock;
-	if (lk.archived && fs->cfg->view == FS_VIEW_LEGACY) {
-		if (writable || (fi->flags & O_TRUNC)) {
-			rc = materialise(fs, &lk, path, !(fi->flags & O_TRUNC));
-			if (rc)
-				goto out_close;
-		} else if (!strcmp(lk.e.suffix, ".heic")) {
-			fd = fs_view_open(fs, lk.parent, lk.name, lk.st.st_ino, &lk.e, path);
-			if (fd < 0) {
-				/* a view that cannot be made is an I/O error to the
-				 * reader (ENOSPC aside); the stored file is untouched */
-				rc = fd == -ENOSPC || fd == -EMFILE || fd == -ENFILE ? fd : -EIO;
-				goto out_close;
-			}
-			rc = handle_new(fs, fd, lk.st.st_ino, path, 0, fi);
-			if (rc) {
-				close(fd);
-				goto out_close;
-			}
-			fi->keep_cache = 1; /* a view never changes while archived */
-			/* attribute changes through this handle go to the stored file */
-			int bfd = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-			if (bfd >= 0)
-				fh_of(fi)->bfd = bfd;
-			goto out_close;
-		}
-	}
-	fd = openat(lk.parent, lk.name,
-		    (fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_NOFOLLOW | O_CLOEXEC);
-	if (fd == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	rc = handle_new(fs, fd, 0, path, writable, fi);
-	if (rc) {
-		close(fd);
-		goto out_close;
-	}
-	if (fi->flags & O_TRUNC && writable)
-		handle_dirty(fs, fh_of(fi), path);
-	else if (!writable && S_ISREG(lk.st.st_mode) && fs->cfg->verify_reads)
-		check_reads(fs, fh_of(fi), &lk);
-out_close:
-	close(lk.parent);
-out_unlock:
-	if (writable || (fi->flags & O_TRUNC))
-		pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_get();
-	const char *name;
-	int parent, fd, rc;
-
-	parent = create_parent(fs, path, &name);
-	if (parent == -EEXIST && !(fi->flags & O_EXCL))
-		return op_open(path, fi);
-	if (parent < 0)
-		return parent;
-	fd = openat(parent, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC,
-		    mode);
-	if (fd == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	own_new(parent, name);
-	rc = handle_new(fs, fd, 0, path, 1, fi);
-	if (rc) {
-		close(fd);
-		goto out_close;
-	}
-	handle_dirty(fs, fh_of(fi), path);
-out_close:
-	close(parent);
-	return rc;
-}
-
-/* Check what a read of h is about to return, when h's file is checked. */
-static int read_check(struct handle *h, off_t off, size_t size, const char *path)
-{
-	if (h->fd != h->bfd || !atomic_load(&h->node->check))
-		return 0; /* a view (checked when rendered), or nothing to check */
-	return fs_check_range(fs_get(), h->node, h->fd, (uint64_t)off, size, path);
-}
-
-static int op_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
-	struct fuse_bufvec *bv;
-	int rc = read_check(fh_of(fi), off, size, path);
-
-	if (rc)
-		return rc;
-	bv = malloc(sizeof(*bv));
-	if (!bv)
-		return -ENOMEM;
-	*bv = FUSE_BUFVEC_INIT(size);
-	bv->buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	bv->buf[0].fd = fh_of(fi)->fd;
-	bv->buf[0].pos = off;
-	*bufp = bv;
-	return 0;
-}
-
-static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
-{
-	int rc = read_check(fh_of(fi), off, size, path);
-	ssize_t n;
-
-	if (rc)
-		return rc;
-	n = pread(fh_of(fi)->fd, buf, size, off);
-	return n == -1 ? -errno : (int)n;
-}
-
-static int op_write_buf(const char *path, struct fuse_bufvec *in, off_t off,
-			struct fuse_file_info *fi)
-{
-	struct handle *h = fh_of(fi);
-	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(in));
-	ssize_t n;
-
-	if (!h->writable)
-		return -EBADF;
-	dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	dst.buf[0].fd = h->fd;
-	dst.buf[0].pos = off;
-	n = fuse_buf_copy(&dst, in, FUSE_BUF_SPLICE_NONBLOCK);
-	if (n > 0)
-		handle_dirty(fs_get(), h, path);
-	return (int)n;
-}
-
-static int op_write(const char *path, const char *buf, size_t size, off_t off,
-		    struct fuse_file_info *fi)
-{
-	struct handle *h = fh_of(fi);
-	ssize_t n;
-
-	if (!h->writable)
-		return -EBADF;
-	n = pwrite(h->fd, buf, size, off);
-	if (n == -1)
-		return -errno;
-	handle_dirty(fs_get(), h, path);
-	return (int)n;
-}
-
-static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_get();
-	struct fs_lookup lk;
-	int fd, rc;
-
-	if (fh_of(fi) && fh_of(fi)->writable) {
-		if (ftruncate(fh_of(fi)->fd, size) == -1)
-			return -errno;
-		handle_dirty(fs, fh_of(fi), path);
-		return 0;
-	}
-	pthread_mutex_lock(&fs->ns_lock);
-	rc = fs_lookup(fs, path, &lk);
-	if (rc)
-		goto out_unlock;
-	if (lk.archived && fs->cfg->view == FS_VIEW_LEGACY) {
-		rc = materialise(fs, &lk, path, size > 0);
-		if (rc)
-			goto out_close;
-	}
-	fd = openat(lk.parent, lk.name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	if (fd == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	if (ftruncate(fd, size) == -1) {
-		rc = -errno;
-	} else {
-		struct fuse_file_info tfi = {.flags = O_WRONLY};
-		if (handle_new(fs, fd, 0, path, 1, &tfi) == 0) {
-			struct handle *h = fh_of(&tfi);
-			handle_dirty(fs, h, path);
-			handle_close_node(fs, h, path);
-			free(h);
-		}
-	}
-	close(fd);
-out_close:
-	close(lk.parent);
-out_unlock:
-	pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
-}
-
-static int op_statfs(const char *path, struct statvfs *sv)
-{
-	(void)path;
-	return fstatvfs(fs_get()->root_fd, sv) == -1 ? -errno : 0;
-}
-
-static int op_release(const char *path, struct fuse_file_info *fi)
-{
-	struct fs *fs = fs_get();
-	struct handle *h = fh_of(fi);
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = node_of(req, ino);
+	struct handle *h =
+	    fi && fs_node_type(n) == S_IFREG ? (struct handle *)(uintptr_t)fi->fh : NULL;
 	struct stat st;
+	int rc;
 
-	if (h->writable) {
-		if (fstat(h->fd, &st) == 0 && st.st_nlink == 0) {
-			handle_close_node(fs, h, NULL);
-			forget_file(fs, st.st_ino);
-		} else {
-			int staged_linked = h->linked && h->staged;
-			handle_close_node(fs, h, path);
-			if (staged_linked)
-				fs_links_changed(fs, h->ino, path);
-		}
-	} else {
-		handle_close_node(fs, h, path);
+	if (fs_node_kind(n) == FS_KIND_SIBLING) {
+		reply_err(req, EROFS);
+		return;
 	}
-	if (h->bfd != h->fd)
-		close(h->bfd);
-	close(h->fd);
-	free(h);
-	return 0;
-}
-
-static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
-{
-	int fd = fh_of(fi)->fd;
-
-	(void)path;
-	return (datasync ? fdatasync(fd) : fsync(fd)) == -1 ? -errno : 0;
-}
-
-/* Open a file or directory for its xattrs, never following a symlink. */
-static int xattr_fd(const char *path, int *fd)
-{
-	struct fs_lookup lk;
-	int rc = fs_lookup(fs_get(), path, &lk);
-
+	rc = set_attrs(req, n, attr, to_set, h);
+	if (!rc)
+		rc = fs_node_stat(fs, n, &st);
 	if (rc)
-		return rc;
-	if (S_ISLNK(lk.st.st_mode) || !(S_ISREG(lk.st.st_mode) || S_ISDIR(lk.st.st_mode))) {
-		close(lk.parent);
-		return -EPERM;
-	}
-	*fd = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	rc = *fd == -1 ? -errno : 0;
-	close(lk.parent);
-	return rc;
+		reply_err(req, rc);
+	else
+		fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[FS_PATH_MAX];
+	ssize_t n = readlinkat(fs_node_fd(node_of(req, ino)), "", buf, sizeof(buf) - 1);
+
+	if (n == -1) {
+		reply_err(req, errno);
+		return;
+	}
+	buf[n] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	if (fstatvfs(fs_of(req)->root_fd, &sv) == -1)
+		reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct fs_node *n = node_of(req, ino);
+
+	if (fs_node_kind(n) == FS_KIND_SIBLING && (mask & W_OK)) {
+		reply_err(req, EROFS);
+		return;
+	}
+	reply_err(req,
+		  faccessat(fs_node_fd(n), "", mask, AT_EACCESS | AT_EMPTY_PATH) == -1 ? errno : 0);
+}
+
+/* ---- xattrs ---------------------------------------------------------------- */
 
 /* Only the user, trusted and security namespaces pass; POSIX ACLs are not
  * supported (the kernel checks modes). */
@@ -1121,259 +1182,350 @@ static int xattr_allowed(const char *name)
 	       !strncmp(name, "security.", 9);
 }
 
-static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
-		       int flags)
+/* The path xattrs of n go through (regular files and directories only). */
+static const char *xattr_path(struct fs_node *n, char *buf)
 {
-	int fd, rc;
+	mode_t t = fs_node_type(n);
 
-	if (!xattr_allowed(name))
-		return -EOPNOTSUPP;
-	if ((rc = xattr_fd(path, &fd)))
-		return rc;
-	rc = fsetxattr(fd, name, value, size, flags) == -1 ? -errno : 0;
-	if (!rc)
-		changed_fd(fs_get(), fd, path);
-	close(fd);
-	return rc;
+	return t == S_IFREG || t == S_IFDIR ? fs_proc_fd(fs_node_fd(n), buf) : NULL;
 }
 
-static int op_getxattr(const char *path, const char *name, char *value, size_t size)
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
 {
+	struct fs_node *n = node_of(req, ino);
+	char proc[FS_PROC_FD_BUF];
+	const char *path = xattr_path(n, proc);
+
+	if (!xattr_allowed(name)) {
+		reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (!path || fs_node_kind(n) == FS_KIND_SIBLING) {
+		reply_err(req, EPERM);
+		return;
+	}
+	reply_err(req, setxattr(path, name, value, size, flags) == -1 ? errno : 0);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char proc[FS_PROC_FD_BUF], *buf = NULL;
+	const char *path = xattr_path(node_of(req, ino), proc);
 	ssize_t n;
-	int fd, rc;
 
-	if (!xattr_allowed(name))
-		return -ENODATA;
-	if ((rc = xattr_fd(path, &fd)))
-		return rc == -EPERM ? -ENODATA : rc;
-	n = fgetxattr(fd, name, value, size);
-	close(fd);
-	return n == -1 ? -errno : (int)n;
+	if (!xattr_allowed(name) || !path) {
+		reply_err(req, ENODATA);
+		return;
+	}
+	if (size == 0) {
+		n = getxattr(path, name, NULL, 0);
+		if (n == -1)
+			reply_err(req, errno);
+		else
+			fuse_reply_xattr(req, (size_t)n);
+		return;
+	}
+	buf = malloc(size);
+	if (!buf) {
+		reply_err(req, ENOMEM);
+		return;
+	}
+	n = getxattr(path, name, buf, size);
+	if (n == -1)
+		reply_err(req, errno);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
 }
 
-static int op_listxattr(const char *path, char *list, size_t size)
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+	char proc[FS_PROC_FD_BUF], *buf = NULL;
+	const char *path = xattr_path(node_of(req, ino), proc);
 	ssize_t n;
-	int fd, rc;
 
-	if ((rc = xattr_fd(path, &fd)))
-		return rc == -EPERM ? 0 : rc;
-	n = flistxattr(fd, list, size);
-	close(fd);
-	return n == -1 ? -errno : (int)n;
+	if (!path) {
+		if (size == 0)
+			fuse_reply_xattr(req, 0);
+		else
+			fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size == 0) {
+		n = listxattr(path, NULL, 0);
+		if (n == -1)
+			reply_err(req, errno);
+		else
+			fuse_reply_xattr(req, (size_t)n);
+		return;
+	}
+	buf = malloc(size);
+	if (!buf) {
+		reply_err(req, ENOMEM);
+		return;
+	}
+	n = listxattr(path, buf, size);
+	if (n == -1)
+		reply_err(req, errno);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
 }
 
-static int op_removexattr(const char *path, const char *name)
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	int fd, rc;
+	struct fs_node *n = node_of(req, ino);
+	char proc[FS_PROC_FD_BUF];
+	const char *path = xattr_path(n, proc);
 
-	if (!xattr_allowed(name))
-		return -EOPNOTSUPP;
-	if ((rc = xattr_fd(path, &fd)))
-		return rc;
-	rc = fremovexattr(fd, name) == -1 ? -errno : 0;
-	if (!rc)
-		changed_fd(fs_get(), fd, path);
-	close(fd);
-	return rc;
+	if (!xattr_allowed(name)) {
+		reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (!path || fs_node_kind(n) == FS_KIND_SIBLING) {
+		reply_err(req, EPERM);
+		return;
+	}
+	reply_err(req, removexattr(path, name) == -1 ? errno : 0);
 }
 
-static int op_opendir(const char *path, struct fuse_file_info *fi)
+/* ---- directories ------------------------------------------------------ */
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct fs *fs = fs_get();
-	struct dirh *d;
+	struct fs *fs = fs_of(req);
+	struct fs_node *n = node_of(req, ino);
+	struct dirh *d = calloc(1, sizeof(*d));
 	int fd;
 
-	if (fs_path_reserved(path))
-		return -ENOENT;
-	d = calloc(1, sizeof(*d));
-	if (!d)
-		return -ENOMEM;
-	fd = fs_open_path(fs, path, O_RDONLY | O_DIRECTORY, 0);
-	if (fd < 0) {
-		free(d);
-		return fd;
+	if (!d) {
+		reply_err(req, ENOMEM);
+		return;
 	}
-	d->kind = HANDLE_DIR;
-	d->root = path[strspn(path, "/")] == '\0';
-	d->dir = fdopendir(fd);
-	if (!d->dir) {
-		int rc = -errno;
-		close(fd);
+	fd = openat(fs_node_fd(n), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d->dir = fdopendir(fd))) {
+		int rc = errno;
+		if (fd >= 0)
+			close(fd);
 		free(d);
-		return rc;
+		reply_err(req, rc);
+		return;
 	}
+	d->node = n;
+	fs_node_hold(fs, n);
 	fi->fh = (uintptr_t)d;
-	return 0;
+	fuse_reply_open(req, fi);
 }
 
-/* Stream a directory: the offset handed to the kernel is telldir()'s, so
- * a directory of any size is read in pieces without holding it. */
-static int op_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
-		      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+/* Stream a directory: the offset handed to the kernel is telldir()'s, so a
+ * directory of any size is read in pieces without holding it. With plus,
+ * each entry is looked up (the kernel then asks for no attributes). */
+static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi, int plus)
 {
-	struct fs *fs = fs_get();
+	struct fs *fs = fs_of(req);
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
-	int root = d->root;
+	struct fs_node *dn = node_of(req, ino);
+	int root = dn == fs_node_root(fs);
 	struct idx_txn *txn = NULL;
-	char lname[NAME_MAX + 1];
+	char *buf = malloc(size), lname[FS_NAME_BUF], sib[FS_NAME_BUF];
+	size_t used = 0;
 
-	(void)flags;
-	(void)path;
+	if (!buf) {
+		reply_err(req, ENOMEM);
+		return;
+	}
 	if (off != d->pos) {
 		seekdir(d->dir, off);
 		d->pos = off;
 		d->held = NULL;
+		d->sibling[0] = '\0';
 	}
-	if (fs->cfg->view == FS_VIEW_LEGACY && idx_begin(fs->idx, 0, &txn))
+	if ((fs->cfg->view == FS_VIEW_LEGACY || fs->cfg->heic_view) && idx_begin(fs->idx, 0, &txn))
 		txn = NULL;
 	for (;;) {
-		struct dirent *de = d->held;
-		if (!de) {
-			errno = 0;
-			de = readdir(d->dir);
-			if (!de)
+		struct dirent *de = NULL;
+		const char *name;
+		off_t next;
+		size_t len;
+		struct fuse_entry_param e = {0};
+		struct stat st = {0};
+
+		if (d->sibling[0]) {
+			/* the JPEG sibling of the entry before, at the same offset */
+			name = d->sibling;
+			next = d->pos;
+		} else {
+			de = d->held;
+			if (!de) {
+				errno = 0;
+				de = readdir(d->dir);
+				if (!de)
+					break;
+			}
+			d->held = NULL;
+			next = telldir(d->dir);
+			name = fs_list_name(fs, txn, root, de->d_name, de->d_ino, de->d_type, lname,
+					    sizeof(lname));
+			if (!name || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) {
+				if (name && plus) {
+					/* "." and "..": no lookup */
+					st.st_ino = de->d_ino;
+					st.st_mode = (mode_t)DTTOIF(de->d_type);
+					e.attr = st;
+					len = fuse_add_direntry_plus(req, buf + used, size - used,
+								     name, &e, next);
+					if (len > size - used) {
+						d->held = de;
+						break;
+					}
+					used += len;
+				} else if (name) {
+					st.st_ino = de->d_ino;
+					st.st_mode = (mode_t)DTTOIF(de->d_type);
+					len = fuse_add_direntry(req, buf + used, size - used, name,
+								&st, next);
+					if (len > size - used) {
+						d->held = de;
+						break;
+					}
+					used += len;
+				}
+				d->pos = next;
+				continue;
+			}
+			/* a HEIF photo with a JPEG sibling: the sibling follows */
+			if (txn && fs->cfg->heic_view && de->d_type == DT_REG) {
+				struct idx_entry ie;
+				if (idx_get(txn, de->d_ino, &ie) == 0 &&
+				    fs_sibling_name(fs, de->d_name, &ie, sib, sizeof(sib)))
+					snprintf(d->sibling, sizeof(d->sibling), "%s", sib);
+			}
+		}
+		if (plus) {
+			if (lookup_entry(fs, dn, name, &e) != 0) {
+				/* gone meanwhile: skip it */
+				if (name == d->sibling)
+					d->sibling[0] = '\0';
+				d->pos = next;
+				continue;
+			}
+			len = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, next);
+			if (len > size - used) {
+				fs_node_forget(fs, fs_node_of(fs, e.ino), 1);
+				if (name != d->sibling) {
+					d->held = de;
+					d->sibling[0] = '\0';
+				}
 				break;
+			}
+		} else {
+			st.st_ino = name == d->sibling ? 0 : de->d_ino;
+			st.st_mode = name == d->sibling ? S_IFREG : (mode_t)DTTOIF(de->d_type);
+			len = fuse_add_direntry(req, buf + used, size - used, name, &st, next);
+			if (len > size - used) {
+				if (name != d->sibling) {
+					d->held = de;
+					d->sibling[0] = '\0';
+				}
+				break;
+			}
 		}
-		d->held = NULL;
-		off_t next = telldir(d->dir);
-		const char *name = de->d_name;
-		if (root && !strcmp(name, FS_STATE_DIR)) {
-			d->pos = next;
-			continue;
-		}
-		if (txn && de->d_type == DT_REG)
-			name = fs_logical_name(fs, txn, name, de->d_ino, lname, sizeof(lname));
-		if (!name) {
-			d->pos = next;
-			continue;
-		}
-		struct stat st = {.st_ino = de->d_ino, .st_mode = (mode_t)DTTOIF(de->d_type)};
-		if (filler(buf, name, &st, next, 0)) {
-			d->held = de;
-			break;
-		}
+		used += len;
+		if (name == d->sibling)
+			d->sibling[0] = '\0';
 		d->pos = next;
 	}
 	idx_abort(txn);
-	return 0;
+	fuse_reply_buf(req, buf, used);
+	free(buf);
 }
 
-static int op_releasedir(const char *path, struct fuse_file_info *fi)
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	read_dir(req, ino, size, off, fi, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	read_dir(req, ino, size, off, fi, 1);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 
-	(void)path;
+	(void)ino;
 	closedir(d->dir);
+	fs_node_put(fs_of(req), d->node);
 	free(d);
-	return 0;
+	fuse_reply_err(req, 0);
 }
 
-static int op_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi)
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct dirh *d = (struct dirh *)(uintptr_t)fi->fh;
 
-	(void)path;
+	(void)ino;
 	(void)datasync;
-	return fsync(dirfd(d->dir)) == -1 ? -errno : 0;
+	reply_err(req, fsync(dirfd(d->dir)) == -1 ? errno : 0);
 }
 
-static int op_access(const char *path, int mask)
+/* ---- the session ------------------------------------------------------- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	struct fs_lookup lk;
-	int rc;
+	struct fs *fs = userdata;
 
-	if (!strcmp(path, "/"))
-		return 0;
-	rc = fs_lookup(fs_get(), path, &lk);
-	if (rc)
-		return rc;
-	rc = faccessat(lk.parent, lk.name, mask, AT_EACCESS | AT_SYMLINK_NOFOLLOW) == -1 ? -errno
-											 : 0;
-	close(lk.parent);
-	return rc;
-}
-
-static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
-{
-	struct handle *h = fh_of(fi);
-
-	if (!h->writable)
-		return -EBADF;
-	if (fallocate(h->fd, mode, off, len) == -1)
-		return -errno;
-	handle_dirty(fs_get(), h, path);
-	return 0;
-}
-
-static off_t op_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi)
-{
-	off_t r = lseek(fh_of(fi)->fd, off, whence);
-
-	(void)path;
-	return r == -1 ? -errno : r;
-}
-
-static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
-{
-	struct fs *fs = fs_get();
-
-	cfg->use_ino = 1;
-	/* Paths for every operation, so libfuse holds its lock on a file's
-	 * path across a release: a removal then waits for the release to end
-	 * instead of hiding a file that is no longer open. */
-	cfg->nullpath_ok = 0;
-	/* A file removed while open is hidden (hide_file) rather than
-	 * forgotten, so fstat() through an open descriptor still answers. */
-	cfg->hard_remove = 0;
-	/* Names and attributes are cached for a second; the other names of a
-	 * hard-linked file are invalidated when it changes (links.c). Views
-	 * and unchanged files keep their page cache across opens. */
-	cfg->entry_timeout = 30.0;
-	cfg->attr_timeout = 1.0;
-	cfg->auto_cache = 1;
-	cfg->negative_timeout = 0;
-	conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
-				       FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS);
-	conn->max_write = 1u << 20;
-	conn->max_readahead = 1u << 20;
-	fs->fuse = fuse_get_context()->fuse;
+	conn->want |= conn->capable &
+		      (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+		       FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_READDIRPLUS |
+		       FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_EXPORT_SUPPORT);
+	/* the daemon is told of every change that goes through the mount,
+	 * and tells the kernel of its own (fs_notify_*) */
+	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+	conn->max_write = IO_MAX;
+	conn->max_readahead = IO_MAX;
 	if (idx_open(fs->index_path, 0, &fs->idx)) {
 		log_msg(LOG_ERR, "cannot open the index: unmounting");
-		fuse_exit(fs->fuse);
-		return fs;
+		fuse_session_exit(fs->se);
+		return;
 	}
 	if (!fs->cfg->foreground)
 		log_syslog("hevcfs"); /* a daemon's stderr goes nowhere */
-	if (fs_links_start(fs) || fs_settle_start(fs) || fs_workers_start(fs) ||
-	    fs_scrubber_start(fs))
+	if (fs_nodes_start(fs) || fs_workers_start(fs) || fs_scrubber_start(fs))
 		log_msg(LOG_ERR, "cannot start background threads: files stay staged");
 	fs->threads_started = 1;
 	if (fs_queue_load(fs))
 		log_msg(LOG_ERR, "cannot load the queue: pending files wait for the next mount");
-	return fs;
 }
 
-static void op_destroy(void *data)
+static void op_destroy(void *userdata)
 {
-	struct fs *fs = data;
+	struct fs *fs = userdata;
 
 	if (fs->threads_started) {
-		fs_settle_stop(fs);
+		fs_nodes_stop(fs);
 		fs_scrubber_stop(fs);
 		fs_workers_stop(fs);
-		fs_links_stop(fs);
 	}
 	idx_close(fs->idx);
 	fs->idx = NULL;
-	fs->fuse = NULL;
 }
 
 /* No flush: a write is on BACKING when it returns, so close() has nothing
- * to wait for. Without the operation the kernel skips that round trip on
- * every close (it still writes back dirty mmap pages first). */
-const struct fuse_operations fs_ops = {
+ * to wait for, and the kernel skips that round trip on every close. */
+const struct fuse_lowlevel_ops fs_ops = {
+    .init = op_init,
+    .destroy = op_destroy,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
     .getattr = op_getattr,
+    .setattr = op_setattr,
     .readlink = op_readlink,
     .mknod = op_mknod,
     .mkdir = op_mkdir,
@@ -1382,30 +1534,23 @@ const struct fuse_operations fs_ops = {
     .symlink = op_symlink,
     .rename = op_rename,
     .link = op_link,
-    .chmod = op_chmod,
-    .chown = op_chown,
-    .truncate = op_truncate,
     .open = op_open,
     .read = op_read,
-    .write = op_write,
-    .statfs = op_statfs,
+    .write_buf = op_write_buf,
     .release = op_release,
     .fsync = op_fsync,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
+    .statfs = op_statfs,
     .setxattr = op_setxattr,
     .getxattr = op_getxattr,
     .listxattr = op_listxattr,
     .removexattr = op_removexattr,
-    .opendir = op_opendir,
-    .readdir = op_readdir,
-    .releasedir = op_releasedir,
-    .fsyncdir = op_fsyncdir,
-    .init = op_init,
-    .destroy = op_destroy,
     .access = op_access,
     .create = op_create,
-    .utimens = op_utimens,
-    .write_buf = op_write_buf,
-    .read_buf = op_read_buf,
     .fallocate = op_fallocate,
     .lseek = op_lseek,
 };

@@ -117,12 +117,46 @@ int fs_prev_restore(struct fs *fs, uint64_t owner, uint64_t ino, const char *pat
 	struct idx_entry e;
 	struct stat st;
 	const char *name;
-	char aside[32], target[NAME_MAX + 8], qpath[8];
+	char aside[32], target[FS_STORED_BUF], qpath[8];
 	uint64_t qgen;
 	int parent = -1, cur = -1, kept = -1, rc;
 
 	prev_name(owner, aside);
-	pthread_mutex_lock(&fs->ns_lock);
+	kept = openat(fs->prev_fd, aside, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (kept < 0 || fstat(kept, &st) == -1 || (uint64_t)st.st_ino != ino) {
+		rc = -ESTALE;
+		goto out_close;
+	}
+	if ((rc = fs_entry_get(fs, ino, &e)))
+		goto out_close;
+	/* only a whole archive comes back (read before any lock is taken:
+	 * nothing but this file's own job moves it) */
+	if (!sum_is_zero(e.sum)) {
+		struct sum_file f;
+		if ((rc = sum_file(kept, 0, 0, 0, NULL, NULL, &f)))
+			goto out_close;
+		rc = memcmp(f.whole, e.sum, SUM_LEN) ? -EIO : 0;
+		sum_file_release(&f);
+		if (rc)
+			goto out_close;
+	}
+	parent = fs_open_parent(fs, path, &name);
+	if (parent < 0) {
+		rc = parent;
+		goto out_close;
+	}
+	cur = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (cur < 0 || fstat(cur, &st) == -1 || (uint64_t)st.st_ino != owner) {
+		rc = -ESTALE;
+		goto out_close;
+	}
+	if ((rc = fs_stored_name(name, e.suffix, target, sizeof(target))))
+		goto out_close;
+	/* the new file's owner, mode, times and xattrs are the user's latest */
+	if ((rc = fs_copy_attrs(cur, kept)))
+		goto out_close;
+
+	fs_mutex_lock(&fs->ns_lock);
 	/* still the file that settled, at its name, with nobody writing */
 	if ((rc = idx_begin(fs->idx, 0, &txn)))
 		goto out_unlock;
@@ -132,65 +166,47 @@ int fs_prev_restore(struct fs *fs, uint64_t owner, uint64_t ino, const char *pat
 	if (!rc)
 		rc = idx_get(txn, ino, &e);
 	idx_abort(txn);
-	if (rc || qgen != gen || !(e.flags & IDX_F_PREV)) {
+	if (rc || qgen != gen || !(e.flags & IDX_F_PREV) ||
+	    fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || (uint64_t)st.st_ino != owner) {
 		rc = rc ? rc : -ESTALE;
 		goto out_unlock;
 	}
-	parent = fs_open_parent(fs, path, &name);
-	if (parent < 0) {
-		rc = parent;
-		goto out_unlock;
-	}
-	cur = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	kept = openat(fs->prev_fd, aside, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (cur < 0 || kept < 0 || fstat(cur, &st) == -1 || (uint64_t)st.st_ino != owner) {
-		rc = -ESTALE;
-		goto out_close;
-	}
-	if ((rc = fs_stored_name(name, e.suffix, target, sizeof(target))))
-		goto out_close;
 	/* a reader of the new file would see another file under its name: the
 	 * caller archives it the usual way, which waits for it */
 	if (fs_node_is_open(fs, owner)) {
 		rc = -EBUSY;
-		goto out_close;
+		goto out_unlock;
 	}
-	/* only a whole archive comes back */
-	if (!sum_is_zero(e.sum)) {
-		struct sum_file f;
-		if ((rc = sum_file(kept, 0, 0, 0, NULL, NULL, &f)))
-			goto out_close;
-		if (memcmp(f.whole, e.sum, SUM_LEN)) {
-			rc = -EIO;
-			goto out_close;
-		}
-	}
-	/* the new file's owner, mode, times and xattrs are the user's latest */
-	if ((rc = fs_copy_attrs(cur, kept)))
-		goto out_close;
 	/* back in place beside the new file (the plain name wins a lookup
 	 * until the index says otherwise; a crash here leaves both, and
 	 * recovery keeps the plain file, which has the same bytes) */
 	if (renameat2(fs->prev_fd, aside, parent, target,
 		      strcmp(target, name) ? RENAME_NOREPLACE : 0) == -1) {
 		rc = -errno;
-		goto out_close;
+		goto out_unlock;
 	}
 	fs_fsync_dir(parent);
 	if ((rc = idx_begin(fs->idx, 1, &txn)))
-		goto out_close;
+		goto out_unlock;
 	e.flags &= ~IDX_F_PREV;
 	if ((rc = idx_del(txn, owner)) || (rc = idx_queue_del(txn, owner)) ||
 	    (rc = idx_put(txn, ino, &e)) || (rc = idx_origin_put(txn, e.orig_sum, ino, path))) {
 		idx_abort(txn);
-		goto out_close;
+		goto out_unlock;
 	}
 	if ((rc = idx_commit(txn)) || (rc = idx_sync(fs->idx)))
-		goto out_close;
+		goto out_unlock;
 	if (strcmp(target, name) && unlinkat(parent, name, 0) == -1)
 		log_msg(LOG_ERR, "restore: cannot remove %s: %s", path, strerror(errno));
 	fs_fsync_dir(parent);
-	fs_node_gone(fs, owner);
+	/* the new file's node stands for the archive from now on */
+	fs_node_replaced(fs, owner, ino, parent, target,
+			 !strcmp(e.suffix, ".heic") && fs->cfg->view == FS_VIEW_LEGACY
+			     ? FS_KIND_VIEW
+			     : FS_KIND_PLAIN,
+			 e.view_bytes, 0);
+out_unlock:
+	fs_mutex_unlock(&fs->ns_lock);
 out_close:
 	if (cur >= 0)
 		close(cur);
@@ -198,8 +214,6 @@ out_close:
 		close(kept);
 	if (parent >= 0)
 		close(parent);
-out_unlock:
-	pthread_mutex_unlock(&fs->ns_lock);
 	return rc;
 }
 
@@ -234,7 +248,8 @@ void fs_prev_recover(struct fs *fs)
 			unlinkat(fs->prev_fd, de->d_name, 0);
 			if (idx_begin(fs->idx, 1, &txn) == 0) {
 				struct idx_entry e;
-				if (idx_get(txn, (uint64_t)st.st_ino, &e) == 0 && (e.flags & IDX_F_PREV))
+				if (idx_get(txn, (uint64_t)st.st_ino, &e) == 0 &&
+				    (e.flags & IDX_F_PREV))
 					idx_del(txn, (uint64_t)st.st_ino);
 				idx_commit(txn);
 			}

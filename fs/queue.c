@@ -1,59 +1,27 @@
 /*
- * queue — the archive jobs: workers that transcode settled files, and the
- * commit protocol that replaces an original by its archived copy without
- * ever having neither on disk.
+ * queue — the archive jobs: workers that take settled files, archive them
+ * in a child process, and commit the verified archive in place of the
+ * original (commit.c's fs_replace: journalled, durable, never neither on
+ * disk), or record why the file is kept as it is.
  *
- * Commit, with ns_lock held so no name can move meanwhile:
- *   1. the output (in BACKING/.hevcfs/work) gets the original's owner, mode,
- *      times and user xattrs, and is fsynced;
- *   2. a journal record (intent) names the original, the output's inode and
- *      the entry it will get;
- *   3. the output is renamed next to the original (never over another file)
- *      and the directory fsynced;
- *   4. one index transaction records the archived entry, drops the original's
- *      entry and queue record; the index is synced;
- *   5. the original is unlinked and the directory fsynced;
- *   6. the intent is dropped.
- * Recovery rolls an intent forward when the output is in place (3 happened)
- * and back otherwise; a crash before 3 leaves only a file in the work
- * directory, which recovery removes.
+ * One video runs at a time (it uses every core by itself); photos go
+ * around it. A job belongs to a generation of its file's bytes: a write
+ * cancels it (node.c), and nothing is committed for bytes that changed.
  */
-#define FUSE_USE_VERSION 314
 #include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Longest logical path a job handles, with its terminator. */
-#define QUEUE_PATH_MAX 4097
-
-void fs_crash_point(const char *name)
-{
-	static const char *want;
-	static int checked;
-
-	if (!checked) {
-		want = getenv("HEVCFS_CRASH_AT");
-		checked = 1;
-	}
-	if (want && strcmp(want, name) == 0) {
-		log_msg(LOG_WARNING, "crash point %s reached: killing the process", name);
-		kill(getpid(), SIGKILL);
-	}
-}
-
-int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
+int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node)
 {
 	struct job *j;
 	struct idx_txn *txn;
@@ -62,7 +30,7 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 	uint64_t old_gen;
 	int rc;
 
-	path = malloc(QUEUE_PATH_MAX);
+	path = malloc(FS_PATH_MAX);
 	j = calloc(1, sizeof(*j));
 	if (!path || !j) {
 		rc = -ENOMEM;
@@ -73,11 +41,9 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 	rc = idx_begin(fs->idx, 1, &txn);
 	if (rc)
 		goto out_free;
-	rc = idx_queue_get(txn, ino, &old_gen, path, QUEUE_PATH_MAX);
-	if (rc == -ENOENT && node && node->path) {
-		snprintf(path, QUEUE_PATH_MAX, "%s", node->path);
+	rc = idx_queue_get(txn, ino, &old_gen, path, FS_PATH_MAX);
+	if (rc == -ENOENT && node && fs_node_path(fs, node, path, FS_PATH_MAX) == 0)
 		rc = 0;
-	}
 	if (!rc)
 		rc = idx_queue_put(txn, ino, gen, path);
 	if (!rc && idx_get(txn, ino, &e) == 0 && e.state == IDX_STAGED) {
@@ -106,21 +72,23 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct node *node)
 
 	j->ino = ino;
 	j->gen = gen;
-	j->node = node ? fs_node_find(fs, ino) : fs_node_get(fs, ino);
-	if (!j->node) {
+	if (node) {
+		fs_node_hold(fs, node);
+		j->node = node;
+	} else if ((j->node = fs_node_get(fs, ino))) {
+		fs_node_set_gen(j->node, gen);
+	} else {
 		rc = -ENOMEM;
 		goto out_free;
 	}
-	if (!node)
-		atomic_store(&j->node->gen, gen);
-	pthread_mutex_lock(&fs->jobs_lock);
+	fs_mutex_lock(&fs->jobs_lock);
 	if (fs->jobs_tail)
 		fs->jobs_tail->next = j;
 	else
 		fs->jobs_head = j;
 	fs->jobs_tail = j;
 	pthread_cond_signal(&fs->jobs_cond);
-	pthread_mutex_unlock(&fs->jobs_lock);
+	fs_mutex_unlock(&fs->jobs_lock);
 	free(path);
 	return 0;
 
@@ -133,23 +101,38 @@ out_free:
 	return rc;
 }
 
+/* The directory part of a logical path, into buf (FS_PATH_MAX): "" for the
+ * top. */
+static const char *dir_of(const char *path, char *buf)
+{
+	const char *base = fs_basename(path);
+	size_t len = base > path ? (size_t)(base - path) - 1 : 0;
+
+	memcpy(buf, path, len);
+	buf[len] = '\0';
+	return buf;
+}
+
 /* Is the job still current: same generation, nobody writing? */
 static int job_current(struct fs *fs, struct job *j)
 {
-	int ok;
-
-	pthread_mutex_lock(&fs->nodes_lock);
-	ok = atomic_load(&j->node->gen) == j->gen && j->node->writers == 0;
-	pthread_mutex_unlock(&fs->nodes_lock);
-	return ok;
+	return fs_node_current(fs, j->node, j->gen);
 }
+
+/* A HEIF photo's JPEG sibling, rendered when it is kept. */
+struct sibling {
+	uint64_t bytes;
+	uint8_t sum[SUM_LEN];
+};
 
 /* Record the outcome of a job that keeps the file as it is (or failed),
  * unless the file changed meanwhile (its queue record says so). sums, when
  * not NULL, are the file's digests, taken while the job had it open: a kept
- * file is at rest, and its reads are checked against them from now on. */
-static void finish_kept(struct fs *fs, struct job *j, int state, const char *reason,
-			const struct stat *st, int kind, const struct sum_file *sums)
+ * file is at rest, and its reads are checked against them from now on. sib:
+ * its JPEG sibling, or NULL. */
+static void finish_kept_sib(struct fs *fs, struct job *j, int state, const char *reason,
+			    const struct stat *st, int kind, const struct sum_file *sums,
+			    const struct sibling *sib)
 {
 	struct idx_txn *txn;
 	struct idx_entry e = {.state = (uint32_t)state, .gen = j->gen, .kind = (uint32_t)kind};
@@ -170,6 +153,11 @@ static void finish_kept(struct fs *fs, struct job *j, int state, const char *rea
 			memcpy(e.orig_sum, sums->whole, SUM_LEN);
 			rc = fs_sums_record(txn, j->ino, &e, sums);
 		}
+		if (sib) {
+			e.flags |= IDX_F_SIBLING;
+			e.view_bytes = sib->bytes;
+			memcpy(e.view_sum, sib->sum, SUM_LEN);
+		}
 		if (rc || idx_put(txn, j->ino, &e) || idx_queue_del(txn, j->ino)) {
 			idx_abort(txn);
 			return;
@@ -179,6 +167,12 @@ static void finish_kept(struct fs *fs, struct job *j, int state, const char *rea
 		return;
 	}
 	idx_abort(txn);
+}
+
+static void finish_kept(struct fs *fs, struct job *j, int state, const char *reason,
+			const struct stat *st, int kind, const struct sum_file *sums)
+{
+	finish_kept_sib(fs, j, state, reason, st, kind, sums, NULL);
 }
 
 /* Forget a job whose file is gone. */
@@ -197,228 +191,6 @@ static void drop_job(struct fs *fs, struct job *j)
 		idx_del(txn, j->ino);
 	}
 	idx_commit(txn);
-}
-
-int fs_fsync_dir(int dirfd)
-{
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc = 0;
-
-	if (fd == -1)
-		return -errno;
-	if (fsync(fd) == -1)
-		rc = -errno;
-	close(fd);
-	return rc;
-}
-
-int fs_copy_attrs(int src, int dst)
-{
-	struct stat st;
-	char *names = NULL;
-	ssize_t len;
-
-	if (fstat(src, &st) == -1)
-		return -errno;
-	if (geteuid() == 0 && fchown(dst, st.st_uid, st.st_gid) == -1)
-		return -errno;
-	if (fchmod(dst, st.st_mode & 07777) == -1)
-		return -errno;
-	len = flistxattr(src, NULL, 0);
-	if (len > 0 && (names = malloc((size_t)len))) {
-		len = flistxattr(src, names, (size_t)len);
-		for (ssize_t off = 0; len > 0 && off < len;
-		     off += (ssize_t)strlen(names + off) + 1) {
-			const char *n = names + off;
-			char val[65536];
-			if (strncmp(n, "user.", 5) != 0)
-				continue;
-			ssize_t vl = fgetxattr(src, n, val, sizeof(val));
-			if (vl < 0 || fsetxattr(dst, n, val, (size_t)vl, 0) == -1)
-				log_msg(LOG_WARNING, "commit: xattr %s not copied: %s", n,
-					strerror(errno));
-		}
-	}
-	free(names);
-	struct timespec times[2] = {st.st_atim, st.st_mtim};
-	if (futimens(dst, times) == -1)
-		return -errno;
-	return fsync(dst) == -1 ? -errno : 0;
-}
-
-/* Put a directory's access and modification times back (its ctime moves,
- * as it must). parent may be an O_PATH fd. */
-static void restore_dir_times(int parent, const struct stat *before)
-{
-	struct timespec t[2] = {before->st_atim, before->st_mtim};
-	int fd = openat(parent, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd < 0)
-		return;
-	if (futimens(fd, t) == -1)
-		log_msg(LOG_WARNING, "commit: directory times not kept: %s", strerror(errno));
-	close(fd);
-}
-
-/*
- * Replace the original of job j by the archived copy at work/out (steps
- * 1-6 above). Returns 0 when committed, 1 when the job was abandoned (file
- * changed or a name is taken: reason set), COMMIT_DEFERRED when the file is
- * open (a reader holds it; the node queues it again at the last close), or
- * -errno.
- */
-#define COMMIT_DEFERRED 2
-static int commit_archive(struct fs *fs, struct job *j, const char *out,
-			  const struct codec_result *res, struct idx_entry *e,
-			  const struct sum_file *sums, char *reason, size_t rsize, char *path,
-			  size_t psize)
-{
-	struct idx_intent *in = NULL;
-	struct idx_txn *txn;
-	struct idx_entry old;
-	struct stat st, ost;
-	uint64_t prev = 0;
-	const char *name;
-	char target[300];
-	uint64_t qgen;
-	int parent = -1, src = -1, dst = -1, rc;
-
-	pthread_mutex_lock(&fs->ns_lock);
-	rc = idx_begin(fs->idx, 0, &txn);
-	if (rc)
-		goto out_unlock;
-	rc = idx_queue_get(txn, j->ino, &qgen, path, psize);
-	idx_abort(txn);
-	if (rc || qgen != j->gen || !job_current(fs, j)) {
-		rc = 1;
-		snprintf(reason, rsize, "changed while archiving");
-		goto out_unlock;
-	}
-	/* A reader holds the original: replacing it now would put another
-	 * file, of another size, under the name its descriptor reads through
-	 * (the kernel keeps one size per name). Commit at its last close,
-	 * with this archive. */
-	if (fs_node_defer_commit(fs, j->node, j->gen, res)) {
-		rc = COMMIT_DEFERRED;
-		goto out_unlock;
-	}
-	parent = fs_open_parent(fs, path, &name);
-	if (parent < 0) {
-		rc = parent;
-		goto out_unlock;
-	}
-	src = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (src == -1 || fstat(src, &st) == -1 || st.st_ino != j->ino) {
-		rc = 1;
-		snprintf(reason, rsize, "moved while archiving");
-		goto out_close;
-	}
-	if (fs_stored_name(name, e->suffix, target, sizeof(target))) {
-		rc = 1;
-		snprintf(reason, rsize, "name too long to append %s", e->suffix);
-		goto out_close;
-	}
-	if (strcmp(target, name) == 0)
-		e->suffix[0] = '\0'; /* a video whose name already said MP4 */
-	/* 1. attributes onto the output */
-	dst = openat(fs->work_fd, out, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (dst == -1) {
-		rc = -errno;
-		goto out_close;
-	}
-	rc = fs_copy_attrs(src, dst);
-	if (rc || fstat(dst, &ost) == -1)
-		goto out_close;
-
-	/* 2. intent */
-	in = calloc(1, sizeof(*in));
-	if (!in) {
-		rc = -ENOMEM;
-		goto out_close;
-	}
-	in->staged_ino = j->ino;
-	in->archive_ino = (uint64_t)ost.st_ino;
-	in->entry = *e;
-	snprintf(in->path, sizeof(in->path), "%s", path);
-	if ((rc = idx_begin(fs->idx, 1, &txn)))
-		goto out_close;
-	if ((rc = idx_intent_put(txn, in))) {
-		idx_abort(txn);
-		goto out_close;
-	}
-	if ((rc = idx_commit(txn)))
-		goto out_close;
-	fs_crash_point("commit-intent");
-
-	/* the directory's times are the user's (cp -a set them): archiving
-	 * must not move them */
-	struct stat dst_before;
-	int have_dir_times = fstat(parent, &dst_before) == 0;
-
-	/* 3. into place, never over another file (except the original when
-	 * the name is kept) */
-	if (renameat2(fs->work_fd, out, parent, target, e->suffix[0] ? RENAME_NOREPLACE : 0) ==
-	    -1) {
-		rc = errno == EEXIST ? 1 : -errno;
-		if (rc == 1)
-			snprintf(reason, rsize, "name %s is taken", target);
-		if (idx_begin(fs->idx, 1, &txn) == 0) {
-			idx_intent_del(txn, j->ino);
-			idx_commit(txn);
-		}
-		goto out_close;
-	}
-	fs_crash_point("commit-renamed");
-	rc = fs_fsync_dir(parent);
-	if (rc)
-		log_msg(LOG_WARNING, "commit: fsync of the directory of %s: %s", path,
-			strerror(-rc));
-
-	/* 4. index */
-	if ((rc = idx_begin(fs->idx, 1, &txn)))
-		goto out_close;
-	if (idx_get(txn, j->ino, &old) == 0)
-		prev = old.prev;
-	if ((rc = idx_del(txn, j->ino)) || (rc = idx_put(txn, in->archive_ino, e)) ||
-	    (rc = idx_blocks_put(txn, in->archive_ino, sums->blocks, sums->nblocks)) ||
-	    (rc = idx_origin_put(txn, e->orig_sum, in->archive_ino, path)) ||
-	    (rc = idx_queue_del(txn, j->ino))) {
-		idx_abort(txn);
-		goto out_close;
-	}
-	if ((rc = idx_commit(txn)) || (rc = idx_sync(fs->idx)))
-		goto out_close;
-	fs_crash_point("commit-indexed");
-
-	/* 5. the original goes */
-	if (e->suffix[0]) {
-		if (unlinkat(parent, name, 0) == -1)
-			log_msg(LOG_ERR, "commit: cannot remove %s: %s", path, strerror(errno));
-		fs_fsync_dir(parent);
-	}
-	fs_crash_point("commit-unlinked");
-	if (have_dir_times)
-		restore_dir_times(parent, &dst_before);
-
-	/* 6. done: an archive it replaced, kept aside, goes too */
-	if (idx_begin(fs->idx, 1, &txn) == 0) {
-		idx_intent_del(txn, j->ino);
-		idx_commit(txn);
-	}
-	fs_prev_drop(fs, j->ino, prev);
-	e->gen = in->archive_ino; /* tell the caller the new inode */
-	rc = 0;
-out_close:
-	free(in);
-	if (dst >= 0)
-		close(dst);
-	if (src >= 0)
-		close(src);
-	if (parent >= 0)
-		close(parent);
-out_unlock:
-	pthread_mutex_unlock(&fs->ns_lock);
-	return rc;
 }
 
 /* Progress of a long job, written to its index entry about once a second
@@ -458,7 +230,7 @@ static int video_turn(struct fs *fs, struct job *j)
 {
 	int mine;
 
-	pthread_mutex_lock(&fs->jobs_lock);
+	fs_mutex_lock(&fs->jobs_lock);
 	mine = !fs->video_running;
 	if (mine) {
 		fs->video_running = 1;
@@ -469,16 +241,16 @@ static int video_turn(struct fs *fs, struct job *j)
 		if (!fs->jobs_tail)
 			fs->jobs_tail = j;
 	}
-	pthread_mutex_unlock(&fs->jobs_lock);
+	fs_mutex_unlock(&fs->jobs_lock);
 	return mine;
 }
 
 static void video_done(struct fs *fs)
 {
-	pthread_mutex_lock(&fs->jobs_lock);
+	fs_mutex_lock(&fs->jobs_lock);
 	fs->video_running = 0;
 	pthread_cond_broadcast(&fs->jobs_cond);
-	pthread_mutex_unlock(&fs->jobs_lock);
+	fs_mutex_unlock(&fs->jobs_lock);
 }
 
 /* What a job's file is, for the index, from what its bytes say: HEIC and
@@ -562,6 +334,30 @@ static void note_rate(struct fs *fs, uint64_t bytes, double seconds)
 		idx_abort(txn);
 }
 
+/* Tell the kernel what a commit changed in the directory dir: the logical
+ * name lname shows another file (the node's notice, from fs_replace), and
+ * in the native view the stored name target appears in its place. */
+static void notify_names(struct fs *fs, const char *dir, const char *lname, const char *target)
+{
+	if (fs->cfg->view == FS_VIEW_NATIVE && strcmp(lname, target)) {
+		fs_notify_name(fs, dir, lname);
+		fs_notify_name(fs, dir, target);
+	}
+}
+
+/* The digest of a photo archive's view header (its bytes before the image
+ * data, served without a render): recorded so that what is served is
+ * checked. Left zero when the archive has no map. */
+static void head_digest(int fd, uint64_t view_bytes, uint8_t out[SUM_LEN])
+{
+	struct codec_view_map m = {0};
+
+	if (codec_view_map(fd, &m) == 0 && m.size == view_bytes && m.head_len > 0 &&
+	    sum_buf(m.head, (size_t)m.head_len, out) != 0)
+		memset(out, 0, SUM_LEN);
+	codec_view_map_release(&m);
+}
+
 /* Commit a verified archive of job j (its files work/out and work/view),
  * recording what res measured and the digests of the original (src) and
  * of what is stored. Logs the outcome. */
@@ -580,8 +376,10 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 	    .view_ssim = res->view_ssim,
 	};
 	struct sum_file osum = {0}, vsum = {0};
-	char reason[600];
-	int rc;
+	char reason[600], dir[FS_PATH_MAX], target[FS_STORED_BUF];
+	const char *name = fs_basename(path);
+	int rc, dirfd = -1, photo = !strcmp(res->suffix, ".heic");
+	enum fs_replace_result done = FS_REPLACE_ERROR;
 
 	snprintf(e.suffix, sizeof(e.suffix), "%s", res->suffix);
 	memcpy(e.orig_sum, src->whole, SUM_LEN);
@@ -599,28 +397,67 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 		memcpy(e.sum, osum.whole, SUM_LEN);
 		e.checked = (int64_t)time(NULL);
 	}
-	if (!rc && !strcmp(res->suffix, ".heic")) {
-		int vfd = openat(fs->work_fd, view, O_RDONLY | O_CLOEXEC);
-		if (vfd >= 0 && sum_file(vfd, 0, 0, 0, NULL, NULL, &vsum) == 0 &&
+	if (!rc && photo) {
+		int fd = openat(fs->work_fd, view, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && sum_file(fd, 0, 0, 0, NULL, NULL, &vsum) == 0 &&
 		    vsum.size == res->view_bytes)
 			memcpy(e.view_sum, vsum.whole, SUM_LEN);
-		if (vfd >= 0)
-			close(vfd);
+		if (fd >= 0)
+			close(fd);
+		sum_file_release(&vsum);
+		fd = openat(fs->work_fd, out, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			head_digest(fd, res->view_bytes, e.head_sum);
+			close(fd);
+		}
 	}
 	e.elapsed = mono_sec() - t0;
-	if (!rc)
-		rc = commit_archive(fs, j, out, res, &e, &osum, reason, sizeof(reason),
-				    (char *)path, QUEUE_PATH_MAX);
+	if (!rc && fs_stored_name(name, e.suffix, target, sizeof(target))) {
+		snprintf(reason, sizeof(reason), "name too long to append %s", e.suffix);
+		done = FS_REPLACE_TAKEN;
+		goto out;
+	}
+	if (!rc && !strcmp(target, name))
+		e.suffix[0] = '\0'; /* a video whose name already said MP4 */
+	if (!rc && (dirfd = fs_open_path(fs, dir_of(path, dir), O_PATH | O_DIRECTORY, 0)) < 0)
+		rc = dirfd;
+	if (!rc) {
+		struct fs_replace r = {
+		    .dirfd = dirfd,
+		    .dir = dir,
+		    .x_name = name,
+		    .x_ino = j->ino,
+		    .x_gen = j->gen,
+		    .y_dirfd = fs->work_fd,
+		    .y_name = out,
+		    .target = target,
+		    .entry = &e,
+		    .sums = &osum,
+		    .logical = path,
+		    .node = j->node,
+		    .ready = res,
+		    .kind = photo && fs->cfg->view == FS_VIEW_LEGACY ? FS_KIND_VIEW : FS_KIND_PLAIN,
+		    .flags = FS_REPLACE_ATTRS | FS_REPLACE_JOURNAL | FS_REPLACE_SYNC,
+		};
+		done = fs_replace(fs, &r, &rc);
+		if (done == FS_REPLACE_MOVED)
+			snprintf(reason, sizeof(reason), "changed or moved while archiving");
+		else if (done == FS_REPLACE_TAKEN)
+			snprintf(reason, sizeof(reason), "name %s is taken", target);
+	}
+out:
 	sum_file_release(&osum);
-	if (rc == COMMIT_DEFERRED) {
+	if (dirfd >= 0)
+		close(dirfd);
+	if (done == FS_REPLACE_OPEN) {
 		log_msg(LOG_INFO, "queue: %s is open: archived after it is closed", path);
 		return; /* keeping the output and view */
 	}
-	if (rc == 1) {
+	if (done == FS_REPLACE_MOVED || done == FS_REPLACE_TAKEN) {
 		log_msg(LOG_INFO, "kept: %s: %s", path, reason);
 		if (job_current(fs, j))
 			finish_kept(fs, j, IDX_KEPT, reason, st, kind, src);
-	} else if (rc < 0) {
+	} else if (done == FS_REPLACE_ERROR) {
 		snprintf(reason, sizeof(reason), "commit failed: %s", strerror(-rc));
 		log_msg(LOG_ERR, "failed: %s: %s", path, reason);
 		finish_kept(fs, j, IDX_FAILED, reason, st, kind, src);
@@ -637,15 +474,7 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 			(unsigned long long)st->st_size, (unsigned long long)e.stored_bytes,
 			st->st_size ? 100.0 * (double)e.stored_bytes / (double)st->st_size : 0.0,
 			kind == IDX_KIND_VIDEO ? "crf" : "q", res->quality, res->ssim, e.elapsed);
-		if (fs->fuse) {
-			char *abs = malloc(strlen(path) + 2);
-			if (abs) {
-				abs[0] = '/';
-				strcpy(abs + 1, path);
-				fuse_invalidate_path(fs->fuse, abs);
-				free(abs);
-			}
-		}
+		notify_names(fs, dir, name, target);
 	}
 	unlinkat(fs->work_fd, out, 0);
 	unlinkat(fs->work_fd, view, 0);
@@ -656,6 +485,7 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 static int again(struct fs *fs, struct job *j, const char *path, const struct sum_file *src)
 {
 	struct idx_entry me, pe;
+	char dir[FS_PATH_MAX], target[FS_STORED_BUF];
 	int rc;
 
 	if (fs_entry_get(fs, j->ino, &me) || !me.prev || fs_entry_get(fs, me.prev, &pe) ||
@@ -667,18 +497,12 @@ static int again(struct fs *fs, struct job *j, const char *path, const struct su
 			strerror(-rc));
 		return 0;
 	}
-	log_msg(LOG_INFO, "unchanged: %s: written again with its original's bytes: its archive is "
-			  "back, nothing encoded",
+	log_msg(LOG_INFO,
+		"unchanged: %s: written again with its original's bytes: its archive is "
+		"back, nothing encoded",
 		path);
-	if (fs->fuse) {
-		char *abs = malloc(strlen(path) + 2);
-		if (abs) {
-			abs[0] = '/';
-			strcpy(abs + 1, path);
-			fuse_invalidate_path(fs->fuse, abs);
-			free(abs);
-		}
-	}
+	if (fs_stored_name(fs_basename(path), pe.suffix, target, sizeof(target)) == 0)
+		notify_names(fs, dir_of(path, dir), fs_basename(path), target);
 	return 1;
 }
 
@@ -696,6 +520,38 @@ static int prev_archive(struct fs *fs, struct job *j)
 	return fd < 0 ? -1 : fd;
 }
 
+/* Open the stored file of inode ino that logical path names (its archived
+ * copy under any suffix, in either view) for reading, with its entry. An fd
+ * or -errno. */
+static int open_stored(struct fs *fs, const char *path, uint64_t ino, struct idx_entry *e)
+{
+	static const char *const suffixes[] = {"", ".heic", ".mp4", ".mkv"};
+	char name[FS_STORED_BUF];
+	const char *base;
+	int dirfd = fs_open_parent(fs, path, &base), fd = -ENOENT;
+
+	if (dirfd < 0)
+		return dirfd;
+	for (size_t i = 0; i < sizeof(suffixes) / sizeof(*suffixes) && fd == -ENOENT; i++) {
+		struct stat st;
+		if ((size_t)snprintf(name, sizeof(name), "%s%s", base, suffixes[i]) >=
+			sizeof(name) ||
+		    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    (uint64_t)st.st_ino != ino)
+			continue;
+		fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+		else if (fstat(fd, &st) == -1 || (uint64_t)st.st_ino != ino ||
+			 fs_entry_get(fs, ino, e) != 0) {
+			close(fd);
+			fd = -ESTALE;
+		}
+	}
+	close(dirfd);
+	return fd;
+}
+
 /* Copy an archive of the original src (another file with the same bytes,
  * archived before) to work/out and describe it in res, as an encode would.
  * 0, or -ENOENT when there is none whole. */
@@ -703,9 +559,9 @@ static int copy_origin(struct fs *fs, const struct sum_file *src, const char *ou
 		       struct codec_result *res)
 {
 	struct idx_txn *txn;
-	struct fs_lookup lk;
+	struct idx_entry e;
 	struct sum_file f;
-	char *path = malloc(QUEUE_PATH_MAX);
+	char *path = malloc(FS_PATH_MAX);
 	uint64_t ino;
 	int in = -1, o = -1, rc;
 
@@ -713,44 +569,49 @@ static int copy_origin(struct fs *fs, const struct sum_file *src, const char *ou
 		return -ENOMEM;
 	if ((rc = idx_begin(fs->idx, 0, &txn)))
 		goto out_free;
-	rc = idx_origin_get(txn, src->whole, &ino, path, QUEUE_PATH_MAX);
+	rc = idx_origin_get(txn, src->whole, &ino, path, FS_PATH_MAX);
 	idx_abort(txn);
 	if (rc)
 		goto out_free;
-	if ((rc = fs_lookup(fs, path, &lk)))
+	if ((in = open_stored(fs, path, ino, &e)) < 0) {
+		rc = in;
 		goto out_free;
-	if (!lk.archived || (uint64_t)lk.st.st_ino != ino ||
-	    memcmp(lk.e.orig_sum, src->whole, SUM_LEN) || sum_is_zero(lk.e.sum)) {
+	}
+	if (e.state != IDX_ARCHIVED || (e.flags & IDX_F_DAMAGED) ||
+	    memcmp(e.orig_sum, src->whole, SUM_LEN) || sum_is_zero(e.sum)) {
 		rc = -ENOENT;
 		goto out_close;
 	}
-	in = openat(lk.parent, lk.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	o = openat(fs->work_fd, out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (in < 0 || o < 0) {
+	if (o < 0) {
 		rc = -errno;
 		goto out_close;
 	}
-	if ((rc = fs_copy_fd(in, o, lk.e.stored_bytes)) || fsync(o) == -1)
-		goto out_unlink;
-	/* the copy is the archive whole, or nothing */
-	if ((rc = sum_file(o, 0, 0, 0, NULL, NULL, &f)) ||
-	    memcmp(f.whole, lk.e.sum, SUM_LEN) != 0) {
-		rc = rc ? rc : -EIO;
+	if ((rc = fs_copy_fd(in, o, e.stored_bytes)) || fsync(o) == -1) {
+		rc = rc ? rc : -errno;
 		goto out_unlink;
 	}
+	/* the copy is the archive whole, or nothing */
+	if ((rc = sum_file(o, 0, 0, 0, NULL, NULL, &f)))
+		goto out_unlink;
+	if (memcmp(f.whole, e.sum, SUM_LEN) != 0) {
+		sum_file_release(&f);
+		rc = -EIO;
+		goto out_unlink;
+	}
+	sum_file_release(&f);
 	memset(res, 0, sizeof(*res));
 	res->archived = 1;
-	snprintf(res->suffix, sizeof(res->suffix), "%s", lk.e.suffix[0] ? lk.e.suffix : ".mp4");
+	snprintf(res->suffix, sizeof(res->suffix), "%s", e.suffix[0] ? e.suffix : ".mp4");
 	res->orig_bytes = src->size;
-	res->stored_bytes = lk.e.stored_bytes;
-	res->view_bytes = lk.e.view_bytes;
-	res->quality = (int)lk.e.quality;
-	res->ssim = lk.e.ssim;
-	res->view_ssim = lk.e.view_ssim;
-	res->carries = lk.e.carries;
-	memcpy(res->orig_sum, lk.e.orig_sum, SUM_LEN);
-	memcpy(res->scan_sum, lk.e.scan_sum, SUM_LEN);
-	rc = 0;
+	res->stored_bytes = e.stored_bytes;
+	res->view_bytes = e.view_bytes;
+	res->quality = (int)e.quality;
+	res->ssim = e.ssim;
+	res->view_ssim = e.view_ssim;
+	res->carries = e.carries;
+	memcpy(res->orig_sum, e.orig_sum, SUM_LEN);
+	memcpy(res->scan_sum, e.scan_sum, SUM_LEN);
 	goto out_close;
 out_unlink:
 	unlinkat(fs->work_fd, out, 0);
@@ -759,7 +620,6 @@ out_close:
 		close(in);
 	if (o >= 0)
 		close(o);
-	close(lk.parent);
 out_free:
 	free(path);
 	return rc;
@@ -775,7 +635,7 @@ static int run_job(struct fs *fs, struct job *j)
 	struct stat st;
 	struct sum_file src = {0};
 	char out[64], view[64];
-	char *path = malloc(QUEUE_PATH_MAX), *outpath = NULL, *viewpath = NULL;
+	char *path = malloc(FS_PATH_MAX), *outpath = NULL, *viewpath = NULL;
 	char reason[600];
 	uint64_t qgen;
 	int fd = -1, rc, video = 0, requeued = 0, kind;
@@ -787,12 +647,12 @@ static int run_job(struct fs *fs, struct job *j)
 	if (!path)
 		return 0;
 	/* a write from here on cancels the job again */
-	atomic_store(&j->node->cancel, 0);
+	atomic_store(fs_node_cancel(j->node), 0);
 	if (!job_current(fs, j))
 		goto out;
 	if ((rc = idx_begin(fs->idx, 0, &txn)))
 		goto out;
-	rc = idx_queue_get(txn, j->ino, &qgen, path, QUEUE_PATH_MAX);
+	rc = idx_queue_get(txn, j->ino, &qgen, path, FS_PATH_MAX);
 	idx_abort(txn);
 	if (rc || qgen != j->gen)
 		goto out;
@@ -818,7 +678,7 @@ static int run_job(struct fs *fs, struct job *j)
 	}
 	/* the original's digests: what a kept file is checked against, and
 	 * what names the original of an archive */
-	rc = sum_file(fd, 1, 0, 0, hash_progress, &j->node->cancel, &src);
+	rc = sum_file(fd, 1, 0, 0, hash_progress, fs_node_cancel(j->node), &src);
 	if (rc == -ECANCELED || !job_current(fs, j))
 		goto out;
 	if (rc) {
@@ -831,15 +691,32 @@ static int run_job(struct fs *fs, struct job *j)
 		finish_kept(fs, j, IDX_KEPT, "hard-linked: kept as is", &st, kind, &src);
 		goto out;
 	}
-	if (sniffed == CODEC_KIND_OTHER || sniffed == CODEC_KIND_HEIF || sniffed == CODEC_KIND_RAW) {
+	if (sniffed == CODEC_KIND_OTHER || sniffed == CODEC_KIND_HEIF ||
+	    sniffed == CODEC_KIND_RAW) {
 		/* said by the first bytes: no child needed */
+		struct sibling sib, *with = NULL;
 		if (sniffed == CODEC_KIND_HEIF)
 			snprintf(reason, sizeof(reason), "already %s", format);
 		else if (sniffed == CODEC_KIND_RAW)
 			snprintf(reason, sizeof(reason), "camera raw (%s)", format);
 		else
 			snprintf(reason, sizeof(reason), "not a photo or video");
-		finish_kept(fs, j, IDX_KEPT, reason, &st, kind, &src);
+		/* heic_view=jpeg: its JPEG sibling, for viewers that open no HEIC */
+		if (sniffed == CODEC_KIND_HEIF && fs->cfg->heic_view) {
+			rc = fs_sibling_render(fs, fd, j->ino, &sib.bytes, sib.sum);
+			if (rc == 0)
+				with = &sib;
+			else
+				log_msg(LOG_WARNING, "%s: no JPEG sibling: %s", path,
+					strerror(-rc));
+		}
+		finish_kept_sib(fs, j, IDX_KEPT, reason, &st, kind, &src, with);
+		if (with) {
+			char dir[FS_PATH_MAX], sname[FS_NAME_BUF];
+			if ((size_t)snprintf(sname, sizeof(sname), "%s.jpg", fs_basename(path)) <
+			    sizeof(sname))
+				fs_notify_name(fs, dir_of(path, dir), sname);
+		}
 		goto out;
 	}
 	if (sniffed == CODEC_KIND_JPEG && strlen(fs_basename(path)) + strlen(".heic") > 255) {
@@ -865,13 +742,14 @@ static int run_job(struct fs *fs, struct job *j)
 	}
 	if (!job_current(fs, j))
 		goto out;
-	opts.cancel = &j->node->cancel;
+	opts.cancel = fs_node_cancel(j->node);
 	if (fs_node_take_ready(fs, j->node, j->gen, &res)) {
 		/* made and verified before; its commit waited for readers */
 		rc = 0;
 	} else if (copy_origin(fs, &src, out, &res) == 0) {
-		log_msg(LOG_INFO, "queue: %s: an archive of the same original is copied, nothing "
-				  "encoded",
+		log_msg(LOG_INFO,
+			"queue: %s: an archive of the same original is copied, nothing "
+			"encoded",
 			path);
 		rc = 0;
 	} else {
@@ -884,8 +762,9 @@ static int run_job(struct fs *fs, struct job *j)
 		if (rc == 0 && !res.retagged)
 			note_rate(fs, (uint64_t)st.st_size, mono_sec() - e0);
 		if (rc == 0 && res.retagged)
-			log_msg(LOG_INFO, "queue: %s: only its metadata changed: its pictures are "
-					  "kept, nothing encoded",
+			log_msg(LOG_INFO,
+				"queue: %s: only its metadata changed: its pictures are "
+				"kept, nothing encoded",
 				path);
 	}
 	if (rc == -ECANCELED || !job_current(fs, j)) {
@@ -921,16 +800,16 @@ static struct job *job_pop(struct fs *fs)
 {
 	struct job *j = NULL, *prev = NULL;
 
-	pthread_mutex_lock(&fs->jobs_lock);
-	while (!fs->stopping) {
+	fs_mutex_lock(&fs->jobs_lock);
+	while (!atomic_load(&fs->stopping)) {
 		prev = NULL;
 		for (j = fs->jobs_head; j && j->video && fs->video_running; j = j->next)
 			prev = j;
 		if (j)
 			break;
-		pthread_cond_wait(&fs->jobs_cond, &fs->jobs_lock);
+		fs_cond_wait(&fs->jobs_cond, &fs->jobs_lock);
 	}
-	if (fs->stopping) {
+	if (atomic_load(&fs->stopping)) {
 		j = NULL;
 	} else {
 		if (prev)
@@ -942,7 +821,7 @@ static struct job *job_pop(struct fs *fs)
 		j->next = NULL;
 		atomic_fetch_add(&fs->active, 1);
 	}
-	pthread_mutex_unlock(&fs->jobs_lock);
+	fs_mutex_unlock(&fs->jobs_lock);
 	return j;
 }
 
@@ -985,15 +864,11 @@ int fs_workers_start(struct fs *fs)
  * the index and are archived by the next mount). */
 void fs_workers_stop(struct fs *fs)
 {
-	pthread_mutex_lock(&fs->jobs_lock);
-	fs->stopping = 1;
+	fs_mutex_lock(&fs->jobs_lock);
+	atomic_store(&fs->stopping, 1);
 	pthread_cond_broadcast(&fs->jobs_cond);
-	pthread_mutex_unlock(&fs->jobs_lock);
-	pthread_mutex_lock(&fs->nodes_lock);
-	for (size_t i = 0; i < fs->nodes_size; i++)
-		for (struct node *n = fs->nodes[i]; n; n = n->next)
-			atomic_store(&n->cancel, 1);
-	pthread_mutex_unlock(&fs->nodes_lock);
+	fs_mutex_unlock(&fs->jobs_lock);
+	fs_nodes_cancel_all(fs);
 	for (int i = 0; i < fs->nworkers; i++)
 		pthread_join(fs->workers[i], NULL);
 	free(fs->workers);
@@ -1048,12 +923,12 @@ int fs_queue_load(struct fs *fs)
 	idx_abort(txn);
 	for (size_t i = 0; !rc && i < q.n; i++) {
 		/* a fresh generation: the old one belonged to another mount */
-		struct node *n = fs_node_get(fs, q.inos[i]);
+		struct fs_node *n = fs_node_get(fs, q.inos[i]);
 		if (!n) {
 			rc = -ENOMEM;
 			break;
 		}
-		rc = fs_job_push(fs, q.inos[i], atomic_load(&n->gen), n);
+		rc = fs_job_push(fs, q.inos[i], fs_node_gen(n), n);
 		fs_node_put(fs, n);
 	}
 	if (q.n)

@@ -491,13 +491,13 @@ static void *scrubber_main(void *arg)
 			.stop = &fs->stopping,
 			.rate = BACKGROUND_RATE_MB * 1e6};
 
-	pthread_mutex_lock(&fs->scrub_lock);
+	fs_mutex_lock(&fs->scrub_lock);
 	while (!atomic_load(&fs->stopping)) {
 		struct collect *c = calloc(1, sizeof(*c));
 		struct timespec ts;
 		int n = 0;
 
-		pthread_mutex_unlock(&fs->scrub_lock);
+		fs_mutex_unlock(&fs->scrub_lock);
 		if (c) {
 			c->idx = fs->idx;
 			c->stop = &fs->stopping;
@@ -519,16 +519,16 @@ static void *scrubber_main(void *arg)
 				log_msg(LOG_INFO, "scrub: %d file(s) checked in the background", n);
 			free(c);
 		}
-		pthread_mutex_lock(&fs->scrub_lock);
+		fs_mutex_lock(&fs->scrub_lock);
 		if (n == BACKGROUND_BATCH)
 			continue; /* more are due */
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += getenv("HEVCFS_SCRUB_NOW") ? 1 : BACKGROUND_LOOK_S;
 		while (!atomic_load(&fs->stopping) &&
-		       pthread_cond_timedwait(&fs->scrub_cond, &fs->scrub_lock, &ts) == 0)
+		       fs_cond_timedwait(&fs->scrub_cond, &fs->scrub_lock, &ts) == 0)
 			;
 	}
-	pthread_mutex_unlock(&fs->scrub_lock);
+	fs_mutex_unlock(&fs->scrub_lock);
 	return NULL;
 }
 
@@ -549,9 +549,9 @@ void fs_scrubber_stop(struct fs *fs)
 {
 	if (!fs->scrubbing)
 		return;
-	pthread_mutex_lock(&fs->scrub_lock);
+	fs_mutex_lock(&fs->scrub_lock);
 	pthread_cond_broadcast(&fs->scrub_cond);
-	pthread_mutex_unlock(&fs->scrub_lock);
+	fs_mutex_unlock(&fs->scrub_lock);
 	pthread_join(fs->scrub_thread, NULL);
 	fs->scrubbing = 0;
 }

@@ -14,6 +14,10 @@
  *   viewwhy TEXT
  * A scrub's decode runs the same way ("__check"), reporting
  *   check RC WHY
+ * and so does a view's render ("__render", to the path it is given):
+ *   render RC SIZE
+ * so a stored photo damaged on purpose can crash a decoder, never the
+ * mount, and renders of different photos run side by side.
  */
 #include "internal.h"
 
@@ -263,6 +267,53 @@ int fs_check_isolated(int src_fd, const struct codec_opts *opts, char *why, size
 	return code;
 }
 
+int fs_render_isolated(int src_fd, const char *out_path, int sibling, const struct codec_opts *opts,
+		       uint64_t *size)
+{
+	char optbuf[8][96], line[128];
+	char *argv[24];
+	int argc = 0, fd, status, rc, code = -EIO, have = 0;
+	unsigned long long got = 0;
+	size_t n = 0;
+	pid_t pid;
+	char ppid[32];
+
+	snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
+	argv[argc++] = "hevcfs";
+	argv[argc++] = "__render";
+	argv[argc++] = ppid;
+	argv[argc++] = (char *)out_path;
+	argv[argc++] = sibling ? "sibling" : "view";
+	opts_to_args(opts, optbuf, argv, &argc);
+	argv[argc] = NULL;
+	rc = spawn_child(src_fd, -1, argv, &pid, &fd);
+	if (rc)
+		return rc;
+	for (;;) {
+		ssize_t r = read(fd, line + n, sizeof(line) - 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		if (n == sizeof(line) - 1)
+			break;
+	}
+	line[n] = '\0';
+	close(fd);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	have = sscanf(line, "render %d %llu", &code, &got) == 2;
+	if (WIFSIGNALED(status)) {
+		log_msg(LOG_WARNING, "render: the decoder crashed (signal %d)", WTERMSIG(status));
+		return -EIO; /* the stored file does not decode */
+	}
+	if (!have || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return -ECHILD;
+	*size = got;
+	return code;
+}
+
 /* The child's progress: a line on stdout. */
 static void child_progress(void *arg, uint64_t done, uint64_t total, double fps)
 {
@@ -334,8 +385,8 @@ int fs_archive_child(int argc, char *argv[])
 		}
 	}
 	if (rc || !r.archived)
-		rc = codec_archive(CHILD_SRC_FD, argv[2], strcmp(argv[3], "-") ? argv[3] : NULL,
-				   &o, &r);
+		rc = codec_archive(CHILD_SRC_FD, argv[2], strcmp(argv[3], "-") ? argv[3] : NULL, &o,
+				   &r);
 	printf("result %d %d %s %llu %llu %llu %d %.6f %.6f\n", rc, r.archived,
 	       r.suffix[0] ? r.suffix : "-", (unsigned long long)r.orig_bytes,
 	       (unsigned long long)r.stored_bytes, (unsigned long long)r.view_bytes, r.quality,
@@ -376,5 +427,24 @@ int fs_check_child(int argc, char *argv[])
 		if (*p == '\n')
 			*p = ' ';
 	printf("check %d %s\n", rc, why);
+	return fflush(stdout) == 0 ? 0 : 1;
+}
+
+int fs_render_child(int argc, char *argv[])
+{
+	struct codec_opts o = {0};
+	uint64_t size = 0;
+	int rc;
+
+	if (argc < 5)
+		return 2;
+	if ((rc = child_start(argv)))
+		return rc;
+	args_to_opts(argc - 5, argv + 5, &o);
+	if (!strcmp(argv[4], "sibling"))
+		rc = codec_render_heif_jpeg(CHILD_SRC_FD, argv[3], &o, &size);
+	else
+		rc = codec_render_view(CHILD_SRC_FD, argv[3], &o, &size);
+	printf("render %d %llu\n", rc, (unsigned long long)size);
 	return fflush(stdout) == 0 ? 0 : 1;
 }

@@ -37,11 +37,19 @@ struct fs_check {
 	uint64_t gen;	      /* the node's generation then */
 	int off;	      /* protected by lock: the file changed, stop */
 	uint8_t *state;	      /* protected by lock: one BLOCK_* a block */
+	atomic_int refs;      /* the node's and each handle's */
 };
 
-void fs_check_free(struct fs_check *c)
+struct fs_check *fs_check_ref(struct fs_check *c)
 {
-	if (!c)
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	return c;
+}
+
+void fs_check_put(struct fs_check *c)
+{
+	if (!c || atomic_fetch_sub(&c->refs, 1) > 1)
 		return;
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cond);
@@ -56,29 +64,35 @@ static int at_rest(const struct idx_entry *e, uint64_t size)
 	       e->stored_bytes == size;
 }
 
-void fs_check_attach(struct fs *fs, struct node *n, int fd, uint64_t ino, const struct idx_entry *e)
+struct fs_check *fs_check_attach(struct fs *fs, struct fs_node *n, int fd, uint64_t ino,
+				 const struct idx_entry *e)
 {
-	struct fs_check *c, *none = NULL;
+	struct fs_check *c;
 	struct idx_txn *txn;
 	struct stat st;
 	uint64_t have = 0;
 
-	if (!fs->cfg->verify_reads || atomic_load(&n->check) || fstat(fd, &st) == -1 ||
-	    !S_ISREG(st.st_mode) || !at_rest(e, (uint64_t)st.st_size) || st.st_size == 0)
-		return;
+	if (!fs->cfg->verify_reads)
+		return NULL;
+	/* the handles of one file share its check */
+	if ((c = fs_node_check_get(fs, n, ino)))
+		return c;
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || !at_rest(e, (uint64_t)st.st_size) ||
+	    st.st_size == 0)
+		return NULL;
 	if (idx_begin(fs->idx, 0, &txn) == 0) {
 		have = idx_blocks_count(txn, ino);
 		idx_abort(txn);
 	}
 	if (have != sum_blocks((uint64_t)st.st_size))
-		return; /* learnt by the next scrub */
+		return NULL; /* learnt by the next scrub */
 	c = calloc(1, sizeof(*c));
 	if (!c)
-		return;
+		return NULL;
 	c->state = calloc((size_t)have, 1);
 	if (!c->state) {
 		free(c);
-		return;
+		return NULL;
 	}
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
@@ -86,16 +100,15 @@ void fs_check_attach(struct fs *fs, struct node *n, int fd, uint64_t ino, const 
 	c->size = (uint64_t)st.st_size;
 	c->nblocks = have;
 	memcpy(c->sum, e->sum, SUM_LEN);
-	c->gen = atomic_load(&n->gen);
-	/* a writer that opened meanwhile makes the check moot: it is off */
-	if (!atomic_compare_exchange_strong(&n->check, &none, c))
-		fs_check_free(c);
+	c->gen = fs_node_gen(n);
+	atomic_store(&c->refs, 1);
+	/* the node's reference, and the caller's; a writer that opened
+	 * meanwhile, or another reader's check set first, wins */
+	return fs_node_check_set(fs, n, ino, c);
 }
 
-void fs_check_stop(struct node *n)
+void fs_check_stop(struct fs_check *c)
 {
-	struct fs_check *c = atomic_load(&n->check);
-
 	if (!c)
 		return;
 	pthread_mutex_lock(&c->lock);
@@ -107,11 +120,11 @@ void fs_check_stop(struct node *n)
 /* Is the mismatch of c's file a change rather than damage: a writer came,
  * its generation moved, or its entry is no longer the one checked against
  * (archived, replaced, rewritten)? */
-static int changed_meanwhile(struct fs *fs, struct node *n, struct fs_check *c)
+static int changed_meanwhile(struct fs *fs, struct fs_node *n, struct fs_check *c)
 {
 	struct idx_entry e;
 
-	if (atomic_load(&n->gen) != c->gen || fs_node_writing(fs, n))
+	if (fs_node_gen(n) != c->gen || fs_node_writing(fs, n))
 		return 1;
 	if (fs_entry_get(fs, c->ino, &e) != 0)
 		return 1;
@@ -198,10 +211,9 @@ static uint8_t *thread_buf(void)
 	return block_buf;
 }
 
-int fs_check_range(struct fs *fs, struct node *n, int fd, uint64_t off, size_t size,
-		   const char *path)
+int fs_check_range(struct fs *fs, struct fs_check *c, struct fs_node *n, int fd, uint64_t off,
+		   size_t size, const char *path)
 {
-	struct fs_check *c = atomic_load(&n->check);
 	uint64_t first, last;
 
 	if (!c || size == 0 || off >= c->size)
@@ -229,7 +241,7 @@ int fs_check_range(struct fs *fs, struct node *n, int fd, uint64_t off, size_t s
 		buf = thread_buf();
 		rc = buf ? check_block(fs, c, fd, b, buf) : -ENOMEM;
 		if (rc == 1 && changed_meanwhile(fs, n, c)) {
-			fs_check_stop(n);
+			fs_check_stop(c);
 			return 0;
 		}
 		pthread_mutex_lock(&c->lock);

@@ -197,6 +197,7 @@ size_t idx_entry_encode(const struct idx_entry *e, uint8_t *buf)
 	wr_bytes(&w, e->orig_sum, SUM_LEN);
 	wr_bytes(&w, e->view_sum, SUM_LEN);
 	wr_bytes(&w, e->scan_sum, SUM_LEN);
+	wr_bytes(&w, e->head_sum, SUM_LEN);
 	wr_bytes(&w, e->suffix, sizeof(e->suffix));
 	buf[w.n++] = (uint8_t)rl;
 	wr_bytes(&w, e->reason, rl);
@@ -234,6 +235,7 @@ int idx_entry_decode(const uint8_t *buf, size_t len, struct idx_entry *e)
 	rd_bytes(&r, e->orig_sum, SUM_LEN);
 	rd_bytes(&r, e->view_sum, SUM_LEN);
 	rd_bytes(&r, e->scan_sum, SUM_LEN);
+	rd_bytes(&r, e->head_sum, SUM_LEN);
 	rd_bytes(&r, e->suffix, sizeof(e->suffix));
 	rl = rd_take(&r, 1);
 	if (rl && *rl < sizeof(e->reason))

@@ -69,6 +69,9 @@ enum idx_kind {
 #define IDX_F_DAMAGED 0x1u       /* the last check of the stored bytes failed */
 #define IDX_F_VIEW_OWN_SIZE 0x2u /* a photo's view is not its original's size
 				    (the reason says why) */
+#define IDX_F_SIBLING 0x8u       /* a kept HEIF photo with a JPEG sibling view
+				    (heic_view=jpeg): view_bytes, view_sum are
+				    the sibling's */
 #define IDX_F_PREV 0x4u          /* an archive a new file replaced, kept aside
 				    until that file settles (entry.prev): no
 				    file of the tree, left out of the totals */
@@ -104,6 +107,9 @@ struct idx_entry {
 	uint8_t orig_sum[SUM_LEN]; /* SHA-256 of the original bytes */
 	uint8_t view_sum[SUM_LEN]; /* SHA-256 of a photo's view */
 	uint8_t scan_sum[SUM_LEN]; /* SHA-256 of the view's image data */
+	uint8_t head_sum[SUM_LEN]; /* SHA-256 of the view's header (its bytes
+				      before the image data: served without a
+				      render, checked against this) */
 	char suffix[8];		   /* appended to the logical name on the backing tree */
 	char reason[160];	   /* why kept or failed, or what was found damaged */
 };

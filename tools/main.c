@@ -74,6 +74,9 @@ static const char help_text[] =
     "  scrub_days=N       scrub in the background, each file every N days (off)\n"
     "  state=DIR          keep the index, lock, log and cache in DIR (a local\n"
     "                     directory: required when BACKING is on NFS/CIFS/FUSE)\n"
+    "  heic_view=jpeg|off HEIF photos also show a read-only JPEG X.HEIC.jpg (off)\n"
+    "  max_nodes=N        files the kernel keeps looked up before the oldest are\n"
+    "                     forgotten (0: by the descriptor limit, at most 65536)\n"
     "  Standard FUSE options pass through (allow_other, ro, ...);\n"
     "  default_permissions is always on.\n";
 
@@ -360,6 +363,8 @@ int main(int argc, char *argv[])
 		return fs_archive_child(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "__check"))
 		return fs_check_child(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "__render"))
+		return fs_render_child(argc, argv);
 	if (argc < 2) {
 		fprintf(stderr, "%s", usage_text);
 		return EX_USAGE;

@@ -68,9 +68,9 @@ static int on_off(const char *key, const char *v, char *err, size_t len)
 }
 
 static const char *const own[] = {
-    "workers",	      "settle_ms",    "view",	    "cache_mb", "photo_quality",
-    "min_ssim",	      "view_quality", "crf",	    "preset",	"x265_params",
-    "min_video_ssim", "verify_reads", "scrub_days", "state",
+    "workers",	    "settle_ms", "view",      "cache_mb",    "photo_quality",  "min_ssim",
+    "view_quality", "crf",	 "preset",    "x265_params", "min_video_ssim", "verify_reads",
+    "scrub_days",   "state",	 "heic_view", "max_nodes",
 };
 
 int opt_is_own(const char *key)
@@ -168,6 +168,19 @@ int opt_apply(struct fs_config *cfg, const char *kv, char *err, size_t len)
 		cfg->scrub_days = (int)i;
 	} else if (!strcmp(key, "state")) {
 		cfg->state = *v ? keep(2, v) : NULL;
+	} else if (!strcmp(key, "heic_view")) {
+		if (!strcmp(v, "jpeg")) {
+			cfg->heic_view = 1;
+		} else if (!strcmp(v, "off") || !strcmp(v, "native")) {
+			cfg->heic_view = 0;
+		} else {
+			snprintf(err, len, "heic_view=%s: expected jpeg or off", v);
+			return -EINVAL;
+		}
+	} else if (!strcmp(key, "max_nodes")) {
+		if ((i = int_in(key, v, 0, 1L << 24, err, len)) < 0)
+			return -EINVAL;
+		cfg->max_nodes = (int)i;
 	} else {
 		snprintf(err, len, "%s: not an option of hevcfs", key);
 		return -EINVAL;

@@ -180,3 +180,27 @@ def backing_files(backing):
             if os.path.isfile(p) and not os.path.islink(p):
                 out[os.path.relpath(p, backing)] = open(p, "rb").read()
     return out
+
+
+def traces(backing, needle, timeout=5):
+    """Files anywhere below BACKING (its state directory too, but for the
+    index) whose bytes contain needle. The kernel sends a release after
+    close() returns, not before: the look is repeated until none is left
+    or timeout."""
+    deadline = time.time() + timeout
+    while True:
+        found = []
+        for root, dirs, files in os.walk(backing):
+            if root == os.path.join(backing, ".hevcfs"):
+                dirs[:] = [d for d in dirs if d != "index"]
+            for name in files:
+                p = os.path.join(root, name)
+                try:
+                    with open(p, "rb") as fh:
+                        if needle in fh.read():
+                            found.append(p)
+                except OSError:
+                    pass
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.02)

@@ -249,13 +249,13 @@ def test_archived_photo_removed_while_open(mount, tmp_path):
     assert head + rest == view
     assert os.listdir(mount.mnt) == []
     os.close(fd)
-    hidden = os.path.join(mount.backing, ".hevcfs", "hidden")
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs"]
+    cache = os.path.join(mount.backing, ".hevcfs", "cache")
     for _ in range(500):
-        if not os.listdir(hidden):
+        if not os.listdir(cache):
             break
         time.sleep(0.01)
-    assert os.listdir(hidden) == []
-    assert sorted(os.listdir(mount.backing)) == [".hevcfs"]
+    assert os.listdir(cache) == []
     assert mount.status()["files"] == 0
 
 

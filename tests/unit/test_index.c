@@ -233,6 +233,7 @@ static void test_encoding(void)
 		e.orig_sum[i] = (uint8_t)(i + 1);
 		e.view_sum[i] = (uint8_t)(i + 2);
 		e.scan_sum[i] = (uint8_t)(i + 3);
+		e.head_sum[i] = (uint8_t)(i + 4);
 	}
 	strcpy(e.suffix, ".mkv");
 	strcpy(e.reason, "not smaller (95% of the source)");

@@ -268,12 +268,24 @@ void fs_node_hold(struct fs *fs, struct fs_node *n);
 void fs_node_put(struct fs *fs, struct fs_node *n);
 
 /* What a node is. fd: its O_PATH fd (-1 when the kernel never looked it
- * up); valid while the node is held or looked up. */
+ * up); valid while the node is held or looked up. Its number stays; the
+ * file behind it changes when a commit replaces it (fs_node_replaced). */
 int fs_node_fd(const struct fs_node *n);
-uint64_t fs_node_ino(const struct fs_node *n);
-enum fs_kind fs_node_kind(const struct fs_node *n);
-uint64_t fs_node_view_bytes(const struct fs_node *n);
+/* The file a node stands for, read at one moment: a commit may make it
+ * stand for another file right after (unless the caller holds ns_lock). */
+struct fs_node_file {
+	uint64_t ino;	     /* backing inode */
+	enum fs_kind kind;   /* how it is shown */
+	uint64_t view_bytes; /* VIEW, SIBLING: the size shown */
+};
+void fs_node_file(struct fs *fs, struct fs_node *n, struct fs_node_file *f);
+uint64_t fs_node_ino(struct fs *fs, struct fs_node *n);
+enum fs_kind fs_node_kind(struct fs *fs, struct fs_node *n);
 mode_t fs_node_type(const struct fs_node *n);
+/* Open the file n stands for with flags (through its O_PATH fd), and say in
+ * f which file that is: the descriptor and f agree even when a commit
+ * replaces the file meanwhile. A descriptor or -errno. */
+int fs_node_reopen(struct fs *fs, struct fs_node *n, int flags, struct fs_node_file *f);
 /* n's logical path (relative, no leading '/') into buf (FS_PATH_MAX):
  * through the names its directories were last seen under. -ENOENT when it
  * has no name left (removed, or known only to a job). */
@@ -320,7 +332,9 @@ int fs_node_writing(struct fs *fs, struct fs_node *n);
  * stage nothing for it again. */
 void fs_node_gone(struct fs *fs, uint64_t ino);
 /* The job's view of n: its generation, cancel flag, whether it is current
- * (gen and no writer). */
+ * (its bytes are still those of gen). A writer that has written nothing is
+ * no change: the commit waits for its close (fs_node_defer_commit), and a
+ * write from it makes the job stale and the file settle again. */
 uint64_t fs_node_gen(struct fs_node *n);
 atomic_int *fs_node_cancel(struct fs_node *n);
 int fs_node_current(struct fs *fs, struct fs_node *n, uint64_t gen);

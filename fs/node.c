@@ -28,9 +28,10 @@
 struct fs_node {
 	struct fs_node *hnext;		     /* hash chain (by backing inode and kind) */
 	struct fs_node *lru_prev, *lru_next; /* looked up, held by nobody */
-	struct fs_node *settle_next;
-	uint64_t generation; /* of this node id */
-	uint64_t ino;	     /* backing inode */
+	struct fs_node *settle_next;	     /* on the settle list */
+	struct fs_node *due_next;	     /* taken off it by settle_due, not yet queued */
+	uint64_t generation;		     /* of this node id */
+	uint64_t ino;			     /* backing inode */
 	enum fs_kind kind;
 	mode_t type;		/* S_IFMT */
 	int fd;			/* O_PATH of the backing file, -1 */
@@ -231,6 +232,25 @@ static void lru_trim(struct fs *fs, struct fs_nodes *t)
 	}
 }
 
+#ifndef NDEBUG
+/* In debug builds a count that goes wrong aborts at once, naming the node
+ * (and, in a sanitizer build, where). */
+void __sanitizer_print_stack_trace(void) __attribute__((weak));
+#define node_assert(cond, n, what)                                                                 \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "hevcfs: node %llu: %s (refs %d, lookups %llu)\n",         \
+				(unsigned long long)(n)->ino, what, (n)->refs,                     \
+				(unsigned long long)(n)->nlookup);                                 \
+			if (__sanitizer_print_stack_trace)                                         \
+				__sanitizer_print_stack_trace();                                   \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+#else
+#define node_assert(cond, n, what) ((void)0)
+#endif
+
 /* Free n, whom nothing holds or knows; caller holds the lock. Returns its
  * parent, to be released by the caller (after the unlock for its fd). */
 static struct fs_node *node_free(struct fs_nodes *t, struct fs_node *n, int *fd,
@@ -260,6 +280,7 @@ static void unref(struct fs *fs, struct fs_nodes *t, struct fs_node *n, int *fds
 		struct fs_check *c;
 		int fd;
 
+		node_assert(n->refs > 0, n, "a reference dropped that nobody held");
 		n->refs--;
 		if (n->refs > 0 || n->nlookup > 0 || n == t->root) {
 			lru_place(t, n);
@@ -556,6 +577,7 @@ void fs_node_forget(struct fs *fs, struct fs_node *n, uint64_t nlookup)
 	if (n == t->root)
 		return;
 	fs_mutex_lock(&t->lock);
+	node_assert(nlookup <= n->nlookup, n, "the kernel forgets more lookups than it was given");
 	n->nlookup = nlookup > n->nlookup ? 0 : n->nlookup - nlookup;
 	if (n->nlookup == 0) {
 		/* unref takes one reference: lend it the kernel's */
@@ -631,19 +653,59 @@ int fs_node_fd(const struct fs_node *n)
 	return n->fd;
 }
 
-uint64_t fs_node_ino(const struct fs_node *n)
+void fs_node_file(struct fs *fs, struct fs_node *n, struct fs_node_file *f)
 {
-	return n->ino;
+	fs_mutex_lock(&fs->nodes->lock);
+	f->ino = n->ino;
+	f->kind = n->kind;
+	f->view_bytes = n->view_bytes;
+	fs_mutex_unlock(&fs->nodes->lock);
 }
 
-enum fs_kind fs_node_kind(const struct fs_node *n)
+uint64_t fs_node_ino(struct fs *fs, struct fs_node *n)
 {
-	return n->kind;
+	struct fs_node_file f;
+
+	fs_node_file(fs, n, &f);
+	return f.ino;
 }
 
-uint64_t fs_node_view_bytes(const struct fs_node *n)
+enum fs_kind fs_node_kind(struct fs *fs, struct fs_node *n)
 {
-	return n->view_bytes;
+	struct fs_node_file f;
+
+	fs_node_file(fs, n, &f);
+	return f.kind;
+}
+
+/* Tries before giving up on a file that keeps being replaced. */
+#define REOPEN_TRIES 8
+
+int fs_node_reopen(struct fs *fs, struct fs_node *n, int flags, struct fs_node_file *f)
+{
+	char proc[FS_PROC_FD_BUF];
+	struct stat st;
+
+	flags = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW)) | O_CLOEXEC;
+	for (int i = 0; i < REOPEN_TRIES; i++) {
+		int fd;
+		fs_node_file(fs, n, f);
+		/* the magic link is the inode itself: following it cannot
+		 * leave BACKING */
+		fd = open(fs_proc_fd(n->fd, proc), flags);
+		if (fd < 0)
+			return -errno;
+		if (fstat(fd, &st) == -1) {
+			int rc = -errno;
+			close(fd);
+			return rc;
+		}
+		if ((uint64_t)st.st_ino == f->ino)
+			return fd;
+		/* replaced between the look and the open: look again */
+		close(fd);
+	}
+	return -EAGAIN;
 }
 
 mode_t fs_node_type(const struct fs_node *n)
@@ -704,26 +766,37 @@ int fs_node_at(struct fs *fs, struct fs_node *n, int *dirfd, char *name, size_t 
 
 int fs_node_stat(struct fs *fs, struct fs_node *n, struct stat *st)
 {
-	int gone;
+	for (int i = 0; i < REOPEN_TRIES; i++) {
+		struct fs_node_file f;
+		int gone;
 
-	fs_mutex_lock(&fs->nodes->lock);
-	gone = n->gone && n->opens == 0;
-	fs_mutex_unlock(&fs->nodes->lock);
-	if (gone)
-		return -ENOENT;
-	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == -1)
-		return -errno;
-	if (n->kind == FS_KIND_VIEW || n->kind == FS_KIND_SIBLING) {
-		st->st_size = (off_t)n->view_bytes;
-		if (n->kind == FS_KIND_SIBLING) {
-			/* read-only, its own inode number (the HEIF's with a high
-			 * bit: never a backing inode of a file) */
-			st->st_mode &= ~(mode_t)0222;
-			st->st_ino |= 1ull << 63;
-			st->st_nlink = 1;
+		fs_mutex_lock(&fs->nodes->lock);
+		gone = n->gone && n->opens == 0;
+		f.ino = n->ino;
+		f.kind = n->kind;
+		f.view_bytes = n->view_bytes;
+		fs_mutex_unlock(&fs->nodes->lock);
+		if (gone)
+			return -ENOENT;
+		if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == -1)
+			return -errno;
+		/* replaced meanwhile (a commit): the size shown is the new
+		 * file's, so look again */
+		if ((uint64_t)st->st_ino != f.ino && n->type == S_IFREG)
+			continue;
+		if (f.kind == FS_KIND_VIEW || f.kind == FS_KIND_SIBLING) {
+			st->st_size = (off_t)f.view_bytes;
+			if (f.kind == FS_KIND_SIBLING) {
+				/* read-only, its own inode number (the HEIF's with a
+				 * high bit: never a backing inode of a file) */
+				st->st_mode &= ~(mode_t)0222;
+				st->st_ino |= 1ull << 63;
+				st->st_nlink = 1;
+			}
 		}
+		return 0;
 	}
-	return 0;
+	return -EAGAIN;
 }
 
 void fs_node_moved(struct fs *fs, struct fs_node *n, struct fs_node *parent, const char *lname,
@@ -1014,7 +1087,7 @@ int fs_node_current(struct fs *fs, struct fs_node *n, uint64_t gen)
 	int ok;
 
 	fs_mutex_lock(&fs->nodes->lock);
-	ok = atomic_load(&n->gen) == gen && n->writers == 0;
+	ok = atomic_load(&n->gen) == gen;
 	fs_mutex_unlock(&fs->nodes->lock);
 	return ok;
 }
@@ -1169,9 +1242,12 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 	while (*pp) {
 		struct fs_node *n = *pp;
 		if (n->writers == 0 && n->settle_at <= now) {
+			/* off the list: a close from now on may put it back (with
+			 * its own reference) while it is queued from due */
 			*pp = n->settle_next;
 			n->settling = 0;
-			n->settle_next = due;
+			n->settle_next = NULL;
+			n->due_next = due;
 			due = n;
 		} else {
 			if (n->writers == 0 && n->settle_at < *next)
@@ -1184,14 +1260,21 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 	fs_mutex_unlock(&t->lock);
 	while (due) {
 		struct fs_node *n = due;
+		uint64_t ino, gen;
 		int dirty;
-		due = n->settle_next;
 		fs_mutex_lock(&t->lock);
-		dirty = n->dirty && !n->gone;
-		n->dirty = 0;
+		due = n->due_next;
+		n->due_next = NULL;
+		/* opened for writing since it was taken off: its last close
+		 * puts it back on the list, dirty still */
+		dirty = n->dirty && !n->gone && n->writers == 0;
+		if (dirty)
+			n->dirty = 0;
+		ino = n->ino;
+		gen = atomic_load(&n->gen);
 		fs_mutex_unlock(&t->lock);
 		if (dirty)
-			fs_job_push(fs, n->ino, atomic_load(&n->gen), n);
+			fs_job_push(fs, ino, gen, n);
 		fs_node_put(fs, n); /* the settle list's reference */
 	}
 	fs_mutex_lock(&t->lock);

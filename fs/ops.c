@@ -39,6 +39,7 @@ struct handle {
 	struct fs_check *check;	    /* its reads checked (sums.c), or NULL */
 	pthread_mutex_t lock;	    /* a view: its render, once */
 	uint64_t ino;		    /* backing inode */
+	uint64_t view_bytes;	    /* a view or sibling: its size */
 };
 
 /* An open directory, read in a stream. */
@@ -226,8 +227,10 @@ static void handle_free(struct fs *fs, struct handle *h)
 	free(h);
 }
 
-/* A handle on n with fd (taken). */
-static struct handle *handle_new(struct fs *fs, struct fs_node *n, int fd, int writable)
+/* A handle on n with fd (taken), the file f says n stood for when fd was
+ * opened. */
+static struct handle *handle_new(struct fs *fs, struct fs_node *n, int fd, int writable,
+				 const struct fs_node_file *f)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 
@@ -237,8 +240,9 @@ static struct handle *handle_new(struct fs *fs, struct fs_node *n, int fd, int w
 	h->stored = -1;
 	h->node = n;
 	h->writable = writable;
-	h->kind = fs_node_kind(n);
-	h->ino = fs_node_ino(n);
+	h->kind = f->kind;
+	h->ino = f->ino;
+	h->view_bytes = f->view_bytes;
 	pthread_mutex_init(&h->lock, NULL);
 	fs_node_opened(fs, n, writable);
 	return h;
@@ -267,7 +271,7 @@ static int materialise(struct fs *fs, struct fs_node *n, int keep_bytes)
 	char dir[FS_PATH_MAX];
 	struct stat st;
 	int dirfd = -1, src = -1, dst = -1, view, rc;
-	uint64_t ino = fs_node_ino(n), staged = 0;
+	uint64_t ino = fs_node_ino(fs, n), staged = 0;
 
 	if ((rc = fs_node_path(fs, n, path, sizeof(path))) ||
 	    (rc = fs_node_at(fs, n, &dirfd, name, sizeof(name))))
@@ -344,58 +348,62 @@ out:
 	return rc;
 }
 
-/* Open n's backing file with flags, through its O_PATH fd (the magic link
- * is the inode itself: following it cannot leave BACKING). */
-static int reopen(struct fs_node *n, int flags)
-{
-	char proc[FS_PROC_FD_BUF];
-	int fd = open(fs_proc_fd(fs_node_fd(n), proc),
-		      (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW)) | O_CLOEXEC);
-
-	return fd < 0 ? -errno : fd;
-}
-
 /* Open n as fi asks, into a new handle (fi->fh). 0 or -errno. */
 static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi)
 {
 	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
 	int trunc = (fi->flags & O_TRUNC) != 0, fd, rc = 0, locked = 0;
-	enum fs_kind kind = fs_node_kind(n);
+	struct fs_node_file f;
 	struct handle *h;
 
-	if (kind == FS_KIND_SIBLING && (writable || trunc))
-		return -EROFS; /* a rendering of a HEIF photo: read only */
-	if (kind != FS_KIND_PLAIN && !writable && !trunc) {
+	if (writable || trunc) {
+		/* not between a commit's look at the file and its rename: what
+		 * n stands for stays put until the handle counts as open */
+		fs_mutex_lock(&fs->ns_lock);
+		locked = 1;
+	}
+	fs_node_file(fs, n, &f);
+	if (f.kind == FS_KIND_SIBLING && (writable || trunc)) {
+		rc = -EROFS; /* a rendering of a HEIF photo: read only */
+		goto out_unlock;
+	}
+	if (f.kind != FS_KIND_PLAIN && !writable && !trunc) {
 		/* a view or sibling: its stored photo, rendered at need */
-		fd = reopen(n, O_RDONLY);
+		fd = fs_node_reopen(fs, n, O_RDONLY, &f);
 		if (fd < 0)
 			return fd;
-		h = handle_new(fs, n, -1, 0);
+		if (f.kind == FS_KIND_PLAIN) {
+			/* turned back into a JPEG meanwhile: a plain file */
+			close(fd);
+			goto plain;
+		}
+		h = handle_new(fs, n, -1, 0, &f);
 		if (!h) {
 			close(fd);
 			return -ENOMEM;
 		}
 		h->stored = fd;
-		if (kind == FS_KIND_VIEW)
+		if (f.kind == FS_KIND_VIEW)
 			check_reads(fs, h); /* its trailer is served from it */
 		fi->fh = (uintptr_t)h;
 		fi->keep_cache = 1; /* a view never changes while archived */
 		return 0;
 	}
-	if (writable || trunc) {
-		/* not between a commit's look at the file and its rename */
-		fs_mutex_lock(&fs->ns_lock);
-		locked = 1;
-	}
 	/* a photo opened for writing is a JPEG again */
-	if (kind == FS_KIND_VIEW && (rc = materialise(fs, n, !trunc)))
+	if (f.kind == FS_KIND_VIEW && (rc = materialise(fs, n, !trunc)))
 		goto out_unlock;
-	fd = reopen(n, fi->flags);
+plain:
+	fd = fs_node_reopen(fs, n, fi->flags, &f);
 	if (fd < 0) {
 		rc = fd;
 		goto out_unlock;
 	}
-	h = handle_new(fs, n, fd, writable);
+	if (f.kind != FS_KIND_PLAIN) {
+		/* read only, archived since the look above: a view */
+		close(fd);
+		goto view;
+	}
+	h = handle_new(fs, n, fd, writable, &f);
 	if (!h) {
 		close(fd);
 		rc = -ENOMEM;
@@ -410,6 +418,8 @@ out_unlock:
 	if (locked)
 		fs_mutex_unlock(&fs->ns_lock);
 	return rc;
+view:
+	return open_node(fs, n, fi);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -630,7 +640,7 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	(void)ino;
 	if (h->fd < 0) {
 		/* a view: all data, no holes */
-		uint64_t size = fs_node_view_bytes(h->node);
+		uint64_t size = h->view_bytes;
 		if ((uint64_t)off >= size) {
 			reply_err(req, ENXIO);
 			return;
@@ -795,7 +805,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 	n = fs_node_of(fs, e.ino);
-	h = handle_new(fs, n, fd, 1);
+	{
+		/* new and not staged yet: no commit replaces it meanwhile */
+		struct stat st;
+		struct fs_node_file nf = {.kind = FS_KIND_PLAIN};
+		if (fstat(fd, &st) == 0)
+			nf.ino = (uint64_t)st.st_ino;
+		h = handle_new(fs, n, fd, 1, &nf);
+	}
 	if (!h) {
 		close(fd);
 		fs_node_forget(fs, n, 1);
@@ -816,29 +833,33 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct fs *fs = fs_of(req);
 	struct fs_node *n = node_of(req, ino), *p = node_of(req, newparent);
 	char target[FS_STORED_BUF], proc[FS_PROC_FD_BUF], suffix[8] = "";
+	struct fs_node_file f;
 	int rc = can_create(fs, p, newname);
 
 	if (rc) {
 		reply_err(req, rc);
 		return;
 	}
-	if (fs_node_kind(n) == FS_KIND_SIBLING) {
-		reply_err(req, EPERM);
-		return;
-	}
-	if (fs_node_kind(n) == FS_KIND_VIEW) {
+	/* what n stands for stays put until the link is made */
+	fs_mutex_lock(&fs->ns_lock);
+	fs_node_file(fs, n, &f);
+	if (f.kind == FS_KIND_SIBLING) {
+		rc = EPERM;
+	} else if (f.kind == FS_KIND_VIEW) {
 		struct idx_entry e;
-		if (fs_entry_get(fs, fs_node_ino(n), &e) == 0)
+		if (fs_entry_get(fs, f.ino, &e) == 0)
 			snprintf(suffix, sizeof(suffix), "%s", e.suffix);
 	}
-	if ((size_t)snprintf(target, sizeof(target), "%s%s", newname, suffix) >= sizeof(target) ||
-	    strlen(target) > NAME_MAX) {
-		reply_err(req, ENAMETOOLONG);
-		return;
-	}
-	if (linkat(AT_FDCWD, fs_proc_fd(fs_node_fd(n), proc), fs_node_fd(p), target,
-		   AT_SYMLINK_FOLLOW) == -1) {
-		reply_err(req, errno);
+	if (!rc &&
+	    ((size_t)snprintf(target, sizeof(target), "%s%s", newname, suffix) >= sizeof(target) ||
+	     strlen(target) > NAME_MAX))
+		rc = ENAMETOOLONG;
+	if (!rc && linkat(AT_FDCWD, fs_proc_fd(fs_node_fd(n), proc), fs_node_fd(p), target,
+			  AT_SYMLINK_FOLLOW) == -1)
+		rc = errno;
+	fs_mutex_unlock(&fs->ns_lock);
+	if (rc) {
+		reply_err(req, rc);
 		return;
 	}
 	reply_new(req, p, newname);
@@ -1049,35 +1070,39 @@ static int set_attrs(fuse_req_t req, struct fs_node *n, struct stat *attr, int t
 		    -1)
 			return -errno;
 	}
-	if (to_set & FUSE_SET_ATTR_SIZE) {
-		int tfd = fd;
-		if (fs_node_kind(n) == FS_KIND_VIEW) {
-			/* truncate(2) of an archived photo: a JPEG again */
-			fs_mutex_lock(&fs->ns_lock);
-			rc = materialise(fs, n, attr->st_size > 0);
-			fs_mutex_unlock(&fs->ns_lock);
-			if (rc)
-				return rc;
-		}
+	if ((to_set & FUSE_SET_ATTR_SIZE) && h && h->writable) {
+		/* through a descriptor open for writing: its own file (a commit
+		 * waits for its close) */
+		if (ftruncate(h->fd, attr->st_size) == -1)
+			return -errno;
+		handle_dirty(fs, h);
+	} else if (to_set & FUSE_SET_ATTR_SIZE) {
+		/* truncate(2) by name: not between a commit's look at the file
+		 * and its rename, as a writable open */
+		struct fs_node_file f;
+		struct handle *t = NULL;
+		int tfd;
+
+		fs_mutex_lock(&fs->ns_lock);
+		fs_node_file(fs, n, &f);
+		rc = 0;
+		if (f.kind == FS_KIND_SIBLING)
+			rc = -EROFS;
+		else if (f.kind == FS_KIND_VIEW)
+			rc = materialise(fs, n, attr->st_size > 0); /* a JPEG again */
+		tfd = rc ? rc : fs_node_reopen(fs, n, O_WRONLY | O_NONBLOCK, &f);
 		if (tfd < 0) {
-			tfd = open(fs_proc_fd(fs_node_fd(n), proc),
-				   O_WRONLY | O_CLOEXEC | O_NONBLOCK);
-			if (tfd < 0)
-				return -errno;
+			fs_mutex_unlock(&fs->ns_lock);
+			return tfd;
 		}
 		rc = ftruncate(tfd, attr->st_size) == -1 ? -errno : 0;
-		if (!rc) {
-			/* a change of the bytes, as a write is */
-			struct handle *t = h && h->writable ? h : handle_new(fs, n, tfd, 1);
-			if (t) {
-				handle_dirty(fs, t);
-				if (t != h) {
-					t->fd = -1;
-					handle_free(fs, t);
-				}
-			}
-		}
-		if (tfd != fd)
+		/* a change of the bytes, as a write is */
+		if (!rc && (t = handle_new(fs, n, tfd, 1, &f)))
+			handle_dirty(fs, t);
+		fs_mutex_unlock(&fs->ns_lock);
+		if (t)
+			handle_free(fs, t); /* closes tfd */
+		else
 			close(tfd);
 		if (rc)
 			return rc;
@@ -1123,7 +1148,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	int rc;
 
-	if (fs_node_kind(n) == FS_KIND_SIBLING) {
+	if (fs_node_kind(fs, n) == FS_KIND_SIBLING) {
 		reply_err(req, EROFS);
 		return;
 	}
@@ -1164,7 +1189,7 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
 	struct fs_node *n = node_of(req, ino);
 
-	if (fs_node_kind(n) == FS_KIND_SIBLING && (mask & W_OK)) {
+	if (fs_node_kind(fs_of(req), n) == FS_KIND_SIBLING && (mask & W_OK)) {
 		reply_err(req, EROFS);
 		return;
 	}
@@ -1201,7 +1226,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		reply_err(req, EOPNOTSUPP);
 		return;
 	}
-	if (!path || fs_node_kind(n) == FS_KIND_SIBLING) {
+	if (!path || fs_node_kind(fs_of(req), n) == FS_KIND_SIBLING) {
 		reply_err(req, EPERM);
 		return;
 	}
@@ -1283,7 +1308,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		reply_err(req, EOPNOTSUPP);
 		return;
 	}
-	if (!path || fs_node_kind(n) == FS_KIND_SIBLING) {
+	if (!path || fs_node_kind(fs_of(req), n) == FS_KIND_SIBLING) {
 		reply_err(req, EPERM);
 		return;
 	}

@@ -19,11 +19,13 @@ LIB_SRC   := $(wildcard lib/*.c) $(wildcard codec/*.c) $(wildcard index/*.c) $(w
 TOOL_SRC  := $(wildcard tools/*.c)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 
-# Two build trees: release (build/) and sanitized (build/asan/).
+# Three build trees: release (build/), ASan+UBSan (build/asan/) and
+# ThreadSanitizer (build/tsan/, the daemon's threads).
 SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
 obj = $(patsubst %.c,build/$(1)%.o,$(2))
 
-.PHONY: all asan test unit-test mount-test bench fuzz format install uninstall clean deps demo
+.PHONY: all asan tsan tsan-build test unit-test mount-test bench fuzz format install uninstall clean deps demo
 all: hevcfs
 
 build/%.o: %.c
@@ -34,6 +36,10 @@ build/asan/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -c $< -o $@
 
+build/tsan/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(TSAN_FLAGS) -c $< -o $@
+
 hevcfs: $(call obj,,$(LIB_SRC) $(TOOL_SRC))
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
@@ -41,6 +47,20 @@ build/asan/hevcfs: $(call obj,asan/,$(LIB_SRC) $(TOOL_SRC))
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 asan: build/asan/hevcfs $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
+
+build/tsan/hevcfs: $(call obj,tsan/,$(LIB_SRC) $(TOOL_SRC))
+	$(CC) $(TSAN_FLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+build/tsan/tests/%: tests/unit/%.c $(call obj,tsan/,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(TSAN_FLAGS) -o $@ $(filter %.c %.o,$^) $(LDFLAGS) $(LDLIBS)
+
+tsan-build: build/tsan/hevcfs build/tsan/tests/test_fs
+
+# The daemon's threads under ThreadSanitizer: the unit tests of the core and
+# the mount tests that race it (also a stage of `make test`).
+tsan: tsan-build
+	@TEST_STAGES=tsan tests/run.sh
 
 build/tests/%: tests/unit/%.c $(call obj,,$(LIB_SRC))
 	@mkdir -p $(dir $@)
@@ -54,7 +74,7 @@ UNIT_BIN      := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
 UNIT_ASAN_BIN := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 # The whole suite: unit tests and mount tests, release then ASan+UBSan.
-test: hevcfs asan $(UNIT_BIN)
+test: hevcfs asan tsan-build $(UNIT_BIN)
 	@tests/run.sh
 
 # Figures against the disk, bindfs and passthrough_hp (root; see bench/run.sh).

@@ -128,6 +128,10 @@ struct fs {
 	int scrubbing;
 
 	struct fs_mutex render_lock; /* one render of a given view at a time */
+	/* open file and directory handles (ops.c): the kernel may drop the
+	 * RELEASE of those still open at unmount; they are closed at the end */
+	struct fs_mutex live_lock;
+	struct live *live;
 	pthread_cond_t render_cond;
 	uint64_t *rendering; /* inos being rendered */
 	size_t nrendering;
@@ -434,6 +438,9 @@ void fs_crash_point(const char *name);
 int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node);
 int fs_workers_start(struct fs *fs);
 void fs_workers_stop(struct fs *fs);
+/* Stop every thread of the mount (settle, notify, scrubber, workers; ops.c),
+ * once the session's loop has ended and before its descriptor is closed. */
+void fs_threads_stop(struct fs *fs);
 /* Queue again every pending record of the index (at mount). */
 int fs_queue_load(struct fs *fs);
 

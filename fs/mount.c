@@ -500,6 +500,7 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	fs_mutex_init(&fs.ns_lock, FS_LOCK_NS, "ns");
 	fs_mutex_init(&fs.jobs_lock, FS_LOCK_JOBS, "jobs");
 	fs_mutex_init(&fs.render_lock, FS_LOCK_LEAF, "render");
+	fs_mutex_init(&fs.live_lock, FS_LOCK_LEAF, "live");
 	fs_mutex_init(&fs.scrub_lock, FS_LOCK_LEAF, "scrub");
 	pthread_cond_init(&fs.jobs_cond, NULL);
 	pthread_cond_init(&fs.scrub_cond, NULL);
@@ -536,6 +537,9 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	if (fuse_daemonize(o.foreground) != 0)
 		goto out_close;
 	rc = serve(&fs, &o) ? 1 : 0;
+	/* the notify thread writes to the session's descriptor, which the
+	 * unmount closes (and the number may be reused at once) */
+	fs_threads_stop(&fs);
 	fuse_session_unmount(fs.se);
 	mounted = 0;
 	/* a return at all is a clean end: everything was recorded */

@@ -33,7 +33,7 @@ struct fs_node {
 	uint64_t generation;		     /* of this node id */
 	uint64_t ino;			     /* backing inode */
 	enum fs_kind kind;
-	mode_t type;		/* S_IFMT */
+	atomic_uint type;	/* S_IFMT; read without the lock */
 	int fd;			/* O_PATH of the backing file, -1 */
 	struct fs_node *parent; /* the directory it was last seen in (held) */
 	char *lname, *bname;	/* its logical and backing names there */
@@ -371,7 +371,7 @@ int fs_nodes_new(struct fs *fs)
 		t->max = (size_t)fs->cfg->max_nodes;
 	t->root->fd = fs->root_fd;
 	t->root->is_root = 1;
-	t->root->type = S_IFDIR;
+	atomic_store_explicit(&t->root->type, S_IFDIR, memory_order_relaxed);
 	t->root->nlookup = 1;
 	t->root->lname = strdup("");
 	t->root->bname = strdup(".");
@@ -551,7 +551,7 @@ int fs_node_lookup(struct fs *fs, struct fs_node *parent, const struct fs_found 
 		n->fd = fd;
 		fd = -1;
 	}
-	n->type = f->st.st_mode & S_IFMT;
+	atomic_store_explicit(&n->type, f->st.st_mode & S_IFMT, memory_order_relaxed);
 	n->kind = f->kind;
 	n->view_bytes = f->view_bytes;
 	if (set_names(n, f->lname, f->name) == 0)
@@ -601,7 +601,7 @@ struct fs_node *fs_node_get(struct fs *fs, uint64_t ino)
 	} else if ((n = calloc(1, sizeof(*n)))) {
 		n->ino = ino;
 		n->kind = FS_KIND_PLAIN;
-		n->type = S_IFREG;
+		atomic_store_explicit(&n->type, S_IFREG, memory_order_relaxed);
 		n->fd = -1;
 		n->refs = 1;
 		n->generation = atomic_fetch_add(&node_generation, 1) + 1;
@@ -710,7 +710,7 @@ int fs_node_reopen(struct fs *fs, struct fs_node *n, int flags, struct fs_node_f
 
 mode_t fs_node_type(const struct fs_node *n)
 {
-	return n->type;
+	return (mode_t)atomic_load_explicit(&n->type, memory_order_relaxed);
 }
 
 int fs_node_path(struct fs *fs, struct fs_node *n, char *buf, size_t size)
@@ -782,7 +782,7 @@ int fs_node_stat(struct fs *fs, struct fs_node *n, struct stat *st)
 			return -errno;
 		/* replaced meanwhile (a commit): the size shown is the new
 		 * file's, so look again */
-		if ((uint64_t)st->st_ino != f.ino && n->type == S_IFREG)
+		if ((uint64_t)st->st_ino != f.ino && fs_node_type(n) == S_IFREG)
 			continue;
 		if (f.kind == FS_KIND_VIEW || f.kind == FS_KIND_SIBLING) {
 			st->st_size = (off_t)f.view_bytes;

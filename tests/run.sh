@@ -1,12 +1,15 @@
 #!/bin/bash
 # The whole suite, as `make test` runs it: unit tests and mount tests against
-# the release build, then again against the ASan+UBSan build. Ends with one
-# line "N passed, N failed, N skipped".
+# the release build, then again against the ASan+UBSan build, then the core's
+# unit tests and the mount tests that race the daemon's threads against the
+# ThreadSanitizer build. Ends with one line "N passed, N failed, N skipped".
+# TEST_STAGES picks stages (default "release asan tsan").
 set -u
 cd "$(dirname "$0")/.."
 
 export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:abort_on_error=0:exitcode=86"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export TSAN_OPTIONS="exitcode=66:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
 [ -f tests/lsan.supp ] && export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 PYTEST="/usr/bin/python3 -m pytest"
 
@@ -44,21 +47,43 @@ run_unit() { # dir label
 	done
 }
 
-run_mount() { # binary label
-	local out line
-	echo "== $2 mount tests ($1)"
-	out=$(HEVCFS_BIN="$1" $PYTEST -q -p no:cacheprovider -rs tests/mount 2>&1)
+run_mount() { # binary label [test files...]
+	local out line bin=$1 label=$2
+	shift 2
+	echo "== $label mount tests ($bin)"
+	out=$(HEVCFS_BIN="$bin" $PYTEST -q -p no:cacheprovider -rs "${@:-tests/mount}" 2>&1)
 	echo "$out" | tail -n 60
 	line=$(grep -E '^[0-9=]* ?[0-9]+ (passed|failed|error|skipped)' <<<"$out" | tail -n 1)
 	[ -n "$line" ] || line=$(tail -n 1 <<<"$out")
 	grep -qE '[0-9]+ (passed|failed)' <<<"$line" || line="0 passed, 1 failed"
-	count "$line" "$2 mount tests"
+	count "$line" "$label mount tests"
 }
 
-run_unit build/tests release
-run_mount "$PWD/hevcfs" release
-run_unit build/asan/tests asan
-run_mount "$PWD/build/asan/hevcfs" asan
+for stage in ${TEST_STAGES:-release asan tsan}; do
+	case $stage in
+	release)
+		run_unit build/tests release
+		run_mount "$PWD/hevcfs" release
+		;;
+	asan)
+		run_unit build/asan/tests asan
+		run_mount "$PWD/build/asan/hevcfs" asan
+		;;
+	tsan)
+		# the threads: node, queue and commit driven directly, then
+		# the mount tests whose requests race the workers
+		run_unit build/tsan/tests tsan
+		run_mount "$PWD/build/tsan/hevcfs" tsan tests/mount/test_stress.py \
+			tests/mount/test_files.py tests/mount/test_posix.py \
+			tests/mount/test_photos.py tests/mount/test_integrity.py
+		;;
+	*)
+		echo "unknown stage $stage"
+		failures+=("stage $stage")
+		failed=$((failed + 1))
+		;;
+	esac
+done
 
 echo
 [ ${#failures[@]} -gt 0 ] && printf 'failed in: %s\n' "${failures[@]}"

@@ -358,13 +358,17 @@ static void head_digest(int fd, uint64_t view_bytes, uint8_t out[SUM_LEN])
 	codec_view_map_release(&m);
 }
 
+/* Commits tried under the newest name of a file renamed while archived. */
+#define COMMIT_TRIES 4
+
 /* Commit a verified archive of job j (its files work/out and work/view),
  * recording what res measured and the digests of the original (src) and
  * of what is stored. Logs the outcome. */
-static void commit_job(struct fs *fs, struct job *j, const char *path, const char *out,
+static void commit_job(struct fs *fs, struct job *j, const char *qpath, const char *out,
 		       const char *view, const struct codec_result *res, const struct stat *st,
 		       int kind, const struct sum_file *src, double t0)
 {
+	char path[FS_PATH_MAX];
 	struct idx_entry e = {
 	    .state = IDX_ARCHIVED,
 	    .kind = (uint32_t)kind,
@@ -377,10 +381,12 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 	};
 	struct sum_file osum = {0}, vsum = {0};
 	char reason[600], dir[FS_PATH_MAX], target[FS_STORED_BUF];
-	const char *name = fs_basename(path);
+	const char *name;
 	int rc, dirfd = -1, photo = !strcmp(res->suffix, ".heic");
 	enum fs_replace_result done = FS_REPLACE_ERROR;
 
+	snprintf(path, sizeof(path), "%s", qpath);
+	name = fs_basename(path);
 	snprintf(e.suffix, sizeof(e.suffix), "%s", res->suffix);
 	memcpy(e.orig_sum, src->whole, SUM_LEN);
 	memcpy(e.scan_sum, res->scan_sum, SUM_LEN);
@@ -412,16 +418,47 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 		}
 	}
 	e.elapsed = mono_sec() - t0;
-	if (!rc && fs_stored_name(name, e.suffix, target, sizeof(target))) {
-		snprintf(reason, sizeof(reason), "name too long to append %s", e.suffix);
-		done = FS_REPLACE_TAKEN;
-		goto out;
-	}
-	if (!rc && !strcmp(target, name))
-		e.suffix[0] = '\0'; /* a video whose name already said MP4 */
-	if (!rc && (dirfd = fs_open_path(fs, dir_of(path, dir), O_PATH | O_DIRECTORY, 0)) < 0)
-		rc = dirfd;
-	if (!rc) {
+	/* a file renamed while it was archived (rsync's temporary name) is
+	 * committed under its new name: its queue record follows renames */
+	for (int tries = 0; !rc && tries < COMMIT_TRIES; tries++) {
+		uint64_t qgen;
+		struct idx_txn *txn;
+		if (tries) {
+			char now[FS_PATH_MAX];
+			int moved = 0;
+			if (!job_current(fs, j) || idx_begin(fs->idx, 0, &txn))
+				break;
+			if (idx_queue_get(txn, j->ino, &qgen, now, sizeof(now)) == 0 &&
+			    qgen == j->gen && strcmp(now, path)) {
+				snprintf(path, sizeof(path), "%s", now);
+				moved = 1;
+			}
+			idx_abort(txn);
+			if (!moved)
+				break;
+			log_msg(LOG_INFO, "queue: renamed while archived: committed as %s", path);
+			name = fs_basename(path);
+			snprintf(e.suffix, sizeof(e.suffix), "%s", res->suffix);
+			if (dirfd >= 0)
+				close(dirfd);
+			dirfd = -1;
+		}
+		if (fs_stored_name(name, e.suffix, target, sizeof(target))) {
+			snprintf(reason, sizeof(reason), "name too long to append %s", e.suffix);
+			done = FS_REPLACE_TAKEN;
+			goto out;
+		}
+		if (!strcmp(target, name))
+			e.suffix[0] = '\0'; /* a video whose name already said MP4 */
+		dirfd = fs_open_path(fs, dir_of(path, dir), O_PATH | O_DIRECTORY, 0);
+		if (dirfd == -ENOENT || dirfd == -ENOTDIR) {
+			done = FS_REPLACE_MOVED; /* its directory renamed meanwhile */
+			continue;
+		}
+		if (dirfd < 0) {
+			rc = dirfd;
+			break;
+		}
 		struct fs_replace r = {
 		    .dirfd = dirfd,
 		    .dir = dir,
@@ -440,11 +477,13 @@ static void commit_job(struct fs *fs, struct job *j, const char *path, const cha
 		    .flags = FS_REPLACE_ATTRS | FS_REPLACE_JOURNAL | FS_REPLACE_SYNC,
 		};
 		done = fs_replace(fs, &r, &rc);
-		if (done == FS_REPLACE_MOVED)
-			snprintf(reason, sizeof(reason), "changed or moved while archiving");
-		else if (done == FS_REPLACE_TAKEN)
-			snprintf(reason, sizeof(reason), "name %s is taken", target);
+		if (done != FS_REPLACE_MOVED)
+			break;
 	}
+	if (done == FS_REPLACE_MOVED)
+		snprintf(reason, sizeof(reason), "changed or moved while archiving");
+	else if (done == FS_REPLACE_TAKEN)
+		snprintf(reason, sizeof(reason), "name %s is taken", target);
 out:
 	sum_file_release(&osum);
 	if (dirfd >= 0)
@@ -650,13 +689,19 @@ static int run_job(struct fs *fs, struct job *j)
 	atomic_store(fs_node_cancel(j->node), 0);
 	if (!job_current(fs, j))
 		goto out;
-	if ((rc = idx_begin(fs->idx, 0, &txn)))
-		goto out;
-	rc = idx_queue_get(txn, j->ino, &qgen, path, FS_PATH_MAX);
-	idx_abort(txn);
+	/* the queue record's path and the open, between renames (a rename
+	 * moves the record's path under ns_lock): a file renamed in between
+	 * would look gone, and its entry be dropped */
+	fs_mutex_lock(&fs->ns_lock);
+	if ((rc = idx_begin(fs->idx, 0, &txn)) == 0) {
+		rc = idx_queue_get(txn, j->ino, &qgen, path, FS_PATH_MAX);
+		idx_abort(txn);
+	}
+	if (!rc && qgen == j->gen)
+		fd = fs_open_path(fs, path, O_RDONLY, 0);
+	fs_mutex_unlock(&fs->ns_lock);
 	if (rc || qgen != j->gen)
 		goto out;
-	fd = fs_open_path(fs, path, O_RDONLY, 0);
 	if (fd < 0 || fstat(fd, &st) == -1 || (uint64_t)st.st_ino != j->ino) {
 		log_msg(LOG_INFO, "queue: %s is gone, job dropped", path);
 		drop_job(fs, j);

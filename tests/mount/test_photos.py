@@ -290,6 +290,31 @@ def test_photo_not_archived_under_a_reader(mount):
     assert view[:3] == b"\xff\xd8\xff" and os.stat(p).st_size == len(view)
 
 
+def test_photo_renamed_while_archived(mount):
+    """rsync writes a temporary name and renames it when done; a file
+    renamed while its archive is being made is committed under its new
+    name, not kept as "moved"."""
+    import json
+    original = make_jpeg(None, width=1600, height=1200, seed=35, noise=24)
+    tmp = os.path.join(mount.mnt, ".p.jpg.Ab12Cd")
+    with open(tmp, "wb") as f:
+        f.write(original)
+    deadline = time.time() + 60
+    while not json.loads(hevcfs("status", mount.backing, "--json").stdout)["running"]:
+        assert time.time() < deadline, mount.log()
+        time.sleep(0.01)
+    os.rename(tmp, os.path.join(mount.mnt, "p.jpg"))
+    mount.wait_idle()
+    assert "renamed while archived: committed as p.jpg" in mount.log(), mount.log()
+    st = mount.status()
+    assert st["archived"] == 1 and st["kept"] == 0, st
+    assert os.listdir(mount.mnt) == ["p.jpg"]
+    assert sorted(os.listdir(mount.backing)) == [".hevcfs", "p.jpg.heic"]
+    view = open(os.path.join(mount.mnt, "p.jpg"), "rb").read()
+    assert view[:3] == b"\xff\xd8\xff"
+    assert len(view) == os.stat(os.path.join(mount.mnt, "p.jpg")).st_size
+
+
 def test_photo_rewritten_while_its_archive_waits(mount, tmp_path):
     """The archive waiting for a reader is dropped when the file is written
     meanwhile: the newer bytes are archived, nothing is left in work/."""

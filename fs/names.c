@@ -161,9 +161,8 @@ int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct f
 	}
 	if (errno != ENOENT)
 		return -errno;
-	if (fs->cfg->view != FS_VIEW_LEGACY)
-		return -ENOENT;
-	for (size_t i = 0; i < NSUFFIXES; i++) {
+	/* an archived copy under its logical name: the legacy view's */
+	for (size_t i = 0; fs->cfg->view == FS_VIEW_LEGACY && i < NSUFFIXES; i++) {
 		size_t s = strlen(archive_suffixes[i]);
 		if (nlen + s > NAME_MAX)
 			continue;
@@ -179,7 +178,7 @@ int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct f
 		}
 		return 0;
 	}
-	/* X.HEIC.jpg: the JPEG sibling of a HEIF photo X.HEIC */
+	/* X.HEIC.jpg: the JPEG sibling of a HEIF photo X.HEIC (either view) */
 	if (fs->cfg->heic_view && nlen > strlen(SIBLING_SUFFIX) &&
 	    !strcmp(name + nlen - strlen(SIBLING_SUFFIX), SIBLING_SUFFIX)) {
 		f->name[nlen - strlen(SIBLING_SUFFIX)] = '\0';

@@ -444,3 +444,38 @@ def test_name_too_long_for_suffix_is_kept(mount):
     assert open(os.path.join(mount.mnt, name), "rb").read() == data
     assert os.listdir(mount.backing) == [".hevcfs", name] or sorted(
         os.listdir(mount.backing)) == sorted([".hevcfs", name])
+
+
+@pytest.mark.parametrize("view", ["legacy", "native"])
+def test_heic_photo_has_a_jpeg_sibling(mount_factory, tmp_path, view):
+    """heic_view=jpeg: a phone's HEIC (kept as it is) also shows a read-only
+    JPEG sibling X.HEIC.jpg, in either view; it opens, reads as a JPEG of
+    the size stat gives, and goes with its photo."""
+    # a HEIC of our own: a JPEG archived by a first mount
+    first = tmp_path / "first"
+    first.mkdir()
+    m = mount_factory(backing=str(first)).start()
+    make_jpeg(os.path.join(m.mnt, "p.jpg"), seed=36)
+    m.wait_idle()
+    heic = (first / "p.jpg.heic").read_bytes()
+    m.stop()
+
+    m = mount_factory(f"heic_view=jpeg,view={view}").start()
+    with open(os.path.join(m.mnt, "IMG_0001.HEIC"), "wb") as f:
+        f.write(heic)
+    m.wait_idle()
+    assert sorted(os.listdir(m.mnt)) == ["IMG_0001.HEIC", "IMG_0001.HEIC.jpg"]
+    sib = os.path.join(m.mnt, "IMG_0001.HEIC.jpg")
+    data = open(sib, "rb").read()
+    assert data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+    assert os.stat(sib).st_size == len(data)
+    (tmp_path / "sib.jpg").write_bytes(data)
+    subprocess.run(["djpeg", "-outfile", os.devnull, str(tmp_path / "sib.jpg")], check=True)
+    assert open(os.path.join(m.mnt, "IMG_0001.HEIC"), "rb").read() == heic
+    with pytest.raises(OSError):
+        open(sib, "r+b")
+    with pytest.raises(OSError):
+        os.unlink(sib)
+    os.unlink(os.path.join(m.mnt, "IMG_0001.HEIC"))
+    assert os.listdir(m.mnt) == []
+    m.stop()

@@ -15,12 +15,17 @@
 static _Thread_local const struct fs_mutex *held[HELD_MAX];
 static _Thread_local int nheld;
 
+/* A sanitizer build says where. */
+void __sanitizer_print_stack_trace(void) __attribute__((weak));
+
 /* Abort when l may not be taken after what this thread holds. */
 static void check_order(const struct fs_mutex *l)
 {
 	if (nheld && (held[nheld - 1]->rank >= l->rank || held[nheld - 1]->rank == FS_LOCK_LEAF)) {
 		fprintf(stderr, "hevcfs: lock order: %s taken while holding %s\n", l->name,
 			held[nheld - 1]->name);
+		if (__sanitizer_print_stack_trace)
+			__sanitizer_print_stack_trace();
 		abort();
 	}
 	if (nheld == HELD_MAX)

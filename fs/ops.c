@@ -808,8 +808,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct fs_node *p = node_of(req, parent), *n;
 	struct fuse_entry_param e;
 	struct handle *h;
-	int d = fs_node_fd(p), fd, rc = can_create(fs, p, name);
+	int d = fs_node_fd(p), fd, err, rc = can_create(fs, p, name), tries = 0;
 
+again:
 	if (rc == -EEXIST && !(fi->flags & O_EXCL)) {
 		/* there already (made meanwhile, or an archived copy): open it */
 		rc = lookup_entry(fs, p, name, &e);
@@ -827,9 +828,16 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		reply_err(req, rc);
 		return;
 	}
-	fd = openat(d, name, ((fi->flags | O_CREAT) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC, mode);
+	/* O_EXCL always: the name is free as the mount shows it, and a file
+	 * there in BACKING is one it does not show (the archived copy of
+	 * another name, X.jpg.heic): opening it would write into an archive */
+	fd = openat(d, name, ((fi->flags | O_CREAT | O_EXCL) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC,
+		    mode);
+	err = fd < 0 ? errno : 0;
+	if (err == EEXIST && tries++ == 0 && (rc = can_create(fs, p, name)) == -EEXIST)
+		goto again; /* made meanwhile through the mount: open it */
 	if (fd < 0) {
-		reply_err(req, errno);
+		reply_err(req, err);
 		return;
 	}
 	own_new(req, d, name);
@@ -1053,7 +1061,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		}
 	} else if (src.kind == FS_KIND_VIEW && suffix[0] && (flags & RENAME_EXCHANGE)) {
 		rc = -EINVAL; /* exchanging stored names would swap their suffixes */
-	} else if (renameat2(fs_node_fd(p), src.name, fs_node_fd(np), target, flags) == -1) {
+	} else if (!have_dst && (flags & RENAME_EXCHANGE)) {
+		rc = -ENOENT; /* nothing there as the mount shows it */
+	} else if (renameat2(fs_node_fd(p), src.name, fs_node_fd(np), target,
+			     have_dst ? flags : flags | RENAME_NOREPLACE) == -1) {
+		/* with no logical target, a file at the stored target name is
+		 * one the mount does not show (another name's archived copy,
+		 * or a file named as one): it is never replaced */
 		rc = -errno;
 	} else if (have_dst && !(flags & RENAME_EXCHANGE) && S_ISREG(dst.st.st_mode) &&
 		   dst.st.st_nlink <= 1 && dst.st.st_ino != src.st.st_ino) {

@@ -479,3 +479,37 @@ def test_heic_photo_has_a_jpeg_sibling(mount_factory, tmp_path, view):
     os.unlink(os.path.join(m.mnt, "IMG_0001.HEIC"))
     assert os.listdir(m.mnt) == []
     m.stop()
+
+
+def test_stored_names_of_archives_are_never_overwritten(mount, tmp_path):
+    """In the legacy view an archived photo a.jpg is stored as a.jpg.heic,
+    a name the mount does not show. Creating or renaming onto that name
+    through the mount must not touch the archive (open(O_CREAT|O_TRUNC) used
+    to open the stored file and truncate it), and a file the user named
+    b.jpg.heic is not replaced when an archived c.jpg is renamed to b.jpg
+    (its stored name would be b.jpg.heic)."""
+    original = make_jpeg(os.path.join(mount.mnt, "a.jpg"), seed=37)
+    make_jpeg(os.path.join(mount.mnt, "c.jpg"), seed=38)
+    mount.wait_idle()
+    stored = open(os.path.join(mount.backing, "a.jpg.heic"), "rb").read()
+    view = open(os.path.join(mount.mnt, "a.jpg"), "rb").read()
+    assert len(view) == len(original)
+    hidden = os.path.join(mount.mnt, "a.jpg.heic")
+    with pytest.raises(FileExistsError):
+        open(hidden, "wb")
+    with pytest.raises(FileExistsError):
+        os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with open(os.path.join(mount.mnt, "x.txt"), "wb") as f:
+        f.write(b"x")
+    with pytest.raises(FileExistsError):
+        os.rename(os.path.join(mount.mnt, "x.txt"), hidden)
+    assert open(os.path.join(mount.backing, "a.jpg.heic"), "rb").read() == stored
+    # a user's own file named like a stored one, and an archive renamed
+    # so that its stored name would land on it
+    with open(os.path.join(mount.mnt, "b.jpg.heic"), "wb") as f:
+        f.write(b"mine")
+    with pytest.raises(FileExistsError):
+        os.rename(os.path.join(mount.mnt, "c.jpg"), os.path.join(mount.mnt, "b.jpg"))
+    assert open(os.path.join(mount.mnt, "b.jpg.heic"), "rb").read() == b"mine"
+    assert sorted(os.listdir(mount.mnt)) == ["a.jpg", "b.jpg.heic", "c.jpg", "x.txt"]
+    assert open(os.path.join(mount.mnt, "a.jpg"), "rb").read() == view

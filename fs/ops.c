@@ -243,6 +243,19 @@ static void forget_file(struct fs *fs, uint64_t ino)
 
 static void op_release_handle(struct fs *fs, struct fuse_file_info *fi);
 
+/* A backing file that fails from below (EACCES, EIO, ...): the request
+ * fails, and the log says which file. */
+static void log_fault(struct fs *fs, struct fs_node *n, const char *what, int rc)
+{
+	char path[FS_PATH_MAX];
+
+	if (rc == -ENOENT || rc == -EAGAIN || rc == -ESTALE || rc == -EINTR)
+		return; /* a race with a change of the tree, not a fault */
+	if (fs_node_path(fs, n, path, sizeof(path)))
+		snprintf(path, sizeof(path), "inode %llu", (unsigned long long)fs_node_ino(fs, n));
+	log_msg(LOG_WARNING, "%s: %s: %s", path, what, strerror(-rc));
+}
+
 static void handle_free(struct fs *fs, struct handle *h)
 {
 	if (!h)
@@ -405,8 +418,10 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 	if (f.kind != FS_KIND_PLAIN && !writable && !trunc) {
 		/* a view or sibling: its stored photo, rendered at need */
 		fd = fs_node_reopen(fs, n, O_RDONLY, &f);
-		if (fd < 0)
+		if (fd < 0) {
+			log_fault(fs, n, "cannot open its stored file", fd);
 			return fd;
+		}
 		if (f.kind == FS_KIND_PLAIN) {
 			/* turned back into a JPEG meanwhile: a plain file */
 			close(fd);
@@ -430,6 +445,7 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 plain:
 	fd = fs_node_reopen(fs, n, fi->flags, &f);
 	if (fd < 0) {
+		log_fault(fs, n, "cannot open", fd);
 		rc = fd;
 		goto out_unlock;
 	}
@@ -520,14 +536,19 @@ static int view_render(struct fs *fs, struct handle *h, const char *why)
 }
 
 /* Reply bytes [off, off + size) of fd (a splice where the kernel can). */
-static void reply_fd(fuse_req_t req, int fd, size_t size, off_t off)
+/* Reply size bytes of fd at off; a read error of the backing file is
+ * replied as such and logged, naming h's file. */
+static void reply_fd(fuse_req_t req, struct handle *h, int fd, size_t size, off_t off)
 {
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	int rc;
 
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].fd = fd;
 	bv.buf[0].pos = off;
-	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	rc = fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	if (rc > 0)
+		log_fault(fs_of(req), h->node, "reading failed", -rc);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -570,7 +591,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					reply_err(req, rc);
 					return;
 				}
-				reply_fd(req, h->stored, (size_t)(end - (uint64_t)off), (off_t)src);
+				reply_fd(req, h, h->stored, (size_t)(end - (uint64_t)off),
+					 (off_t)src);
 				return;
 			}
 		}
@@ -580,7 +602,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			reply_err(req, rc);
 			return;
 		}
-		reply_fd(req, h->fd, size, off);
+		reply_fd(req, h, h->fd, size, off);
 		return;
 	}
 	if (h->check) {
@@ -593,7 +615,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			return;
 		}
 	}
-	reply_fd(req, h->fd, size, off);
+	reply_fd(req, h, h->fd, size, off);
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
@@ -915,12 +937,17 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fs *fs = fs_of(req);
 	struct fs_node *p = node_of(req, parent), *n;
 	struct fs_found f;
-	int rc;
+	int rc, keep = -1;
 
 	fs_mutex_lock(&fs->ns_lock);
 	rc = fs_resolve(fs, fs_node_fd(p), p == fs_node_root(fs), name, &f);
 	if (!rc && f.kind == FS_KIND_SIBLING)
 		rc = -EPERM; /* a rendering: it goes with its photo */
+	/* the inode stays allocated until its entry is forgotten: its number,
+	 * free again, could be a new file's (created meanwhile, without
+	 * ns_lock), whose entry would be forgotten instead */
+	if (!rc && S_ISREG(f.st.st_mode))
+		keep = openat(fs_node_fd(p), f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (!rc && unlinkat(fs_node_fd(p), f.name, 0) == -1)
 		rc = -errno;
 	if (!rc && !S_ISDIR(f.st.st_mode)) {
@@ -934,6 +961,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 			forget_file(fs, (uint64_t)f.st.st_ino);
 	}
 	fs_mutex_unlock(&fs->ns_lock);
+	if (keep >= 0)
+		close(keep);
 	reply_err(req, rc);
 }
 
@@ -1000,7 +1029,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	struct fs_found src, dst;
 	char target[FS_STORED_BUF], from[FS_PATH_MAX], to[FS_PATH_MAX];
 	const char *suffix;
-	int have_dst, rc;
+	int have_dst, rc, keep = -1;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
 		reply_err(req, EINVAL);
@@ -1032,6 +1061,10 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		rc = -EPERM;
 		goto out_unlock;
 	}
+	/* a file replaced keeps its inode until its entry is forgotten (see
+	 * op_unlink) */
+	if (have_dst && S_ISREG(dst.st.st_mode))
+		keep = openat(fs_node_fd(np), dst.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (have_dst && strcmp(dst.name, target) != 0) {
 		/* the logical target is stored under another name */
 		if (flags & RENAME_NOREPLACE) {
@@ -1093,6 +1126,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		renamed_paths(fs, from, to, flags);
 out_unlock:
 	fs_mutex_unlock(&fs->ns_lock);
+	if (keep >= 0)
+		close(keep);
 	reply_err(req, rc);
 }
 

@@ -75,7 +75,8 @@ for stage in ${TEST_STAGES:-release asan tsan}; do
 		run_unit build/tsan/tests tsan
 		run_mount "$PWD/build/tsan/hevcfs" tsan tests/mount/test_stress.py \
 			tests/mount/test_files.py tests/mount/test_posix.py \
-			tests/mount/test_photos.py tests/mount/test_integrity.py
+			tests/mount/test_photos.py tests/mount/test_integrity.py \
+			tests/mount/test_faults.py
 		;;
 	*)
 		echo "unknown stage $stage"

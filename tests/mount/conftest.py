@@ -42,8 +42,9 @@ def hevcfs(*args, check=True, timeout=120, **kw):
 class Mount:
     """A running hevcfs mount of backing on mnt (foreground, in a child)."""
 
-    def __init__(self, backing, mnt, opts="", env=None):
+    def __init__(self, backing, mnt, opts="", env=None, wrap=()):
         self.backing, self.mnt, self.opts = backing, mnt, opts
+        self.wrap = list(wrap)  # a command the daemon runs under (setpriv ...)
         self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.errlog = None
@@ -51,7 +52,7 @@ class Mount:
     def start(self, expect_fail=False):
         os.makedirs(self.mnt, exist_ok=True)
         self.errlog = tempfile.TemporaryFile(mode="w+")
-        args = [BIN, self.backing, self.mnt, "-f"]
+        args = [*self.wrap, BIN, self.backing, self.mnt, "-f"]
         opts = "settle_ms=50,workers=2" + ("," + self.opts if self.opts else "")
         args += ["-o", opts]
         self.proc = subprocess.Popen(args, stderr=self.errlog, stdout=self.errlog, env=self.env)
@@ -135,8 +136,8 @@ def mount(dirs):
 def mount_factory(dirs):
     made = []
 
-    def make(opts="", env=None, backing=None):
-        m = Mount(backing or dirs[0], dirs[1], opts, env)
+    def make(opts="", env=None, backing=None, wrap=()):
+        m = Mount(backing or dirs[0], dirs[1], opts, env, wrap)
         made.append(m)
         return m
 

@@ -187,17 +187,19 @@ struct fs_found {
  * is_root). 0, -ENOENT, or -errno. Only names that can be archived copies
  * (a suffix, or a missing name) cost an index lookup. */
 int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct fs_found *f);
-/* The logical name of the backing entry name (inode ino, type d_type) in
- * a listing, into buf: name itself, name less its archive suffix, or NULL
- * when it is not shown (the state directory, an archive's own name in the
- * legacy view). txn may be NULL (no index lookups). */
-const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int is_root, const char *name,
-			 uint64_t ino, unsigned char d_type, char *buf, size_t size);
+/* The logical name of the backing entry name (inode ino, type d_type) of
+ * directory dirfd in a listing, into buf: name itself, name less its
+ * archive suffix (in the legacy view, unless that name is taken: then the
+ * stored name, so no name is listed twice), or NULL when it is not shown
+ * (the state directory). txn may be NULL (no index lookups). */
+const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int dirfd, int is_root,
+			 const char *name, uint64_t ino, unsigned char d_type, char *buf,
+			 size_t size);
 /* The read-only JPEG sibling name of a kept HEIF photo named name (its
- * entry e), into buf; NULL when it has none (heic_view=jpeg off, no view
- * learnt). */
-const char *fs_sibling_name(struct fs *fs, const char *name, const struct idx_entry *e, char *buf,
-			    size_t size);
+ * entry e) in dirfd, into buf; NULL when it has none (heic_view=jpeg off,
+ * no view learnt, a file of that name there). */
+const char *fs_sibling_name(struct fs *fs, int dirfd, const char *name, const struct idx_entry *e,
+			    char *buf, size_t size);
 
 /* Open rel below root_fd (BACKING, or any directory) without following a
  * symlink, "..", or magic link (openat2 RESOLVE_BENEATH). An fd or -errno. */

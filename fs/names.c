@@ -135,6 +135,36 @@ static int has_sibling(struct fs *fs, const struct idx_entry *e)
 	       e->view_bytes > 0;
 }
 
+/* Is the logical name lname of an archived copy stored with suffix taken
+ * in dirfd by something the legacy view shows first: a file of that very
+ * name, or an archived copy of it under a suffix tried before this one?
+ * Then the copy is shown under its stored name (a tree made through the
+ * native view, or by hand, can hold both). */
+static int taken_before(struct fs *fs, struct idx_txn *txn, int dirfd, const char *lname,
+			const char *suffix)
+{
+	char name[FS_STORED_BUF];
+	struct idx_entry e;
+	struct stat st;
+	size_t n = strlen(lname);
+
+	if (fstatat(dirfd, lname, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 1;
+	for (size_t i = 0; i < NSUFFIXES && strcmp(archive_suffixes[i], suffix); i++) {
+		size_t s = strlen(archive_suffixes[i]);
+		if (n + s >= sizeof(name))
+			continue;
+		memcpy(name, lname, n);
+		memcpy(name + n, archive_suffixes[i], s + 1);
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+		    (txn ? idx_get(txn, (uint64_t)st.st_ino, &e)
+			 : fs_entry_get(fs, (uint64_t)st.st_ino, &e)) == 0 &&
+		    is_archive_of(&e, name))
+			return 1;
+	}
+	return 0;
+}
+
 int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct fs_found *f)
 {
 	size_t nlen = strlen(name);
@@ -153,9 +183,18 @@ int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct f
 		    fs_entry_get(fs, f->st.st_ino, &f->e) == 0) {
 			f->has_entry = 1;
 			/* in the legacy view an archived copy answers only to
-			 * its logical name, never to its own */
-			if (fs->cfg->view == FS_VIEW_LEGACY && is_archive_of(&f->e, name))
-				return -ENOENT;
+			 * its logical name, never to its own, unless that name
+			 * is taken (then it is shown as stored) */
+			if (fs->cfg->view == FS_VIEW_LEGACY && is_archive_of(&f->e, name)) {
+				char lname[FS_NAME_BUF];
+				size_t l = nlen - strlen(f->e.suffix);
+				memcpy(lname, name, l);
+				lname[l] = '\0';
+				if (!taken_before(fs, NULL, dirfd, lname, f->e.suffix)) {
+					memset(f, 0, sizeof(*f));
+					return -ENOENT;
+				}
+			}
 		}
 		return 0;
 	}
@@ -197,8 +236,9 @@ int fs_resolve(struct fs *fs, int dirfd, int is_root, const char *name, struct f
 	return -ENOENT;
 }
 
-const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int is_root, const char *name,
-			 uint64_t ino, unsigned char d_type, char *buf, size_t size)
+const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int dirfd, int is_root,
+			 const char *name, uint64_t ino, unsigned char d_type, char *buf,
+			 size_t size)
 {
 	struct idx_entry e;
 	size_t n;
@@ -215,15 +255,21 @@ const char *fs_list_name(struct fs *fs, struct idx_txn *txn, int is_root, const 
 		return NULL;
 	memcpy(buf, name, n);
 	buf[n] = '\0';
-	return buf;
+	/* its logical name taken: shown as stored, never twice */
+	return taken_before(fs, txn, dirfd, buf, e.suffix) ? name : buf;
 }
 
-const char *fs_sibling_name(struct fs *fs, const char *name, const struct idx_entry *e, char *buf,
-			    size_t size)
+const char *fs_sibling_name(struct fs *fs, int dirfd, const char *name, const struct idx_entry *e,
+			    char *buf, size_t size)
 {
+	struct stat st;
+
 	if (!has_sibling(fs, e) ||
 	    (size_t)snprintf(buf, size, "%s%s", name, SIBLING_SUFFIX) >= size ||
 	    strlen(buf) > NAME_MAX)
+		return NULL;
+	/* a file of that name is shown instead: a sibling is a rendering */
+	if (fstatat(dirfd, buf, &st, AT_SYMLINK_NOFOLLOW) == 0)
 		return NULL;
 	return buf;
 }

@@ -1485,8 +1485,8 @@ static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			}
 			d->held = NULL;
 			next = telldir(d->dir);
-			name = fs_list_name(fs, txn, root, de->d_name, de->d_ino, de->d_type, lname,
-					    sizeof(lname));
+			name = fs_list_name(fs, txn, dirfd(d->dir), root, de->d_name, de->d_ino,
+					    de->d_type, lname, sizeof(lname));
 			if (!name || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) {
 				if (name && plus) {
 					/* "." and "..": no lookup */
@@ -1518,7 +1518,8 @@ static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (txn && fs->cfg->heic_view && de->d_type == DT_REG) {
 				struct idx_entry ie;
 				if (idx_get(txn, de->d_ino, &ie) == 0 &&
-				    fs_sibling_name(fs, de->d_name, &ie, sib, sizeof(sib)))
+				    fs_sibling_name(fs, dirfd(d->dir), de->d_name, &ie, sib,
+						    sizeof(sib)))
 					snprintf(d->sibling, sizeof(d->sibling), "%s", sib);
 			}
 		}

@@ -513,3 +513,24 @@ def test_stored_names_of_archives_are_never_overwritten(mount, tmp_path):
     assert open(os.path.join(mount.mnt, "b.jpg.heic"), "rb").read() == b"mine"
     assert sorted(os.listdir(mount.mnt)) == ["a.jpg", "b.jpg.heic", "c.jpg", "x.txt"]
     assert open(os.path.join(mount.mnt, "a.jpg"), "rb").read() == view
+
+
+def test_names_are_never_listed_twice(mount_factory):
+    """Through the native view a file can be given an archived copy's
+    logical name (a.jpg beside a.jpg.heic). The legacy view then lists the
+    file as a.jpg and the copy as stored, each once, each opening to its own
+    bytes (it used to list a.jpg twice, the second never reachable)."""
+    m = mount_factory("view=native").start()
+    make_jpeg(os.path.join(m.mnt, "a.jpg"), seed=44)
+    m.wait_idle()
+    assert os.listdir(m.mnt) == ["a.jpg.heic"]
+    with open(os.path.join(m.mnt, "a.jpg"), "w") as f:
+        f.write("not the photo")
+    m.wait_idle()
+    heic = open(os.path.join(m.mnt, "a.jpg.heic"), "rb").read()
+    m.stop()
+    m = mount_factory("view=legacy").start()
+    assert sorted(os.listdir(m.mnt)) == ["a.jpg", "a.jpg.heic"]
+    assert open(os.path.join(m.mnt, "a.jpg"), "rb").read() == b"not the photo"
+    assert open(os.path.join(m.mnt, "a.jpg.heic"), "rb").read() == heic
+    m.stop()

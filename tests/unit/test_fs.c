@@ -306,21 +306,46 @@ static void test_archived_names_map(void)
 	CHECK_EQ(fs_resolve(&fs, sub, 0, "phone.heic.jpg", &f), -ENOENT);
 
 	CHECK_EQ(idx_begin(fs.idx, 0, &t), 0);
-	CHECK(!strcmp(fs_list_name(&fs, t, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
+	CHECK(!strcmp(fs_list_name(&fs, t, sub, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
 		      "IMG_1.JPG"));
-	CHECK(!strcmp(fs_list_name(&fs, t, 0, "phone.heic", k, DT_REG, buf, sizeof(buf)),
+	CHECK(!strcmp(fs_list_name(&fs, t, sub, 0, "phone.heic", k, DT_REG, buf, sizeof(buf)),
 		      "phone.heic"));
-	CHECK(fs_list_name(&fs, t, 1, ".hevcfs", 1, DT_DIR, buf, sizeof(buf)) == NULL);
+	CHECK(fs_list_name(&fs, t, sub, 1, ".hevcfs", 1, DT_DIR, buf, sizeof(buf)) == NULL);
 	{
 		struct idx_entry e;
 		CHECK_EQ(idx_get(t, h, &e), 0);
-		CHECK(!strcmp(fs_sibling_name(&fs, "IMG_2.HEIC", &e, buf, sizeof(buf)),
+		CHECK(!strcmp(fs_sibling_name(&fs, sub, "IMG_2.HEIC", &e, buf, sizeof(buf)),
 			      "IMG_2.HEIC.jpg"));
 		CHECK_EQ(idx_get(t, k, &e), 0);
-		CHECK(fs_sibling_name(&fs, "phone.heic", &e, buf, sizeof(buf)) == NULL);
+		CHECK(fs_sibling_name(&fs, sub, "phone.heic", &e, buf, sizeof(buf)) == NULL);
+		/* a file of the sibling's name is shown instead of it */
+		CHECK_EQ(idx_get(t, h, &e), 0);
+		int s2 = openat(sub, "IMG_2.HEIC.jpg", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+		CHECK(s2 >= 0);
+		close(s2);
+		CHECK(fs_sibling_name(&fs, sub, "IMG_2.HEIC", &e, buf, sizeof(buf)) == NULL);
+		CHECK_EQ(unlinkat(sub, "IMG_2.HEIC.jpg", 0), 0);
+	}
+	/* a file with an archived copy's logical name (a tree made through the
+	 * native view): each is listed and found under a name of its own */
+	{
+		int p1 = openat(sub, "IMG_1.JPG", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+		CHECK(p1 >= 0);
+		close(p1);
+		CHECK(!strcmp(
+		    fs_list_name(&fs, t, sub, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
+		    "IMG_1.JPG.heic"));
+		CHECK_EQ(fs_resolve(&fs, sub, 0, "IMG_1.JPG.heic", &f), 0);
+		CHECK(f.kind == FS_KIND_PLAIN && f.st.st_ino == a);
+		CHECK_EQ(fs_resolve(&fs, sub, 0, "IMG_1.JPG", &f), 0);
+		CHECK(f.kind == FS_KIND_PLAIN && f.st.st_ino != a && !strcmp(f.name, "IMG_1.JPG"));
+		CHECK_EQ(unlinkat(sub, "IMG_1.JPG", 0), 0);
+		CHECK(!strcmp(
+		    fs_list_name(&fs, t, sub, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
+		    "IMG_1.JPG"));
 	}
 	cfg.view = FS_VIEW_NATIVE;
-	CHECK(!strcmp(fs_list_name(&fs, t, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
+	CHECK(!strcmp(fs_list_name(&fs, t, sub, 0, "IMG_1.JPG.heic", a, DT_REG, buf, sizeof(buf)),
 		      "IMG_1.JPG.heic"));
 	idx_abort(t);
 	CHECK_EQ(fs_resolve(&fs, sub, 0, "IMG_1.JPG", &f), -ENOENT);

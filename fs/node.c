@@ -846,7 +846,7 @@ void fs_node_replaced(struct fs *fs, uint64_t ino, uint64_t new_ino, int dirfd, 
 		      enum fs_kind kind, uint64_t view_bytes, int in_request)
 {
 	struct fs_nodes *t = fs->nodes;
-	struct fs_node *n;
+	struct fs_node *n, *m;
 	struct fs_check *c = NULL;
 	int fd = openat(dirfd, bname, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	fuse_ino_t id = 0;
@@ -855,7 +855,14 @@ void fs_node_replaced(struct fs *fs, uint64_t ino, uint64_t new_ino, int dirfd, 
 	n = find(t, ino, FS_KIND_PLAIN);
 	if (!n)
 		n = find(t, ino, FS_KIND_VIEW);
-	if (n && !find(t, new_ino, kind)) {
+	if (n && (m = find(t, new_ino, kind)) && m != n) {
+		/* another node of that number: a stale one (its file gone, the
+		 * number reused) or a lookup of the new file meanwhile. n
+		 * stands for the new file from now on (the kernel's entry for
+		 * the name is n); m keeps its own descriptor, found no more */
+		hash_out(t, m);
+	}
+	if (n) {
 		/* the old file's handles keep their check; new ones get the
 		 * new file's */
 		c = n->check;

@@ -26,13 +26,13 @@
 /* Largest chunk the kernel reads or writes at once. */
 #define IO_MAX (1u << 20)
 
-/* An open file. */
 /* A handle the kernel holds: on fs->live until its release. */
 struct live {
 	struct live *prev, *next;
 	int dir; /* a struct dirh, else a struct handle */
 };
 
+/* An open file. */
 struct handle {
 	struct live live;     /* first: a struct live * is the handle */
 	int fd;		      /* what reads and writes go to (a view's cache
@@ -422,11 +422,8 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 			log_fault(fs, n, "cannot open its stored file", fd);
 			return fd;
 		}
-		if (f.kind == FS_KIND_PLAIN) {
-			/* turned back into a JPEG meanwhile: a plain file */
-			close(fd);
-			goto plain;
-		}
+		if (f.kind == FS_KIND_PLAIN)
+			goto opened; /* turned back into a JPEG meanwhile */
 		h = handle_new(fs, n, -1, 0, &f);
 		if (!h) {
 			close(fd);
@@ -442,17 +439,21 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 	/* a photo opened for writing is a JPEG again */
 	if (f.kind == FS_KIND_VIEW && (rc = materialise(fs, n, !trunc)))
 		goto out_unlock;
-plain:
 	fd = fs_node_reopen(fs, n, fi->flags, &f);
 	if (fd < 0) {
 		log_fault(fs, n, "cannot open", fd);
 		rc = fd;
 		goto out_unlock;
 	}
+opened:
 	if (f.kind != FS_KIND_PLAIN) {
-		/* read only, archived since the look above: a view */
 		close(fd);
-		goto view;
+		if (locked) {
+			/* cannot happen: ns_lock keeps commits out */
+			rc = -EAGAIN;
+			goto out_unlock;
+		}
+		goto view; /* read only, archived since the look above */
 	}
 	h = handle_new(fs, n, fd, writable, &f);
 	if (!h) {
@@ -535,20 +536,16 @@ static int view_render(struct fs *fs, struct handle *h, const char *why)
 	return 0;
 }
 
-/* Reply bytes [off, off + size) of fd (a splice where the kernel can). */
-/* Reply size bytes of fd at off; a read error of the backing file is
- * replied as such and logged, naming h's file. */
-static void reply_fd(fuse_req_t req, struct handle *h, int fd, size_t size, off_t off)
+/* Reply bytes [off, off + size) of fd (a splice where the kernel can). A
+ * read error of fd is replied as that error by libfuse itself. */
+static void reply_fd(fuse_req_t req, int fd, size_t size, off_t off)
 {
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-	int rc;
 
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].fd = fd;
 	bv.buf[0].pos = off;
-	rc = fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-	if (rc > 0)
-		log_fault(fs_of(req), h->node, "reading failed", -rc);
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -591,8 +588,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					reply_err(req, rc);
 					return;
 				}
-				reply_fd(req, h, h->stored, (size_t)(end - (uint64_t)off),
-					 (off_t)src);
+				reply_fd(req, h->stored, (size_t)(end - (uint64_t)off), (off_t)src);
 				return;
 			}
 		}
@@ -602,7 +598,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			reply_err(req, rc);
 			return;
 		}
-		reply_fd(req, h, h->fd, size, off);
+		reply_fd(req, h->fd, size, off);
 		return;
 	}
 	if (h->check) {
@@ -615,7 +611,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			return;
 		}
 	}
-	reply_fd(req, h, h->fd, size, off);
+	reply_fd(req, h->fd, size, off);
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,

@@ -553,6 +553,39 @@ static void test_node_fd_stable(void)
 	teardown();
 }
 
+/* A file replaced by one whose inode number another node still has (a
+ * stale node: its file gone, the number reused): the replaced file's node
+ * stands for the new file, and is the one found by its number. */
+static void test_node_replaced_over_a_stale_number(void)
+{
+	struct fs_node *root, *n, *m;
+	struct stat st;
+	uint64_t a, b;
+	int d;
+
+	setup();
+	root = fs_node_root(&fs);
+	a = mkfile("y");
+	b = mkfile("y.heic");
+	n = lookup(root, "y");
+	m = fs_node_get(&fs, b); /* the number b known from before */
+	d = open_dir(".");
+	fs_node_replaced(&fs, a, b, d, "y.heic", FS_KIND_VIEW, 4000, 1);
+	CHECK_EQ(fs_node_ino(&fs, n), b);
+	CHECK_EQ(fs_node_kind(&fs, n), FS_KIND_VIEW);
+	CHECK_EQ(fs_node_stat(&fs, n, &st), 0);
+	CHECK(st.st_ino == b && st.st_size == 4000);
+	struct fs_node *found = fs_node_find(&fs, b);
+	CHECK(found == n);
+	fs_node_put(&fs, found);
+	fs_node_put(&fs, m); /* m goes, found no more, without harm to n */
+	CHECK(fs_node_find(&fs, a) == NULL);
+	CHECK_EQ(fs_node_stat(&fs, n, &st), 0);
+	close(d);
+	fs_node_forget(&fs, n, 1);
+	teardown();
+}
+
 /* ---- commit.c ----------------------------------------------------------- */
 
 /* An output in work/ holding data; its inode. */
@@ -850,6 +883,7 @@ int main(void)
 	RUN(test_nodes_lru);
 	RUN(test_node_generations);
 	RUN(test_node_fd_stable);
+	RUN(test_node_replaced_over_a_stale_number);
 	RUN(test_replace_commit);
 	RUN(test_replace_refusals);
 	RUN(test_replace_keep_x);

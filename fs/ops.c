@@ -1457,6 +1457,10 @@ static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		d->held = NULL;
 		d->sibling[0] = '\0';
 	}
+	/* names are mapped between namespace changes: a commit renames the
+	 * archive in, records it and removes the original under ns_lock, and
+	 * halfway through it the listing would show a stored name */
+	fs_mutex_lock(&fs->ns_lock);
 	if ((fs->cfg->view == FS_VIEW_LEGACY || fs->cfg->heic_view) && idx_begin(fs->idx, 0, &txn))
 		txn = NULL;
 	for (;;) {
@@ -1554,6 +1558,7 @@ static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		d->pos = next;
 	}
 	idx_abort(txn);
+	fs_mutex_unlock(&fs->ns_lock);
 	fuse_reply_buf(req, buf, used);
 	free(buf);
 }

@@ -92,6 +92,7 @@ def worker(mnt, t, photos, failures):
                 return bytes(out)
             out += b
 
+    i, op, rel = 0, "start", None
     try:
         for i in range(OPS):
             op = rnd.choices(
@@ -162,8 +163,10 @@ def worker(mnt, t, photos, failures):
                 seen = {n for n in os.listdir(os.path.join(mnt, d)) if n.startswith(f"t{t}-")}
                 want = {os.path.basename(p) for p in model.files if os.path.dirname(p) == d}
                 assert seen == want, f"op {i} list {d}: extra {seen - want}, missing {want - seen}"
-    except (AssertionError, OSError) as e:
+    except AssertionError as e:
         failures.append(f"thread {t}: {e!r}")
+    except OSError as e:
+        failures.append(f"thread {t}: op {i} {op} {rel}: {e!r}")
     return model
 
 

@@ -697,8 +697,8 @@ static int run_job(struct fs *fs, struct job *j)
 		rc = idx_queue_get(txn, j->ino, &qgen, path, FS_PATH_MAX);
 		idx_abort(txn);
 	}
-	if (!rc && qgen == j->gen)
-		fd = fs_open_path(fs, path, O_RDONLY, 0);
+	if (!rc && qgen == j->gen) /* (a FIFO there now must not block the lock) */
+		fd = fs_open_path(fs, path, O_RDONLY | O_NONBLOCK, 0);
 	fs_mutex_unlock(&fs->ns_lock);
 	if (rc || qgen != j->gen)
 		goto out;
@@ -711,6 +711,7 @@ static int run_job(struct fs *fs, struct job *j)
 		drop_job(fs, j);
 		goto out;
 	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	/* the first bytes decide; only photos and videos need a child */
 	sniffed = codec_sniff_format(fd, &format);
 	kind = kind_of(sniffed);

@@ -455,14 +455,16 @@ opened:
 		}
 		goto view; /* read only, archived since the look above */
 	}
-	h = handle_new(fs, n, fd, writable, &f);
+	/* O_TRUNC changes the bytes even with O_RDONLY (Linux truncates): the
+	 * handle counts as a writer, so its close settles the file again */
+	h = handle_new(fs, n, fd, writable || trunc, &f);
 	if (!h) {
 		close(fd);
 		rc = -ENOMEM;
 		goto out_unlock;
 	}
 	fi->fh = (uintptr_t)h;
-	if (trunc && writable)
+	if (trunc)
 		handle_dirty(fs, h);
 	else if (!writable && fs_node_type(n) == S_IFREG)
 		check_reads(fs, h);

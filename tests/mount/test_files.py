@@ -442,3 +442,22 @@ def test_longest_path(mount):
     mount.wait_idle()
     st = mount.status()
     assert st["kept"] == 1 and st["files"] == 1
+
+
+def test_open_rdonly_trunc_is_a_change(mount):
+    """Linux truncates on open(O_RDONLY | O_TRUNC): the file settles again
+    and the index follows (it kept the old size and digests, so a scrub
+    would have called the file damaged)."""
+    p = os.path.join(mount.mnt, "t.txt")
+    write_bytes(p, b"hello world")
+    mount.wait_idle()
+    fd = os.open(p, os.O_RDONLY | os.O_TRUNC)
+    os.close(fd)
+    assert os.stat(p).st_size == 0
+    mount.wait_idle()
+    st = mount.status()
+    assert st["files"] == 1 and st["bytes_original"] == 0, st
+    assert read_bytes(p) == b""
+    from conftest import hevcfs
+    v = hevcfs("verify", mount.backing, check=False)
+    assert v.returncode == 0, v.stdout + v.stderr

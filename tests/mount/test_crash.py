@@ -237,9 +237,11 @@ def test_existing_tree_is_indexed_and_fsck(dirs, tmp_path):
     finally:
         m.stop()
     m = Mount(*dirs, env={"HEVCFS_CRASH_AT": "commit-renamed"}).start()
-    make_jpeg(os.path.join(m.mnt, "new.jpg"), seed=41)
-    m.proc.wait(timeout=120)
-    m.kill9()
+    try:
+        make_jpeg(os.path.join(m.mnt, "new.jpg"), seed=41)
+        m.proc.wait(timeout=120)
+    finally:
+        m.kill9()  # (never left mounted, even when the crash point is not reached)
     p = hevcfs("fsck", dirs[0])
     assert "consistent" in p.stdout
     assert hevcfs("status", dirs[0], "--json").stdout.count('"files":3')

@@ -238,6 +238,11 @@ int fs_check_range(struct fs *fs, struct fs_check *c, struct fs_node *n, int fd,
 		c->state[b] = BLOCK_BUSY;
 		pthread_mutex_unlock(&c->lock);
 
+		/* the next block's read starts now, while this one is hashed
+		 * and served: a sequential reader then waits on neither */
+		if (b == last && b + 1 < c->nblocks)
+			posix_fadvise(fd, (off_t)((b + 1) * SUM_BLOCK), SUM_BLOCK,
+				      POSIX_FADV_WILLNEED);
 		buf = thread_buf();
 		rc = buf ? check_block(fs, c, fd, b, buf) : -ENOMEM;
 		if (rc == 1 && changed_meanwhile(fs, n, c)) {

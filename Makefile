@@ -25,7 +25,7 @@ SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
 obj = $(patsubst %.c,build/$(1)%.o,$(2))
 
-.PHONY: all asan tsan tsan-build test unit-test mount-test bench fuzz format install uninstall clean deps demo
+.PHONY: all asan tsan tsan-build crash test unit-test mount-test bench fuzz format install uninstall clean deps demo
 all: hevcfs
 
 build/%.o: %.c
@@ -74,6 +74,11 @@ UNIT_BIN      := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
 UNIT_ASAN_BIN := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 # The whole suite: unit tests and mount tests, release then ASan+UBSan.
+# Every crash state of a photo, a video, an edit and two races, recovered
+# and checked (tests/crash; also part of every stage of `make test`).
+crash: hevcfs
+	@/usr/bin/python3 tests/crash/check.py
+
 test: hevcfs asan tsan-build $(UNIT_BIN)
 	@tests/run.sh
 

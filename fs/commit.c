@@ -7,10 +7,13 @@
  * attribute copy, and the recovery of an interrupted one.
  *
  * With FS_REPLACE_JOURNAL (an archive commit), the order is:
- *   1. Y gets X's owner, mode, times and user xattrs and is fsynced;
+ *   1. Y gets X's owner, mode, times and user xattrs and is fsynced; so is
+ *      X, whose bytes Y was made from (a crash of the machine must not
+ *      leave a name whose bytes were lost beside the archive of them);
  *   2. an intent names X, Y's inode and the entry Y will get;
- *   3. Y is renamed next to X (never over another file) and the directory
- *      fsynced;
+ *   3. the directory is fsynced, so X's name (a rename the user made while
+ *      Y was made) is durable before Y's is; Y is renamed next to X (never
+ *      over another file) and the directory fsynced;
  *   4. one index transaction records Y, drops X's entry and queue record;
  *      the index is synced;
  *   5. X is removed (or kept aside) and the directory fsynced;
@@ -211,6 +214,19 @@ enum fs_replace_result fs_replace(struct fs *fs, const struct fs_replace *r, int
 		if ((rc = fs_copy_attrs(x, y)))
 			goto out;
 	}
+	if (r->x_name && (r->flags & FS_REPLACE_JOURNAL) && (r->flags & FS_REPLACE_SYNC)) {
+		if (x < 0)
+			x = openat(r->dirfd, r->x_name,
+				   O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (x < 0) {
+			res = FS_REPLACE_MOVED;
+			goto out;
+		}
+		if (fsync(x) == -1) {
+			rc = -errno;
+			goto out;
+		}
+	}
 	if (fstat(y, &yst) == -1) {
 		rc = -errno;
 		goto out;
@@ -264,7 +280,12 @@ enum fs_replace_result fs_replace(struct fs *fs, const struct fs_replace *r, int
 	have_times = sync && fstat(r->dirfd, &dir_before) == 0;
 
 	/* 3. into place, never over another file (but X when it keeps its
-	 * name) */
+	 * name); X's own name first made durable, or a crash of the machine
+	 * could keep Y's new name and lose the rename that gave X its own */
+	if ((r->flags & FS_REPLACE_JOURNAL) && sync && (rc = fs_fsync_dir(r->dirfd))) {
+		intent_drop(fs, r->x_ino);
+		goto out_unlock;
+	}
 	if (renameat2(r->y_dirfd, r->y_name, r->dirfd, r->target,
 		      r->x_name && !strcmp(r->target, r->x_name) ? 0 : RENAME_NOREPLACE) == -1) {
 		rc = errno == EEXIST ? 0 : -errno;

@@ -53,7 +53,9 @@ int fs_paths_open(const char *backing, const char *state, int create, struct fs_
 void fs_paths_release(struct fs_paths *p);
 /* The LMDB environment's directory in p's state (malloc'd). */
 char *fs_index_dir(const struct fs_paths *p);
-/* Open p's index (read_only for status, wait, verify's look). */
+/* Open p's index (read_only for status, wait, verify's look). When BACKING
+ * was mounted as the machine stopped (its mark names another boot), the
+ * index is first set aside and made anew (fs_index_reset). */
 int fs_index_open(const struct fs_paths *p, int read_only, struct idx **idx);
 /* The name of the network filesystem path is on, or NULL when local. */
 const char *fs_remote_type(const char *path);
@@ -75,6 +77,10 @@ struct fs_config {
 	int max_nodes;	      /* inodes the kernel may keep looked up before it
 				 is asked to forget the oldest (0: as many as
 				 the descriptor limit allows, at most 65536) */
+	int splice;	      /* move request and reply data through
+				 /dev/fuse with splice (default 1); off,
+				 the daemon's writes are plain write calls
+				 that a trace of it shows whole */
 	int foreground;	      /* -f: log to stderr, else to syslog */
 	struct codec_opts codec;
 };

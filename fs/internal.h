@@ -427,6 +427,41 @@ enum fs_replace_result fs_replace(struct fs *fs, const struct fs_replace *r, int
 int fs_replace_recover(struct fs *fs);
 /* fsync a directory given any fd of it (O_PATH too). */
 int fs_fsync_dir(int dirfd);
+
+/* ---- state.c: the mark of a mount under way ---------------------------- */
+
+#define FS_LOCK_NAME "lock" /* flock()ed by the mount for its whole life */
+/* Exists while mounted, naming the boot it was made in: at the next mount
+ * it says the last one did not end cleanly, and whether the machine
+ * stopped meanwhile (the index, committed without a sync between its sync
+ * points, may then be torn) or only the daemon did (the page cache kept
+ * every write). */
+#define FS_DIRTY_NAME "dirty"
+/* The meta key of the options saved by the first mount (tools/options.c). */
+#define FS_OPTIONS_KEY "config"
+enum { FS_DIRTY_NONE, FS_DIRTY_THIS_BOOT, FS_DIRTY_OTHER_BOOT };
+/* Make the mark, durable (file and directory synced) before anything the
+ * mount changes. 0 or -errno. */
+int fs_dirty_set(int state_fd);
+/* Remove the mark, durably: the end of a clean unmount (the index synced). */
+int fs_dirty_clear(int state_fd);
+/* FS_DIRTY_*: no mark; one of this boot; one of another (or unreadable). */
+int fs_dirty_get(int state_fd);
+/* The machine stopped while BACKING was mounted: set the index aside and
+ * make a new one holding only the saved options (read from the old one in a
+ * child process, which a torn index cannot take down); the mark is made
+ * anew, so the next recovery walks the tree. The caller holds the lock. */
+int fs_index_reset(const struct fs_paths *p, int state_fd, const char *why);
+#define FS_WHY_STOPPED "was mounted when the machine stopped"
+#define FS_WHY_MOVED "is not the tree its index was made on (copied or restored?)"
+/* The meta key naming the tree an index was made on: the inode number of
+ * BACKING/.hevcfs/id. The index is keyed by backing inode numbers, which a
+ * copy of the tree (cp -a, rsync, a restore from a backup) does not keep. */
+#define FS_TREE_KEY "tree"
+/* 1 when idx was made on another tree than p's (its inode numbers name
+ * nothing here); 0 otherwise, recording p's tree in an index that names
+ * none yet. */
+int fs_index_tree_moved(const struct fs_paths *p, struct idx *idx);
 /* Give dst src's owner, mode, times and user.* xattrs, then fsync dst.
  * Failures to copy an xattr are logged, not fatal. */
 int fs_copy_attrs(int src, int dst);

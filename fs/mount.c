@@ -16,14 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define LOCK_NAME "lock" /* flock()ed by the mount for its whole life */
-#define DIRTY_NAME                                                                                 \
-	"dirty" /* exists while mounted: its presence at mount                                     \
-		   means the last mount did not end cleanly */
 /* The meta key saying the index has seen the whole tree once. */
 #define WALKED_KEY "walked"
-/* The meta key of the options saved by the first mount (tools/options.c). */
-#define OPTIONS_KEY "config"
 
 void fs_config_init(struct fs_config *cfg)
 {
@@ -32,6 +26,7 @@ void fs_config_init(struct fs_config *cfg)
 	cfg->view = FS_VIEW_LEGACY;
 	cfg->cache_bytes = 1024ull << 20;
 	cfg->verify_reads = 1;
+	cfg->splice = 1;
 }
 
 /* mkdir that accepts an existing directory. */
@@ -108,7 +103,7 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 		log_msg(LOG_ERR, "%s: %s", p->backing, strerror(errno));
 		goto out;
 	}
-	*lock_fd = openat(fs->state_fd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	*lock_fd = openat(fs->state_fd, FS_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (*lock_fd == -1) {
 		rc = -errno;
 		goto out;
@@ -130,9 +125,23 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 		rc = -ENOMEM;
 		goto out;
 	}
-	if (fstatat(fs->state_fd, DIRTY_NAME, &st, 0) == 0)
+	switch (fs_dirty_get(fs->state_fd)) {
+	case FS_DIRTY_OTHER_BOOT:
+		if ((rc = fs_index_reset(p, fs->state_fd, FS_WHY_STOPPED)))
+			goto out;
+		/* fall through */
+	case FS_DIRTY_THIS_BOOT:
 		*fresh = 1;
+		break;
+	}
 	rc = idx_open(index, 0, &fs->idx);
+	if (!rc && fs_index_tree_moved(p, fs->idx)) {
+		idx_close(fs->idx);
+		fs->idx = NULL;
+		if (!(rc = fs_index_reset(p, fs->state_fd, FS_WHY_MOVED)))
+			rc = idx_open(index, 0, &fs->idx);
+		*fresh = 1;
+	}
 out:
 	free(index);
 	return rc;
@@ -263,6 +272,71 @@ static int video_name(const char *name, size_t len)
 	return 0;
 }
 
+/* Does a regular file NAME.heic, NAME.mp4 or NAME.mkv stand beside name? */
+static int archive_beside(int dirfd, const char *name)
+{
+	static const char *const sfx[] = {".heic", ".mp4", ".mkv"};
+	char buf[NAME_MAX + 8];
+	struct stat st;
+
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(*sfx); i++)
+		if ((size_t)snprintf(buf, sizeof(buf), "%s%s", name, sfx[i]) < sizeof(buf) &&
+		    fstatat(dirfd, buf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			return 1;
+	return 0;
+}
+
+/*
+ * An archive Y and, under its logical name, a plain file X: what a crash of
+ * the machine in the middle of a commit leaves (the index that journalled
+ * it set aside as torn), or one of replacing an archived file by a plain
+ * one. X made Y when its bytes are the original Y records (a commit got as
+ * far as putting Y in place; X was synced before that): X goes. Otherwise X
+ * is the newer file, whole (synced before it got its name): Y goes, and X is
+ * staged. Returns 1 when Y went.
+ */
+static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen,
+		       const struct codec_embedded *emb, const char *path)
+{
+	char x_name[NAME_MAX + 1];
+	struct sum_file f = {0};
+	struct stat st;
+	int same;
+
+	if (llen > NAME_MAX)
+		return 0;
+	memcpy(x_name, y_name, llen);
+	x_name[llen] = '\0';
+	if (fstatat(dirfd, x_name, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISREG(st.st_mode))
+		return 0;
+	same = emb->has && fs_sum_path(dirfd, x_name, &f) == 0 &&
+	       !memcmp(f.whole, emb->orig_sum, SUM_LEN);
+	sum_file_release(&f);
+	if (same) {
+		if (unlinkat(dirfd, x_name, 0) == 0) {
+			log_msg(LOG_INFO,
+				"recovery: %s was archived as %s: the original is removed", x_name,
+				y_name);
+			fs_fsync_dir(dirfd);
+		}
+		return 0;
+	}
+	if (unlinkat(dirfd, y_name, 0) == -1)
+		return 0;
+	log_msg(LOG_INFO, "recovery: %s replaced %s, which is removed", x_name, path);
+	fs_fsync_dir(dirfd);
+	{
+		char xp[FS_PATH_MAX];
+		size_t pl = strlen(path) - (strlen(y_name) - llen);
+		if (pl < sizeof(xp)) {
+			memcpy(xp, path, pl);
+			xp[pl] = '\0';
+			fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, xp);
+		}
+	}
+	return 1;
+}
+
 /*
  * Rebuild's visit: what the tree alone says of a file. A HEIC that
  * codec_probe_archived recognises is an archived photo (its header item has
@@ -286,6 +360,9 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 	struct idx_txn *txn;
 	int fd, archived = 0, ok = 0;
 
+	/* a file with an archive beside it is settled with that archive */
+	if (archive_beside(dirfd, name))
+		return 0;
 	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -327,8 +404,30 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 	close(fd);
 	if (!archived) {
 		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
+		/* a file passed over because this one stands beside it */
+		for (size_t k = n; k-- > 1;)
+			if (name[k] == '.') {
+				struct stat xst;
+				char x[NAME_MAX + 1];
+				memcpy(x, name, k);
+				x[k] = '\0';
+				if (fstatat(dirfd, x, &xst, AT_SYMLINK_NOFOLLOW) == 0 &&
+				    S_ISREG(xst.st_mode) && fs_has_archive_suffix(name)) {
+					char xp[FS_PATH_MAX];
+					size_t pl = strlen(path) - (n - k);
+					if (pl < sizeof(xp)) {
+						memcpy(xp, path, pl);
+						xp[pl] = '\0';
+						fs_mark_staged(fs, xst.st_ino,
+							       (uint64_t)xst.st_size, xp);
+					}
+				}
+				break;
+			}
 		goto out;
 	}
+	if (e.suffix[0] && settle_pair(fs, dirfd, name, n - strlen(e.suffix), &emb, path))
+		goto out;
 	e.state = IDX_ARCHIVED;
 	e.stored_bytes = (uint64_t)st->st_size;
 	if (emb.has)
@@ -377,7 +476,7 @@ int fs_rebuild(const struct fs_paths *p)
 	 * tree is walked once, below); keep the options it saved */
 	rc = recover(&fs, -1);
 	if (!rc && idx_begin(fs.idx, 0, &txn) == 0) {
-		if (idx_meta_get(txn, OPTIONS_KEY, saved, sizeof(saved), &saved_len))
+		if (idx_meta_get(txn, FS_OPTIONS_KEY, saved, sizeof(saved), &saved_len))
 			saved_len = 0;
 		idx_abort(txn);
 	}
@@ -400,7 +499,7 @@ int fs_rebuild(const struct fs_paths *p)
 	rc = fs_walk(fs.root_fd, rebuild_file, &fs);
 	if (rc >= 0 && (rc = idx_begin(fs.idx, 1, &txn)) == 0) {
 		if ((rc = idx_meta_put(txn, WALKED_KEY, "1", 1)) == 0 && saved_len)
-			rc = idx_meta_put(txn, OPTIONS_KEY, saved, saved_len);
+			rc = idx_meta_put(txn, FS_OPTIONS_KEY, saved, saved_len);
 		if (rc)
 			idx_abort(txn);
 		else
@@ -436,7 +535,7 @@ int fs_recover(const struct fs_paths *p)
 
 int fs_is_mounted(const struct fs_paths *p)
 {
-	char *lock = join(p->state, LOCK_NAME);
+	char *lock = join(p->state, FS_LOCK_NAME);
 	int fd, busy = 0;
 
 	if (lock && (fd = open(lock, O_RDONLY | O_CLOEXEC)) >= 0) {
@@ -473,7 +572,7 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts o = {0};
 	char *index = NULL;
-	int lock_fd, fresh = 0, dirty, rc, mounted = 0, handlers = 0;
+	int lock_fd, fresh = 0, dirty = 0, served = 0, clean = 0, rc, mounted = 0, handlers = 0;
 
 	rc = fs_open_state(&fs, p, &lock_fd, &fresh);
 	if (fs.state_fd >= 0 && rc != -EBUSY) {
@@ -522,12 +621,15 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_close;
 	handlers = 1;
+	/* the mark is durable before the mount can change anything */
+	if ((rc = fs_dirty_set(fs.state_fd))) {
+		log_msg(LOG_ERR, "%s: cannot mark the mount: %s", p->state, strerror(-rc));
+		goto out_close;
+	}
+	dirty = 1;
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_close;
 	mounted = 1;
-	dirty = openat(fs.state_fd, DIRTY_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-	if (dirty >= 0)
-		close(dirty);
 	/* The kernel has applied the caller's umask to every mode it hands us
 	 * (no FUSE_CAP_DONT_MASK): the daemon's own must not mask it again, or
 	 * a 0664 file made under umask 002 would land as 0644. Files of our
@@ -536,14 +638,16 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	umask(0);
 	if (fuse_daemonize(o.foreground) != 0)
 		goto out_close;
+	served = 1;
 	rc = serve(&fs, &o) ? 1 : 0;
 	/* the notify thread writes to the session's descriptor, which the
 	 * unmount closes (and the number may be reused at once) */
 	fs_threads_stop(&fs);
 	fuse_session_unmount(fs.se);
 	mounted = 0;
-	/* a return at all is a clean end: everything was recorded */
-	unlinkat(fs.state_fd, DIRTY_NAME, 0);
+	/* a return at all is a clean end: everything was recorded; the mark
+	 * goes once the index is closed (synced) */
+	clean = 1;
 	goto out_free;
 
 out_close:
@@ -555,6 +659,8 @@ out_free:
 		fuse_remove_signal_handlers(fs.se);
 	if (fs.se)
 		fuse_session_destroy(fs.se); /* op_destroy: threads stopped */
+	if (dirty && (clean || !served))
+		fs_dirty_clear(fs.state_fd);
 	fs_nodes_free(&fs);
 	free(fs.rendering);
 	free(fs.views_checked);

@@ -1608,6 +1608,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* the daemon is told of every change that goes through the mount,
 	 * and tells the kernel of its own (fs_notify_*) */
 	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+	if (!fs->cfg->splice)
+		conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+					  FUSE_CAP_SPLICE_MOVE);
 #ifdef __SANITIZE_THREAD__
 	/* The kernel orders a file's requests (its RELEASE comes after every
 	 * reply on the handle): ThreadSanitizer sees that order through the

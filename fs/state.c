@@ -18,13 +18,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
 #define ID_NAME "id"
 #define INDEX_NAME "index"
+#define BOOT_ID "/proc/sys/kernel/random/boot_id"
 #define ID_MAX 8192
 
 /* Filesystems whose locking or coherence LMDB cannot rely on. */
@@ -266,6 +269,191 @@ char *fs_index_dir(const struct fs_paths *p)
 	return asprintf(&dir, "%s/%s", p->state, INDEX_NAME) < 0 ? NULL : dir;
 }
 
+/* ---- the mark of a mount under way ------------------------------------ */
+
+/* This boot's id (the kernel's boot_id), or "" when it cannot be read. */
+static void boot_id(char out[40])
+{
+	int fd = open(BOOT_ID, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, out, 39) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	out[n > 0 ? n : 0] = '\0';
+	out[strcspn(out, "\n")] = '\0';
+}
+
+int fs_dirty_set(int state_fd)
+{
+	char id[40];
+	int fd, rc = 0;
+
+	boot_id(id);
+	fd = openat(state_fd, FS_DIRTY_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, id, strlen(id)) != (ssize_t)strlen(id) || fsync(fd) == -1)
+		rc = errno ? -errno : -EIO;
+	close(fd);
+	if (!rc)
+		rc = fs_fsync_dir(state_fd);
+	return rc;
+}
+
+int fs_dirty_clear(int state_fd)
+{
+	if (unlinkat(state_fd, FS_DIRTY_NAME, 0) == -1)
+		return errno == ENOENT ? 0 : -errno;
+	return fs_fsync_dir(state_fd);
+}
+
+int fs_dirty_get(int state_fd)
+{
+	char id[40], had[40];
+	int fd = openat(state_fd, FS_DIRTY_NAME, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return errno == ENOENT ? FS_DIRTY_NONE : FS_DIRTY_OTHER_BOOT;
+	n = read(fd, had, sizeof(had) - 1);
+	close(fd);
+	had[n > 0 ? n : 0] = '\0';
+	boot_id(id);
+	return id[0] && !strcmp(id, had) ? FS_DIRTY_THIS_BOOT : FS_DIRTY_OTHER_BOOT;
+}
+
+/* The options saved in the index at dir, read in a child process: an index
+ * torn by a crash of the machine may make LMDB fault, and that must not take
+ * the caller down. 0 and the options in out (n bytes), or -errno. */
+static int salvage_options(const char *dir, char *out, size_t size, size_t *n)
+{
+	int pfd[2], status;
+	pid_t pid;
+	size_t got = 0;
+
+	*n = 0;
+	if (pipe2(pfd, O_CLOEXEC) == -1)
+		return -errno;
+	pid = fork();
+	if (pid == -1) {
+		close(pfd[0]);
+		close(pfd[1]);
+		return -EAGAIN;
+	}
+	if (pid == 0) {
+		struct idx *idx;
+		struct idx_txn *txn;
+		char buf[IDX_META_MAX];
+		size_t len = 0;
+
+		close(pfd[0]);
+		if (idx_open(dir, 1, &idx) || idx_begin(idx, 0, &txn) ||
+		    idx_meta_get(txn, FS_OPTIONS_KEY, buf, sizeof(buf), &len))
+			_exit(1);
+		_exit(write(pfd[1], buf, len) == (ssize_t)len ? 0 : 1);
+	}
+	close(pfd[1]);
+	for (;;) {
+		ssize_t r = read(pfd[0], out + got, size - got);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r <= 0 || (got += (size_t)r) == size)
+			break;
+	}
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return -EIO;
+	*n = got;
+	return 0;
+}
+
+int fs_index_reset(const struct fs_paths *p, int state_fd, const char *why)
+{
+	char *dir = fs_index_dir(p), saved[IDX_META_MAX];
+	size_t saved_len = 0;
+	struct idx *idx = NULL;
+	struct idx_txn *txn;
+	int rc;
+
+	if (!dir)
+		return -ENOMEM;
+	log_msg(LOG_WARNING, "%s %s: its index is rebuilt from the tree", p->backing, why);
+	if (salvage_options(dir, saved, sizeof(saved), &saved_len))
+		log_msg(LOG_WARNING, "the options saved in the old index could not be read");
+	/* the old index stays aside until the new one is whole; it is never
+	 * opened again in this process */
+	if ((rc = idx_set_aside(dir)) || (rc = idx_open(dir, 0, &idx)))
+		goto out;
+	if (saved_len && (rc = idx_begin(idx, 1, &txn)) == 0) {
+		if ((rc = idx_meta_put(txn, FS_OPTIONS_KEY, saved, saved_len)))
+			idx_abort(txn);
+		else
+			rc = idx_commit(txn);
+	}
+	if (!rc)
+		rc = idx_sync(idx);
+	/* from now on an interrupted mount is one of this boot: the tree is
+	 * walked (the mark stays), the new index trusted */
+	if (!rc)
+		rc = fs_dirty_set(state_fd);
+	if (!rc)
+		idx_remove_aside(dir);
+out:
+	idx_close(idx);
+	free(dir);
+	return rc;
+}
+
+int fs_index_tree_moved(const struct fs_paths *p, struct idx *idx)
+{
+	char path[PATH_MAX + 8], have[32], want[32];
+	struct idx_txn *txn;
+	struct stat st;
+	size_t n = 0;
+	int rc;
+
+	if (snprintf(path, sizeof(path), "%s/%s", p->meta, ID_NAME) >= (int)sizeof(path) ||
+	    stat(path, &st) == -1)
+		return 0;
+	snprintf(want, sizeof(want), "%llu", (unsigned long long)st.st_ino);
+	if (idx_begin(idx, 0, &txn))
+		return 0;
+	rc = idx_meta_get(txn, FS_TREE_KEY, have, sizeof(have) - 1, &n);
+	idx_abort(txn);
+	if (rc == 0) {
+		have[n] = '\0';
+		return strcmp(have, want) != 0;
+	}
+	if (idx_begin(idx, 1, &txn) == 0) {
+		if (idx_meta_put(txn, FS_TREE_KEY, want, strlen(want)) == 0)
+			idx_commit(txn);
+		else
+			idx_abort(txn);
+	}
+	return 0;
+}
+
+/* Before the index of an unmounted BACKING is opened: an index a crash of
+ * the machine may have torn is rebuilt. Mounted (the lock is taken), the
+ * mount has done it. */
+static int index_check(const struct fs_paths *p)
+{
+	int state_fd = open(p->state, O_PATH | O_DIRECTORY | O_CLOEXEC), lock, rc = 0;
+
+	if (state_fd < 0)
+		return 0; /* idx_open says what is wrong */
+	lock = openat(state_fd, FS_LOCK_NAME, O_RDONLY | O_CLOEXEC);
+	if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) == 0 &&
+	    fs_dirty_get(state_fd) == FS_DIRTY_OTHER_BOOT)
+		rc = fs_index_reset(p, state_fd, FS_WHY_STOPPED);
+	if (lock >= 0)
+		close(lock);
+	close(state_fd);
+	return rc;
+}
+
 int fs_index_open(const struct fs_paths *p, int read_only, struct idx **idx)
 {
 	char *dir = fs_index_dir(p);
@@ -273,7 +461,9 @@ int fs_index_open(const struct fs_paths *p, int read_only, struct idx **idx)
 
 	if (!dir)
 		return -ENOMEM;
-	rc = idx_open(dir, read_only, idx);
+	rc = index_check(p);
+	if (!rc)
+		rc = idx_open(dir, read_only, idx);
 	free(dir);
 	return rc;
 }

@@ -77,6 +77,8 @@ static const char help_text[] =
     "  heic_view=jpeg|off HEIF photos also show a read-only JPEG X.HEIC.jpg (off)\n"
     "  max_nodes=N        files the kernel keeps looked up before the oldest are\n"
     "                     forgotten (0: by the descriptor limit, at most 65536)\n"
+    "  splice=on|off      move data through /dev/fuse with splice (on); off, the\n"
+    "                     daemon's writes are plain writes a trace shows whole\n"
     "  Standard FUSE options pass through (allow_other, ro, ...);\n"
     "  default_permissions is always on.\n";
 
@@ -136,7 +138,8 @@ static int apply_list(struct fs_config *cfg, const char *list, const char *skip)
 	return rc;
 }
 
-/* The options to save as BACKING's defaults: the given ones but state. */
+/* The options to save as BACKING's defaults: the given ones but state and
+ * splice (facts of this machine and this mount, not of the archive). */
 static void saveable(const char *given, char *out, size_t size)
 {
 	char *copy = strdup(given), *save = NULL;
@@ -146,7 +149,8 @@ static void saveable(const char *given, char *out, size_t size)
 	if (!copy)
 		return;
 	for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save))
-		if (strncmp(kv, "state=", 6) && n + strlen(kv) + 2 < size)
+		if (strncmp(kv, "state=", 6) && strncmp(kv, "splice=", 7) &&
+		    n + strlen(kv) + 2 < size)
 			n += (size_t)snprintf(out + n, size - n, "%s%s", n ? "," : "", kv);
 	free(copy);
 }

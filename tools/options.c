@@ -70,7 +70,7 @@ static int on_off(const char *key, const char *v, char *err, size_t len)
 static const char *const own[] = {
     "workers",	    "settle_ms", "view",      "cache_mb",    "photo_quality",  "min_ssim",
     "view_quality", "crf",	 "preset",    "x265_params", "min_video_ssim", "verify_reads",
-    "scrub_days",   "state",	 "heic_view", "max_nodes",
+    "scrub_days",   "state",	 "heic_view", "max_nodes",   "splice",
 };
 
 int opt_is_own(const char *key)
@@ -160,6 +160,10 @@ int opt_apply(struct fs_config *cfg, const char *kv, char *err, size_t len)
 		if ((i = on_off(key, v, err, len)) < 0)
 			return -EINVAL;
 		cfg->verify_reads = (int)i;
+	} else if (!strcmp(key, "splice")) {
+		if ((i = on_off(key, v, err, len)) < 0)
+			return -EINVAL;
+		cfg->splice = (int)i;
 	} else if (!strcmp(key, "scrub_days")) {
 		if (!strcmp(v, "off"))
 			i = 0;

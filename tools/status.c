@@ -350,7 +350,8 @@ static int print_file(void *arg, const char *logical, const char *stored, const 
 			printf("  %-15s", "");
 		printf("  %s", logical);
 		if (e->carries)
-			printf("  [with %s]", codec_carries_words(e->carries, words, sizeof(words)));
+			printf("  [with %s]",
+			       codec_carries_words(e->carries, words, sizeof(words)));
 		if (e->reason[0])
 			printf("  (%s)", e->reason);
 		putchar('\n');

@@ -138,7 +138,7 @@ int cmd_verify(int argc, char *argv[])
 	}
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
-	setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a pipe */
+	setvbuf(stdout, NULL, _IOLBF, 0);	  /* lines as they come, also into a pipe */
 	setenv("HEVCFS_LOG_LEVEL", "warning", 0); /* the decode children too */
 	log_set_level(LOG_WARNING);
 	s.paths = &p;

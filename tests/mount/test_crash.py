@@ -294,3 +294,76 @@ def test_fsck_rebuild_from_the_tree_alone(dirs, tmp_path):
         assert sorted(os.listdir(m.mnt)) == ["p.jpg", "t.txt", "v.avi"]
     finally:
         m.stop()
+
+
+def _archive_two(dirs, tmp_path):
+    """Mount dirs, write a photo (archived) and a text file (kept); return
+    the views read back and the status entries."""
+    import json
+    m = Mount(*dirs).start()
+    try:
+        make_jpeg(os.path.join(m.mnt, "p.jpg"), seed=51)
+        with open(os.path.join(m.mnt, "t.txt"), "w") as f:
+            f.write("text")
+        m.wait_idle()
+        got = {n: open(os.path.join(m.mnt, n), "rb").read() for n in ("p.jpg", "t.txt")}
+        st = {e["path"]: e for e in json.loads(
+            hevcfs("status", m.backing, "--files", "--json").stdout)["entries"]}
+    except BaseException:
+        m.stop()
+        raise
+    assert st["p.jpg"]["state"] == "archived" and st["t.txt"]["state"] == "kept", st
+    return m, got
+
+
+def _same_after(dirs, got, needle, said=""):
+    """Mount again: the same files, the same bytes, and the daemon (or said,
+    what fsck printed) says why the index was rebuilt."""
+    import json
+    m = Mount(*dirs).start()
+    try:
+        m.wait_idle()
+        assert sorted(os.listdir(m.mnt)) == ["p.jpg", "t.txt"]
+        for n, data in got.items():
+            assert open(os.path.join(m.mnt, n), "rb").read() == data, n
+        st = json.loads(hevcfs("status", m.backing, "--json").stdout)
+        assert st["files"] == 2 and st["archived"] == 1 and st["kept"] == 1, st
+        assert st["damaged"] == 0 and st["staged"] == 0 and st["pending"] == 0, st
+        assert needle in said + m.log(), said + m.log()
+    finally:
+        m.stop()
+
+
+def test_index_of_a_copied_tree_is_rebuilt(dirs, tmp_path):
+    """The index is keyed by inode numbers, which a copy of BACKING (cp -a,
+    a restore from a backup) does not keep: the copy's mount finds its index
+    names another tree and rebuilds it, so counts, views and checksums are
+    the copy's own (a stale index would check each file against another's
+    digests)."""
+    import shutil
+    m, got = _archive_two(dirs, tmp_path)
+    m.stop()
+    copy = os.path.join(str(tmp_path), "copy")
+    shutil.copytree(dirs[0], copy, symlinks=True)
+    shutil.rmtree(dirs[0])
+    os.rename(copy, dirs[0])
+    _same_after(dirs, got, "is not the tree its index was made on")
+
+
+def test_mark_of_another_boot_rebuilds_a_torn_index(dirs, tmp_path):
+    """A crash of the machine while mounted may leave the index (committed
+    without a sync between sync points) torn. The mount's mark names the
+    boot it was made in; a mark of another boot sets the index aside and
+    rebuilds it from the tree, never reading the torn one (here: cut to half
+    its size, which made LMDB fault)."""
+    m, got = _archive_two(dirs, tmp_path)
+    m.kill9()
+    mark = os.path.join(dirs[0], ".hevcfs", "dirty")
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert open(mark).read().strip() == f.read().strip()  # this boot's
+    with open(mark, "w") as f:
+        f.write("00000000-0000-0000-0000-000000000000")
+    data = os.path.join(dirs[0], ".hevcfs", "index", "data.mdb")
+    os.truncate(data, os.path.getsize(data) // 2)
+    p = hevcfs("fsck", dirs[0])
+    _same_after(dirs, got, "was mounted when the machine stopped", p.stdout + p.stderr)

@@ -25,7 +25,7 @@ SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
 obj = $(patsubst %.c,build/$(1)%.o,$(2))
 
-.PHONY: all asan tsan tsan-build crash test unit-test mount-test bench fuzz format install uninstall clean deps demo
+.PHONY: all asan tsan tsan-build crash fuzz-build test unit-test mount-test bench fuzz format install uninstall clean deps demo
 all: hevcfs
 
 build/%.o: %.c
@@ -79,7 +79,7 @@ UNIT_ASAN_BIN := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 crash: hevcfs
 	@/usr/bin/python3 tests/crash/check.py
 
-test: hevcfs asan tsan-build $(UNIT_BIN)
+test: hevcfs asan tsan-build fuzz-build $(UNIT_BIN)
 	@tests/run.sh
 
 # Figures against the disk, bindfs and passthrough_hp (root; see bench/run.sh).
@@ -95,20 +95,32 @@ deps:
 demo:
 	@sh tools/demo.sh
 
-# Fuzzers (clang's libFuzzer): the photo entry points on hostile bytes.
-FUZZ_CC    ?= clang-14
-FUZZ_PKGS  := libheif libde265 libavformat libavcodec libavutil libswscale libswresample libturbojpeg libcrypto
-FUZZ_SRC   := $(wildcard codec/*.c) $(wildcard lib/*.c)
-FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+# Fuzzers (clang's libFuzzer) on hostile bytes: the JPEG parser and
+# archiver, the view renderer and mapper with the embedded digests, the
+# index record decoder, the name rules. The library is built once for them
+# (coverage, ASan, UBSan); each target links it.
+FUZZ_CC      ?= clang-14
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN)
+FUZZ_TARGETS := fuzz_jpeg fuzz_view fuzz_index fuzz_names
+FUZZ_OBJ     := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC))
 
-build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) codec/codec.h codec/internal.h lib/lib.h
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c17 $(WARN) $(FUZZ_FLAGS) $(CPPFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) \
-	  -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs $(FUZZ_PKGS)) -lpthread -lm
+	$(FUZZ_CC) -std=c17 $(WARN) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(CPPFLAGS) \
+	  $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c17 $(WARN) $(FUZZ_FLAGS) -fsanitize=fuzzer $(CPPFLAGS) $(PKG_CFLAGS) \
+	  -o $@ $< $(FUZZ_OBJ) $(PKG_LIBS) -lpthread -lm
+
+.SECONDARY: $(FUZZ_OBJ)
+fuzz-build: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 
 fuzz:
-	@sh tools/deps.sh fuzz
-	@$(MAKE) -s build/fuzz/fuzz_jpeg build/fuzz/fuzz_view
+	@sh tools/deps.sh
+	@$(MAKE) -s fuzz-build
 	@FUZZ_TIME=$${FUZZ_TIME:-60} sh tests/fuzz/run.sh
 
 format:

@@ -2,8 +2,9 @@
 # The whole suite, as `make test` runs it: unit tests and mount tests against
 # the release build, then again against the ASan+UBSan build, then the core's
 # unit tests and the mount tests that race the daemon's threads against the
-# ThreadSanitizer build. Ends with one line "N passed, N failed, N skipped".
-# TEST_STAGES picks stages (default "release asan tsan").
+# ThreadSanitizer build, then the fuzzers. Ends with one line "N passed, N
+# failed, N skipped". TEST_STAGES picks stages (default "release asan tsan
+# fuzz").
 set -u
 cd "$(dirname "$0")/.."
 
@@ -59,7 +60,7 @@ run_mount() { # binary label [test files...]
 	count "$line" "$label mount tests"
 }
 
-for stage in ${TEST_STAGES:-release asan tsan}; do
+for stage in ${TEST_STAGES:-release asan tsan fuzz}; do
 	case $stage in
 	release)
 		run_unit build/tests release
@@ -78,6 +79,19 @@ for stage in ${TEST_STAGES:-release asan tsan}; do
 			tests/mount/test_files.py tests/mount/test_posix.py \
 			tests/mount/test_photos.py tests/mount/test_integrity.py \
 			tests/mount/test_faults.py
+		;;
+	fuzz)
+		# hostile input: each fuzzer FUZZ_TIME seconds (10: 40 s in all)
+		# after replaying its regressions; one test per target
+		echo "== fuzz"
+		out=$(FUZZ_TIME=${FUZZ_TIME:-10} sh tests/fuzz/run.sh 2>&1)
+		echo "$out" | tail -n 40
+		n=$(grep -c '^fuzz_[a-z]*: [0-9]* s$' <<<"$out")
+		if grep -q '^fuzz: no crash$' <<<"$out" && [ "$n" -eq 4 ]; then
+			count "4 passed" fuzz
+		else
+			count "1 failed" fuzz
+		fi
 		;;
 	*)
 		echo "unknown stage $stage"

@@ -10,13 +10,13 @@ libheif-dev libheif-examples libde265-dev
 libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
 libturbojpeg0-dev libjpeg-turbo-progs
 liblmdb-dev lmdb-utils libssl-dev
-python3 python3-pytest libimage-exiftool-perl attr rsync strace"
+python3 python3-pytest libimage-exiftool-perl attr rsync strace
+clang-14 libclang-rt-14-dev"
 # what the benchmarks measure against: the equal-quality shell pipeline
 # (ImageMagick), bindfs, and the tools to build libfuse's passthrough_hp from
 # Debian's fuse3 source package (g++, dpkg-dev for apt-get source)
 [ "${1:-}" = bench ] && PKGS="$PKGS imagemagick time bindfs g++ dpkg-dev xz-utils"
 # libFuzzer for `make fuzz`
-[ "${1:-}" = fuzz ] && PKGS="$PKGS clang-14 libclang-rt-14-dev"
 
 missing=""
 for p in $PKGS; do

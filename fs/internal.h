@@ -326,6 +326,10 @@ void fs_notify_name(struct fs *fs, const char *dir, const char *name);
 
 /* The bytes of n's file changed: a new generation, its job cancelled. */
 void fs_node_touch(struct fs *fs, struct fs_node *n);
+/* n's file changed by path, with no handle of the caller's (mknod of a
+ * regular file, truncate(2) by name): as fs_node_touch, its check stopped,
+ * and it settles unless a writer has it open (that writer's close will). */
+void fs_node_changed(struct fs *fs, struct fs_node *n);
 /* A handle opened on n (writable: it may write) or closed. The last writer's
  * close starts settling when the bytes changed; the last close of a file
  * whose archive waited for its readers queues it again. */

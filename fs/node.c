@@ -962,6 +962,44 @@ static void *notify_main(void *arg)
 
 /* ---- the bytes: generations, writers, settling -------------------------- */
 
+/* Put n on the settle list (t->lock held): its bytes changed and no writer
+ * has it open. */
+static void settle_start(struct fs *fs, struct fs_nodes *t, struct fs_node *n)
+{
+	n->settle_at = fs_now_ms() + fs->cfg->settle_ms;
+	if (n->writers == 0 && n->dirty && !n->gone && !n->settling &&
+	    !atomic_load(&fs->stopping)) {
+		n->settling = 1;
+		n->refs++;
+		n->settle_next = t->settle;
+		t->settle = n;
+		/* the thread looks when it planned to, and that is soon enough
+		 * unless this node is due earlier */
+		if (n->settle_at < t->settle_wake_at) {
+			t->settle_kick = 1;
+			pthread_cond_signal(&t->settle_cond);
+		}
+	}
+}
+
+void fs_node_changed(struct fs *fs, struct fs_node *n)
+{
+	struct fs_nodes *t = fs->nodes;
+	struct fs_check *c;
+
+	fs_mutex_lock(&t->lock);
+	atomic_store(&n->gen, next_gen());
+	atomic_store(&n->cancel, 1);
+	n->dirty = 1;
+	c = n->check;
+	n->check = NULL;
+	settle_start(fs, t, n);
+	fs_mutex_unlock(&t->lock);
+	/* its bytes changed: they are checked again once settled */
+	fs_check_stop(c);
+	fs_check_put(c);
+}
+
 void fs_node_touch(struct fs *fs, struct fs_node *n)
 {
 	fs_mutex_lock(&fs->nodes->lock);
@@ -1000,20 +1038,7 @@ void fs_node_closed(struct fs *fs, struct fs_node *n, int writable)
 	n->opens--;
 	if (writable) {
 		n->writers--;
-		n->settle_at = fs_now_ms() + fs->cfg->settle_ms;
-		if (n->writers == 0 && n->dirty && !n->gone && !n->settling &&
-		    !atomic_load(&fs->stopping)) {
-			n->settling = 1;
-			n->refs++;
-			n->settle_next = t->settle;
-			t->settle = n;
-			/* the thread looks when it planned to, and that is soon
-			 * enough unless this node is due earlier */
-			if (n->settle_at < t->settle_wake_at) {
-				t->settle_kick = 1;
-				pthread_cond_signal(&t->settle_cond);
-			}
-		}
+		settle_start(fs, t, n);
 	}
 	if (n->opens == 0 && n->gone)
 		set_fd(t, n, -1); /* its space is freed with its last handle */

@@ -776,10 +776,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		struct fuse_entry_param e;
 		rc = lookup_entry(fs, p, name, &e);
 		if (!rc) {
-			struct fs_node *n = fs_node_of(fs, e.ino);
-			fs_node_opened(fs, n, 1);
-			fs_node_touch(fs, n);
-			fs_node_closed(fs, n, 1);
+			fs_node_changed(fs, fs_node_of(fs, e.ino));
 			fuse_reply_entry(req, &e);
 			return;
 		}
@@ -1162,7 +1159,8 @@ static int set_attrs(fuse_req_t req, struct fs_node *n, struct stat *attr, int t
 		/* truncate(2) by name: not between a commit's look at the file
 		 * and its rename, as a writable open */
 		struct fs_node_file f;
-		struct handle *t = NULL;
+		struct stat st;
+		char logical[FS_PATH_MAX];
 		int tfd;
 
 		fs_mutex_lock(&fs->ns_lock);
@@ -1179,13 +1177,13 @@ static int set_attrs(fuse_req_t req, struct fs_node *n, struct stat *attr, int t
 		}
 		rc = ftruncate(tfd, attr->st_size) == -1 ? -errno : 0;
 		/* a change of the bytes, as a write is */
-		if (!rc && (t = handle_new(fs, n, tfd, 1, &f)))
-			handle_dirty(fs, t);
+		if (!rc && fstat(tfd, &st) == 0 &&
+		    fs_node_path(fs, n, logical, sizeof(logical)) == 0)
+			fs_mark_staged(fs, (uint64_t)st.st_ino, (uint64_t)st.st_size, logical);
+		if (!rc)
+			fs_node_changed(fs, n);
 		fs_mutex_unlock(&fs->ns_lock);
-		if (t)
-			handle_free(fs, t); /* closes tfd */
-		else
-			close(tfd);
+		close(tfd);
 		if (rc)
 			return rc;
 	}

@@ -515,6 +515,42 @@ static void test_node_generations(void)
 	teardown();
 }
 
+/* Changed by path (mknod, truncate(2) by name): a new generation, the job
+ * cancelled, and the node settles (the settle list holds it) unless a
+ * writer has it open. */
+static void test_node_changed_by_path(void)
+{
+	struct fs_node *n, *m;
+	uint64_t g0;
+
+	setup();
+	n = fs_node_get(&fs, 91);
+	g0 = fs_node_gen(n);
+	fs_node_changed(&fs, n);
+	CHECK(fs_node_gen(n) > g0);
+	CHECK_EQ(atomic_load(fs_node_cancel(n)), 1);
+	CHECK(!fs_node_writing(&fs, n));
+	CHECK(!fs_node_is_open(&fs, 91));
+	fs_node_put(&fs, n);
+	/* the settle list's reference keeps it */
+	m = fs_node_find(&fs, 91);
+	CHECK(m == n);
+	fs_node_put(&fs, m);
+	/* with a writer open: its close settles it, not the change */
+	n = fs_node_get(&fs, 92);
+	fs_node_opened(&fs, n, 1);
+	g0 = fs_node_gen(n);
+	fs_node_changed(&fs, n);
+	CHECK(fs_node_gen(n) > g0);
+	CHECK(fs_node_writing(&fs, n));
+	fs_node_closed(&fs, n, 1);
+	fs_node_put(&fs, n);
+	m = fs_node_find(&fs, 92);
+	CHECK(m == n);
+	fs_node_put(&fs, m);
+	teardown();
+}
+
 /* A node's descriptor keeps its number for the node's life: replaced, it
  * refers to the new file; gone with nothing open, to nothing (its file's
  * space is freed at once). */
@@ -882,6 +918,7 @@ int main(void)
 	RUN(test_nodes_lookup_forget);
 	RUN(test_nodes_lru);
 	RUN(test_node_generations);
+	RUN(test_node_changed_by_path);
 	RUN(test_node_fd_stable);
 	RUN(test_node_replaced_over_a_stale_number);
 	RUN(test_replace_commit);

@@ -7,7 +7,7 @@
  * attribute copy, and the recovery of an interrupted one.
  *
  * With FS_REPLACE_JOURNAL (an archive commit), the order is:
- *   1. Y gets X's owner, mode, times and user xattrs and is fsynced; so is
+ *   1. Y gets X's owner, mode, times, user xattrs and ACL and is fsynced; so is
  *      X, whose bytes Y was made from (a crash of the machine must not
  *      leave a name whose bytes were lost beside the archive of them);
  *   2. an intent names X, Y's inode and the entry Y will get;
@@ -84,7 +84,8 @@ int fs_copy_attrs(int src, int dst)
 		for (ssize_t off = 0; len > 0 && off < len;
 		     off += (ssize_t)strlen(names + off) + 1) {
 			const char *n = names + off;
-			if (strncmp(n, "user.", 5) != 0)
+			if (strncmp(n, "user.", 5) != 0 &&
+			    strcmp(n, "system.posix_acl_access") != 0)
 				continue;
 			ssize_t vl = fgetxattr(src, n, val, XATTR_VALUE_MAX);
 			if (vl < 0 || fsetxattr(dst, n, val, (size_t)vl, 0) == -1)

@@ -630,9 +630,10 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_close;
 	mounted = 1;
-	/* The kernel has applied the caller's umask to every mode it hands us
-	 * (no FUSE_CAP_DONT_MASK): the daemon's own must not mask it again, or
-	 * a 0664 file made under umask 002 would land as 0644. Files of our
+	/* A new file's mode is masked by its creator's umask (new_mode in
+	 * ops.c, FUSE_CAP_DONT_MASK) or, under a default ACL, by that ACL:
+	 * the daemon's own umask must not mask it again, or a 0664 file made
+	 * under umask 002 would land as 0644. Files of our
 	 * own are created with explicit modes (0600/0700 in .hevcfs), and an
 	 * archived copy takes its original's mode. */
 	umask(0);

@@ -739,12 +739,25 @@ static void reply_new(fuse_req_t req, struct fs_node *p, const char *name)
 		fuse_reply_entry(req, &e);
 }
 
+/* The mode a new file in p gets: the caller's umask applies unless p has a
+ * default ACL, which then decides, as on a local disk (with POSIX ACLs the
+ * kernel leaves the umask to the filesystem: FUSE_CAP_DONT_MASK). */
+static mode_t new_mode(fuse_req_t req, struct fs_node *p, mode_t mode)
+{
+	char proc[FS_PROC_FD_BUF];
+
+	if (getxattr(fs_proc_fd(fs_node_fd(p), proc), "system.posix_acl_default", NULL, 0) > 0)
+		return mode;
+	return mode & ~fuse_req_ctx(req)->umask;
+}
+
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
 	struct fs *fs = fs_of(req);
 	struct fs_node *p = node_of(req, parent);
 	int d = fs_node_fd(p), rc = can_create(fs, p, name);
 
+	mode = new_mode(req, p, mode);
 	if (!rc) {
 		if (S_ISREG(mode)) {
 			int fd = openat(d, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode);
@@ -792,6 +805,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct fs_node *p = node_of(req, parent);
 	int rc = can_create(fs, p, name);
 
+	mode = new_mode(req, p, mode);
 	if (!rc && mkdirat(fs_node_fd(p), name, mode) == -1)
 		rc = -errno;
 	if (rc) {
@@ -849,7 +863,7 @@ again:
 	 * there in BACKING is one it does not show (the archived copy of
 	 * another name, X.jpg.heic): opening it would write into an archive */
 	fd = openat(d, name, ((fi->flags | O_CREAT | O_EXCL) & ~O_NOCTTY) | O_NOFOLLOW | O_CLOEXEC,
-		    mode);
+		    new_mode(req, p, mode));
 	err = fd < 0 ? errno : 0;
 	if (err == EEXIST && tries++ == 0 && (rc = can_create(fs, p, name)) == -EEXIST)
 		goto again; /* made meanwhile through the mount: open it */
@@ -1279,12 +1293,14 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 
 /* ---- xattrs ---------------------------------------------------------------- */
 
-/* Only the user, trusted and security namespaces pass; POSIX ACLs are not
- * supported (the kernel checks modes). */
+/* The user, trusted and security namespaces pass, and POSIX ACLs (the
+ * kernel caches them, "none" included, and checks them with the modes; the
+ * backing filesystem stores them and keeps the mode in step). */
 static int xattr_allowed(const char *name)
 {
 	return !strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||
-	       !strncmp(name, "security.", 9);
+	       !strncmp(name, "security.", 9) || !strcmp(name, "system.posix_acl_access") ||
+	       !strcmp(name, "system.posix_acl_default");
 }
 
 /* The path xattrs of n go through (regular files and directories only). */
@@ -1599,10 +1615,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct fs *fs = userdata;
 
-	conn->want |= conn->capable &
-		      (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
-		       FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_READDIRPLUS |
-		       FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_EXPORT_SUPPORT);
+	conn->want |=
+	    conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+			     FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ATOMIC_O_TRUNC |
+			     FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
+			     FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK);
 	/* the daemon is told of every change that goes through the mount,
 	 * and tells the kernel of its own (fs_notify_*) */
 	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;

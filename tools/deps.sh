@@ -10,7 +10,7 @@ libheif-dev libheif-examples libde265-dev
 libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
 libturbojpeg0-dev libjpeg-turbo-progs
 liblmdb-dev lmdb-utils libssl-dev
-python3 python3-pytest libimage-exiftool-perl attr rsync strace
+python3 python3-pytest libimage-exiftool-perl attr acl rsync strace
 clang-14 libclang-rt-14-dev"
 # what the benchmarks measure against: the equal-quality shell pipeline
 # (ImageMagick), bindfs, and the tools to build libfuse's passthrough_hp from

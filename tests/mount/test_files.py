@@ -461,3 +461,53 @@ def test_open_rdonly_trunc_is_a_change(mount):
     from conftest import hevcfs
     v = hevcfs("verify", mount.backing, check=False)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def _acl(path):
+    """getfacl's entries of path (no header)."""
+    out = subprocess.run(["getfacl", "-cp", path], capture_output=True, text=True,
+                         check=True).stdout
+    return [line for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def test_posix_acls_as_on_a_local_disk(mount_factory, tmp_path):
+    """POSIX ACLs work through the mount as on the backing disk: set, read
+    back, enforced, inherited from a directory's default ACL, with the
+    creator's umask where no default ACL decides; an archived photo keeps
+    its ACL."""
+    from conftest import make_jpeg
+    mount = mount_factory("allow_other").start()  # others may use it at all
+    local = tmp_path / "local"
+    local.mkdir()
+    for root in (mount.mnt, str(local)):
+        old = os.umask(0o027)
+        try:
+            os.mkdir(os.path.join(root, "d"))
+            subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", os.path.join(root, "d")],
+                           check=True)
+            for p in ("d/inherits", "plain"):
+                with open(os.path.join(root, p), "w") as f:
+                    f.write("x")
+            os.mkdir(os.path.join(root, "d", "sub"))
+        finally:
+            os.umask(old)
+        subprocess.run(["setfacl", "-m", "u:nobody:r", os.path.join(root, "plain")], check=True)
+    for p in ("d", "d/inherits", "d/sub", "plain"):
+        m, loc = os.path.join(mount.mnt, p), os.path.join(str(local), p)
+        assert _acl(m) == _acl(loc), p
+        assert oct(os.stat(m).st_mode) == oct(os.stat(loc).st_mode), p
+    assert "user:nobody:r--" in _acl(os.path.join(mount.mnt, "plain"))
+    # enforced: nobody may read plain (its ACL says so) but not write it
+    # (relative names from the mount: the test's own directories are 0700)
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        "sh", "-c", "cat plain && echo y >> plain"], cwd=mount.mnt,
+                       capture_output=True, text=True)
+    assert r.stdout == "x" and "denied" in r.stderr.lower(), (r.stdout, r.stderr)
+    # an archived photo keeps the ACL its original had
+    photo = os.path.join(mount.mnt, "p.jpg")
+    make_jpeg(photo, seed=61)
+    subprocess.run(["setfacl", "-m", "u:nobody:rw", photo], check=True)
+    mount.wait_idle()
+    assert os.path.exists(os.path.join(mount.backing, "p.jpg.heic"))
+    assert "user:nobody:rw-" in _acl(photo)
+    assert "user:nobody:rw-" in _acl(os.path.join(mount.backing, "p.jpg.heic"))

@@ -406,8 +406,8 @@ void codec_view_map_release(struct codec_view_map *m)
 
 const char *codec_carries_words(uint32_t carries, char *buf, size_t size)
 {
-	static const char *const words[] = {"motion video", "gain map",	 "MPF images",
-					    "Samsung SEF",  "padding", "trailer bytes"};
+	static const char *const words[] = {"motion video", "gain map", "MPF images",
+					    "Samsung SEF",  "padding",	"trailer bytes"};
 	size_t n = 0;
 
 	buf[0] = '\0';

@@ -45,16 +45,16 @@ enum codec_kind codec_sniff_format(int fd, const char **format);
 
 /* Knobs, from mount options. Zeroed fields take the documented defaults. */
 struct codec_opts {
-	int photo_quality;     /* 0 = auto: lowest q with luma SSIM >= min_ssim */
-	double min_ssim;       /* HEIC vs original luma SSIM floor, default 0.99 */
-	int view_quality;      /* JPEG view quality, default 92 */
-	double min_view_ssim;  /* view vs original floor, default 0.985 */
-	int crf;               /* x265 CRF, default 22 */
-	const char *preset;    /* x265 preset, default "medium" */
+	int photo_quality;	 /* 0 = auto: lowest q with luma SSIM >= min_ssim */
+	double min_ssim;	 /* HEIC vs original luma SSIM floor, default 0.99 */
+	int view_quality;	 /* JPEG view quality, default 92 */
+	double min_view_ssim;	 /* view vs original floor, default 0.985 */
+	int crf;		 /* x265 CRF, default 22 */
+	const char *preset;	 /* x265 preset, default "medium" */
 	const char *x265_params; /* extra x265 params, may be NULL */
-	double min_video_ssim; /* default 0.97 */
-	int threads;           /* encoder threads, 0 = all cores */
-	uint64_t max_pixels;   /* photos above this are kept, default 200e6 */
+	double min_video_ssim;	 /* default 0.97 */
+	int threads;		 /* encoder threads, 0 = all cores */
+	uint64_t max_pixels;	 /* photos above this are kept, default 200e6 */
 	/* Set nonzero by another thread to abandon the job (-ECANCELED). */
 	const atomic_int *cancel;
 	/* Progress for long jobs (video frames); may be NULL. Called from the
@@ -66,12 +66,15 @@ struct codec_opts {
 /* What a photo carried besides its primary image (codec_result.carries):
  * bytes after the primary's EOI, archived verbatim and put back in its
  * view. */
-#define CODEC_CARRIES_MOTION (1u << 0)   /* a motion photo's video (Google Motion
-					     Photo, MicroVideo, an MP4) */
-#define CODEC_CARRIES_GAIN_MAP (1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF
-					     plus the hdrgm XMP namespace */
-#define CODEC_CARRIES_MPF (1u << 2)      /* other MPF images (previews, stereo
-					     pairs) */
+#define CODEC_CARRIES_MOTION                                                                       \
+	(1u << 0) /* a motion photo's video (Google Motion                                         \
+		      Photo, MicroVideo, an MP4) */
+#define CODEC_CARRIES_GAIN_MAP                                                                     \
+	(1u << 1) /* an Ultra HDR (JPEG_R) gain map: MPF                                           \
+		      plus the hdrgm XMP namespace */
+#define CODEC_CARRIES_MPF                                                                          \
+	(1u << 2)			/* other MPF images (previews, stereo                      \
+					    pairs) */
 #define CODEC_CARRIES_SEF (1u << 3)	/* a Samsung SEF trailer (SEFH..SEFT) */
 #define CODEC_CARRIES_PADDING (1u << 4) /* zero bytes only */
 #define CODEC_CARRIES_OTHER (1u << 5)	/* trailer bytes of no known kind */
@@ -82,29 +85,29 @@ const char *codec_carries_words(uint32_t carries, char *buf, size_t size);
 
 /* What codec_archive() decided and measured. */
 struct codec_result {
-	int archived;         /* 1: out_path holds the archived file */
-	char reason[160];     /* why kept, when archived == 0 */
-	char suffix[8];       /* what the archived file is: ".heic", ".mp4" or
-				 ".mkv" (always set when archived; the codec
-				 never sees names). The caller appends it to the
-				 backing name, except that a video whose name
-				 already says .mp4/.mov and whose suffix is
-				 ".mp4" keeps its name (the caller's rule) */
-	uint64_t orig_bytes;  /* size of the input */
-	uint64_t stored_bytes;/* size of out_path */
-	uint64_t view_bytes;  /* exact size of the view (photo: JPEG rendered by
-				 codec_render_view; video: stored_bytes) */
-	int quality;          /* photo: HEVC quality used; video: CRF */
-	double ssim;          /* luma SSIM archived vs original (min over samples) */
-	double view_ssim;     /* photo: luma SSIM of the view vs original */
-	uint32_t carries;     /* photo: CODEC_CARRIES_* bits */
-	int view_own_size;    /* photo: 1 when the view is not the original's
-				 size (its scan does not fit the original's
-				 layout at any quality that meets
-				 min_view_ssim); view_why says why */
+	int archived;	       /* 1: out_path holds the archived file */
+	char reason[160];      /* why kept, when archived == 0 */
+	char suffix[8];	       /* what the archived file is: ".heic", ".mp4" or
+				  ".mkv" (always set when archived; the codec
+				  never sees names). The caller appends it to the
+				  backing name, except that a video whose name
+				  already says .mp4/.mov and whose suffix is
+				  ".mp4" keeps its name (the caller's rule) */
+	uint64_t orig_bytes;   /* size of the input */
+	uint64_t stored_bytes; /* size of out_path */
+	uint64_t view_bytes;   /* exact size of the view (photo: JPEG rendered by
+				  codec_render_view; video: stored_bytes) */
+	int quality;	       /* photo: HEVC quality used; video: CRF */
+	double ssim;	       /* luma SSIM archived vs original (min over samples) */
+	double view_ssim;      /* photo: luma SSIM of the view vs original */
+	uint32_t carries;      /* photo: CODEC_CARRIES_* bits */
+	int view_own_size;     /* photo: 1 when the view is not the original's
+				  size (its scan does not fit the original's
+				  layout at any quality that meets
+				  min_view_ssim); view_why says why */
 	char view_why[96];
 	uint8_t orig_sum[SUM_LEN]; /* photo: SHA-256 of the original JPEG */
-	int retagged;              /* photo: made by codec_retag, nothing encoded */
+	int retagged;		   /* photo: made by codec_retag, nothing encoded */
 	uint8_t scan_sum[SUM_LEN]; /* photo: SHA-256 of the view's image data
 				      (first table marker through EOI) */
 };
@@ -147,8 +150,8 @@ int codec_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
  * then a baseline scan encoded from the HEIC's decoded planes. Deterministic:
  * the same input and view_quality give the same bytes. Sets *size.
  */
-int codec_render_view(int stored_fd, const char *out_path,
-		      const struct codec_opts *opts, uint64_t *size);
+int codec_render_view(int stored_fd, const char *out_path, const struct codec_opts *opts,
+		      uint64_t *size);
 
 /*
  * Is the file on fd (borrowed, read with pread) a photo that codec_archive

@@ -23,10 +23,10 @@
 #define NEUTRAL_CHROMA 128
 
 /* nclx code points (ITU-T H.273). */
-#define NCLX_PRIMARIES_BT709 1   /* sRGB primaries */
-#define NCLX_UNSPECIFIED 2       /* the ICC profile says it */
-#define NCLX_TRANSFER_SRGB 13    /* IEC 61966-2-1 */
-#define NCLX_MATRIX_BT601 6      /* JFIF's Y'CbCr matrix */
+#define NCLX_PRIMARIES_BT709 1 /* sRGB primaries */
+#define NCLX_UNSPECIFIED 2     /* the ICC profile says it */
+#define NCLX_TRANSFER_SRGB 13  /* IEC 61966-2-1 */
+#define NCLX_MATRIX_BT601 6    /* JFIF's Y'CbCr matrix */
 
 /* Translate a libheif error at the module edge: log it, return -errno. */
 static int heif_errno(struct heif_error e, const char *what)
@@ -51,11 +51,10 @@ static int heif_errno(struct heif_error e, const char *what)
  * with neutral chroma: see photo.c for why not monochrome). */
 static int planes_to_image(const struct photo_planes *pl, struct heif_image **out)
 {
-	enum heif_chroma ch = pl->subsamp == TJSAMP_444   ? heif_chroma_444
+	enum heif_chroma ch = pl->subsamp == TJSAMP_444	  ? heif_chroma_444
 			      : pl->subsamp == TJSAMP_422 ? heif_chroma_422
 							  : heif_chroma_420;
-	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
-						  heif_channel_Cr};
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb, heif_channel_Cr};
 	struct heif_image *img;
 	int ret;
 
@@ -68,7 +67,8 @@ static int planes_to_image(const struct photo_planes *pl, struct heif_image **ou
 		uint8_t *dst;
 
 		photo_plane_size(pl, i, &w, &h);
-		ret = heif_errno(heif_image_add_plane(img, chan[i], w, h, 8), "heif_image_add_plane");
+		ret =
+		    heif_errno(heif_image_add_plane(img, chan[i], w, h, 8), "heif_image_add_plane");
 		if (ret)
 			goto out_release;
 		dst = heif_image_get_plane(img, chan[i], &stride);
@@ -193,9 +193,9 @@ int heic_add_item(struct heif_context *ctx, const char *item_type, const char *c
 	ret = heif_errno(heif_context_get_primary_image_handle(ctx, &h), "primary image");
 	if (ret)
 		return ret;
-	ret = heif_errno(heif_context_add_generic_metadata(ctx, h, data, (int)len, item_type,
-							   content_type),
-			 "adding a metadata item");
+	ret = heif_errno(
+	    heif_context_add_generic_metadata(ctx, h, data, (int)len, item_type, content_type),
+	    "adding a metadata item");
 	heif_image_handle_release(h);
 	return ret;
 }
@@ -215,8 +215,8 @@ static int thumb_size(int w, int h, int *tw, int *th)
 
 /* Scale a sw x sh plane into a dw x dh one (dw <= sw, dh <= sh), each
  * sample the rounded mean of the source samples its area covers. */
-static void box_scale(const uint8_t *src, int sstride, int sw, int sh, uint8_t *dst,
-		      int dstride, int dw, int dh, uint32_t *acc, uint16_t *xmap, uint32_t *xcount)
+static void box_scale(const uint8_t *src, int sstride, int sw, int sh, uint8_t *dst, int dstride,
+		      int dw, int dh, uint32_t *acc, uint16_t *xmap, uint32_t *xcount)
 {
 	memset(xcount, 0, (size_t)dw * sizeof(*xcount));
 	for (int x = 0; x < sw; x++) {
@@ -305,8 +305,8 @@ static int encode_thumbnail(struct heif_context *ctx, const struct photo_planes 
 	 * the written file fails the job rather than let a photo through as
 	 * a thumbnail. */
 	if (!ret)
-		ret = heif_errno(heif_context_assign_thumbnail(ctx, th, h),
-				 "linking the thumbnail");
+		ret =
+		    heif_errno(heif_context_assign_thumbnail(ctx, th, h), "linking the thumbnail");
 	heif_image_handle_release(th);
 	heif_image_release(img);
 	return ret;
@@ -413,8 +413,8 @@ static struct heif_error mem_write(struct heif_context *ctx, const void *data, s
 {
 	struct membuf *m = arg;
 	struct heif_error ok = {heif_error_Ok, heif_suberror_Unspecified, "ok"};
-	struct heif_error nomem = {heif_error_Memory_allocation_error,
-				   heif_suberror_Unspecified, "out of memory"};
+	struct heif_error nomem = {heif_error_Memory_allocation_error, heif_suberror_Unspecified,
+				   "out of memory"};
 
 	(void)ctx;
 	if (m->len + size > m->cap) {
@@ -464,8 +464,8 @@ int heic_open(const uint8_t *buf, size_t len, int threads, struct heif_context *
 	ret = heif_errno(heif_context_read_from_memory_without_copy(ctx, buf, len, NULL),
 			 "reading HEIF");
 	if (!ret)
-		ret = heif_errno(heif_context_get_primary_image_handle(ctx, handle),
-				 "primary image");
+		ret =
+		    heif_errno(heif_context_get_primary_image_handle(ctx, handle), "primary image");
 	if (ret) {
 		heif_context_free(ctx);
 		return ret == -ENOMEM ? ret : -EINVAL;
@@ -539,11 +539,11 @@ static enum heif_reader_grow_status fd_wait_for_file_size(int64_t target, void *
 }
 
 static const struct heif_reader fd_reader = {
-	.reader_api_version = 1,
-	.get_position = fd_get_position,
-	.read = fd_read,
-	.seek = fd_seek,
-	.wait_for_file_size = fd_wait_for_file_size,
+    .reader_api_version = 1,
+    .get_position = fd_get_position,
+    .read = fd_read,
+    .seek = fd_seek,
+    .wait_for_file_size = fd_wait_for_file_size,
 };
 
 int heic_open_fd(struct heic_fd *f, int fd, struct heif_context **out,
@@ -563,8 +563,8 @@ int heic_open_fd(struct heic_fd *f, int fd, struct heif_context **out,
 		return -ENOMEM;
 	ret = heif_errno(heif_context_read_from_reader(ctx, &fd_reader, f, NULL), "reading HEIF");
 	if (!ret)
-		ret = heif_errno(heif_context_get_primary_image_handle(ctx, handle),
-				 "primary image");
+		ret =
+		    heif_errno(heif_context_get_primary_image_handle(ctx, handle), "primary image");
 	if (ret) {
 		heif_context_free(ctx);
 		return f->err ? f->err : ret == -ENOMEM ? ret : -EINVAL;
@@ -627,7 +627,7 @@ static void pad_plane(struct photo_planes *pl, int i, int rw, int rh)
 	for (int y = 0; y < rh; y++)
 		for (int x = rw; x < pl->pw[i]; x++)
 			pl->plane[i][(size_t)y * pl->stride[i] + x] =
-				pl->plane[i][(size_t)y * pl->stride[i] + rw - 1];
+			    pl->plane[i][(size_t)y * pl->stride[i] + rw - 1];
 	for (int y = rh; y < pl->ph[i]; y++)
 		memcpy(pl->plane[i] + (size_t)y * pl->stride[i],
 		       pl->plane[i] + (size_t)(rh - 1) * pl->stride[i], (size_t)pl->pw[i]);
@@ -664,8 +664,7 @@ static int decode_raw(const struct heif_image_handle *handle, enum heif_chroma c
 static int decode_libheif(const struct heif_image_handle *handle, enum heif_chroma ch,
 			  struct heif_decoding_options *dopt, struct photo_planes *pl)
 {
-	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
-						  heif_channel_Cr};
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb, heif_channel_Cr};
 	struct heif_image *img = NULL;
 	int ret;
 
@@ -681,8 +680,8 @@ static int decode_libheif(const struct heif_image_handle *handle, enum heif_chro
 	    heif_image_get_bits_per_pixel(img, heif_channel_Y) != 8) {
 		log_msg(LOG_ERR, "heic: decoded %dx%d chroma %d, expected %dx%d chroma %d",
 			heif_image_get_width(img, heif_channel_Y),
-			heif_image_get_height(img, heif_channel_Y), heif_image_get_chroma_format(img),
-			pl->width, pl->height, ch);
+			heif_image_get_height(img, heif_channel_Y),
+			heif_image_get_chroma_format(img), pl->width, pl->height, ch);
 		ret = -EINVAL;
 		goto out;
 	}
@@ -706,8 +705,8 @@ out:
 	return ret;
 }
 
-int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
-		       int height, int raw, struct photo_planes *pl)
+int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width, int height,
+		       int raw, struct photo_planes *pl)
 {
 	enum heif_chroma ch = subsamp == TJSAMP_444   ? heif_chroma_444
 			      : subsamp == TJSAMP_422 ? heif_chroma_422

@@ -175,12 +175,14 @@ static struct heif_error hevcdec_push(void *arg, const void *data, size_t size)
 	while (at < size) {
 		uint32_t n;
 		if (size - at < 4)
-			return hevcdec_error(heif_error_Decoder_plugin_error, "truncated NAL length");
+			return hevcdec_error(heif_error_Decoder_plugin_error,
+					     "truncated NAL length");
 		n = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 | (uint32_t)p[at + 2] << 8 |
 		    p[at + 3];
 		at += 4;
 		if (n > size - at || n > INT32_MAX)
-			return hevcdec_error(heif_error_Decoder_plugin_error, "NAL beyond the data");
+			return hevcdec_error(heif_error_Decoder_plugin_error,
+					     "NAL beyond the data");
 		if (de265_push_NAL(d->ctx, p + at, (int)n, 0, NULL) != DE265_OK)
 			return hevcdec_error(heif_error_Memory_allocation_error, "out of memory");
 		at += n;
@@ -191,10 +193,9 @@ static struct heif_error hevcdec_push(void *arg, const void *data, size_t size)
 /* Copy a decoded picture into a new heif_image, planes and colour. */
 static struct heif_error to_heif(const struct de265_image *pic, struct heif_image **out)
 {
-	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb,
-						  heif_channel_Cr};
+	static const enum heif_channel chan[3] = {heif_channel_Y, heif_channel_Cb, heif_channel_Cr};
 	enum de265_chroma cf = de265_get_chroma_format(pic);
-	enum heif_chroma ch = cf == de265_chroma_mono ? heif_chroma_monochrome
+	enum heif_chroma ch = cf == de265_chroma_mono  ? heif_chroma_monochrome
 			      : cf == de265_chroma_420 ? heif_chroma_420
 			      : cf == de265_chroma_422 ? heif_chroma_422
 						       : heif_chroma_444;
@@ -232,11 +233,11 @@ static struct heif_error to_heif(const struct de265_image *pic, struct heif_imag
 	nclx = heif_nclx_color_profile_alloc();
 	if (nclx) {
 		heif_nclx_color_profile_set_color_primaries(
-			nclx, (uint16_t)de265_get_image_colour_primaries(pic));
+		    nclx, (uint16_t)de265_get_image_colour_primaries(pic));
 		heif_nclx_color_profile_set_transfer_characteristics(
-			nclx, (uint16_t)de265_get_image_transfer_characteristics(pic));
+		    nclx, (uint16_t)de265_get_image_transfer_characteristics(pic));
 		heif_nclx_color_profile_set_matrix_coefficients(
-			nclx, (uint16_t)de265_get_image_matrix_coefficients(pic));
+		    nclx, (uint16_t)de265_get_image_matrix_coefficients(pic));
 		nclx->full_range_flag = (uint8_t)de265_get_image_full_range_flag(pic);
 		heif_image_set_nclx_color_profile(img, nclx);
 		heif_nclx_color_profile_free(nclx);
@@ -299,15 +300,15 @@ static void hevcdec_set_strict(void *arg, int flag)
 }
 
 static const struct heif_decoder_plugin hevcdec_plugin = {
-	.plugin_api_version = 3,
-	.get_plugin_name = hevcdec_name,
-	.does_support_format = hevcdec_supports,
-	.new_decoder = hevcdec_new,
-	.free_decoder = hevcdec_free,
-	.push_data = hevcdec_push,
-	.decode_image = hevcdec_decode,
-	.set_strict_decoding = hevcdec_set_strict,
-	.id_name = "hevcfs-libde265",
+    .plugin_api_version = 3,
+    .get_plugin_name = hevcdec_name,
+    .does_support_format = hevcdec_supports,
+    .new_decoder = hevcdec_new,
+    .free_decoder = hevcdec_free,
+    .push_data = hevcdec_push,
+    .decode_image = hevcdec_decode,
+    .set_strict_decoding = hevcdec_set_strict,
+    .id_name = "hevcfs-libde265",
 };
 
 static pthread_once_t hevcdec_once = PTHREAD_ONCE_INIT;

@@ -53,8 +53,8 @@ int video_sniff(const uint8_t *head, size_t n);
 /* The digests an archived MP4 carries in its last box (video.c): the
  * original's size and SHA-256, and the file's own with its 32 bytes at
  * *self_off counted as zeros. 1 when fd has them, 0 when not, -errno. */
-int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN],
-			uint64_t *self_off, uint64_t *orig_bytes);
+int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN], uint64_t *self_off,
+			uint64_t *orig_bytes);
 
 /* Archive a video (video.c). Same contract as codec_archive(). */
 int video_archive(int src_fd, const char *out_path, const struct codec_opts *opts,
@@ -62,7 +62,7 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 
 /* Set result to "kept" with a printf-style reason. */
 void codec_keep(struct codec_result *result, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /* Create or truncate path, write buf, fsync and close. 0 or -errno
  * (logged). */
@@ -74,8 +74,8 @@ int codec_read_all(int fd, size_t max, uint8_t **buf, size_t *len);
 
 /* Luma SSIM of two 8-bit planes of equal size (ssim.c): 8x8 windows on a
  * 4-pixel grid, the usual constants for L = 255. Returns a value in [-1, 1]. */
-double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_stride,
-			int width, int height);
+double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_stride, int width,
+			int height);
 
 /* ---- photo half (photo.c, jpeg.c, heic.c) ---- */
 
@@ -99,8 +99,8 @@ extern int photo_test_q_offset;
  */
 struct photo_planes {
 	int width, height; /* image size in luma samples */
-	int subsamp;       /* TJSAMP_444, TJSAMP_422, TJSAMP_420 or TJSAMP_GRAY */
-	int nplanes;       /* 1 or 3 */
+	int subsamp;	   /* TJSAMP_444, TJSAMP_422, TJSAMP_420 or TJSAMP_GRAY */
+	int nplanes;	   /* 1 or 3 */
 	uint8_t *plane[3];
 	int stride[3];
 	int pw[3], ph[3];
@@ -122,10 +122,10 @@ void photo_planes_release(struct photo_planes *pl);
  * items already, so the hevcfs header need not store them twice). */
 enum jpeg_src {
 	JPEG_SRC_NONE = 0, /* stored verbatim */
-	JPEG_SRC_EXIF,     /* the Exif payload ("Exif\0\0" + TIFF) */
-	JPEG_SRC_XMP,      /* the main XMP packet */
+	JPEG_SRC_EXIF,	   /* the Exif payload ("Exif\0\0" + TIFF) */
+	JPEG_SRC_XMP,	   /* the main XMP packet */
 	JPEG_SRC_XMP_EXT,  /* the reassembled Extended XMP */
-	JPEG_SRC_ICC,      /* the reassembled ICC profile */
+	JPEG_SRC_ICC,	   /* the reassembled ICC profile */
 	JPEG_SRC_COUNT
 };
 
@@ -133,8 +133,8 @@ enum jpeg_src {
  * of a source at src_off. */
 struct jpeg_ref {
 	size_t seg_off; /* of the segment's 0xFF in segs */
-	int src;        /* enum jpeg_src */
-	size_t prefix;  /* payload bytes before the source's bytes */
+	int src;	/* enum jpeg_src */
+	size_t prefix;	/* payload bytes before the source's bytes */
 	size_t src_off, len;
 };
 
@@ -143,34 +143,34 @@ struct jpeg_ref {
  * into segs; segs, xmp_ext, icc and refs are owned (jpeg_info_release).
  */
 struct jpeg_info {
-	int width, height;   /* from the frame header */
+	int width, height; /* from the frame header */
 	int ncomp, precision;
-	int sof;             /* SOFn marker byte (0xC0..0xCF) */
-	int scans;           /* SOS count: 1 baseline, more when progressive */
-	int adobe_transform; /* APP14 "Adobe" transform, -1 when absent */
-	int mpf, motion;     /* MPF APP2 seen; XMP names a motion photo */
-	int mpf_images;	     /* images the MPF index points to besides the first */
-	int hdrgm;	     /* XMP uses the gain map namespace (Ultra HDR) */
-	size_t eoi_end;      /* offset just past the real EOI */
-	size_t head_end;     /* offset of the first marker that is not APPn/COM */
-	int head_in_place;   /* every APPn/COM segment comes before it, with no
-				fill bytes: the view's head is the original's */
+	int sof;		/* SOFn marker byte (0xC0..0xCF) */
+	int scans;		/* SOS count: 1 baseline, more when progressive */
+	int adobe_transform;	/* APP14 "Adobe" transform, -1 when absent */
+	int mpf, motion;	/* MPF APP2 seen; XMP names a motion photo */
+	int mpf_images;		/* images the MPF index points to besides the first */
+	int hdrgm;		/* XMP uses the gain map namespace (Ultra HDR) */
+	size_t eoi_end;		/* offset just past the real EOI */
+	size_t head_end;	/* offset of the first marker that is not APPn/COM */
+	int head_in_place;	/* every APPn/COM segment comes before it, with no
+				   fill bytes: the view's head is the original's */
 	const uint8_t *trailer; /* the bytes after the EOI (into the parsed buffer) */
 	size_t trailer_len;
-	uint8_t *segs;       /* every APPn and COM segment, verbatim, in order */
+	uint8_t *segs; /* every APPn and COM segment, verbatim, in order */
 	size_t segs_len;
 	const uint8_t *exif; /* "Exif\0\0" + TIFF, the first Exif APP1 */
 	size_t exif_len;
-	const uint8_t *xmp;  /* main XMP packet */
+	const uint8_t *xmp; /* main XMP packet */
 	size_t xmp_len;
-	uint8_t *xmp_ext;    /* Extended XMP reassembled, or NULL */
+	uint8_t *xmp_ext; /* Extended XMP reassembled, or NULL */
 	size_t xmp_ext_len;
-	uint8_t *icc;        /* ICC profile reassembled, or NULL */
+	uint8_t *icc; /* ICC profile reassembled, or NULL */
 	size_t icc_len;
-	int orientation;     /* EXIF orientation 1..8 (1 when absent or bad) */
+	int orientation;       /* EXIF orientation 1..8 (1 when absent or bad) */
 	struct jpeg_ref *refs; /* segments rebuilt from a source (owned) */
 	size_t nrefs;
-	char why[128];       /* why this JPEG cannot be archived */
+	char why[128]; /* why this JPEG cannot be archived */
 };
 
 /*
@@ -246,10 +246,10 @@ int trailer_heic_xmp(const struct jpeg_info *ji, const struct photo_trailer *t, 
 
 /* How heic_encode codes the picture. */
 struct heic_params {
-	int quality;        /* libheif lossy quality 0..100 */
+	int quality;	    /* libheif lossy quality 0..100 */
 	const char *preset; /* x265 preset */
 	const char *tune;   /* x265 tune, or NULL */
-	int threads;        /* x265 worker threads, 0 = x265 decides */
+	int threads;	    /* x265 worker threads, 0 = x265 decides */
 	int no_thumbnail;   /* 1: no thumbnail (trial encodes) */
 	const char *x265;   /* more x265 settings, "key=value,key=value", or
 			       NULL: applied after libheif's own */
@@ -278,16 +278,15 @@ void hevcdec_init(void);
  * for the picture expected (see hevcdec_capture). */
 struct hevcdec_capture {
 	struct photo_planes *pl; /* allocated at the expected size and subsampling */
-	int w[3], h[3];          /* the samples of each plane the picture filled */
-	int done;                /* 1: pl holds the picture */
+	int w[3], h[3];		 /* the samples of each plane the picture filled */
+	int done;		 /* 1: pl holds the picture */
 };
 
 /* While c is set (for the whole process: one decode at a time), the
- * decoder copies the next picture it decodes into c->pl (when it has the expected size and format) and ends
- * that decode with an error: libheif 1.15 would turn the picture into RGB
- * and back (decode_image_planar), which moves ~2% of luma and ~5% of chroma
- * samples by up to 6 and 21 levels, and costs a quarter of the decode
- * time. NULL ends the capture. */
+ * decoder copies the next picture it decodes into c->pl (when it has the expected size and format)
+ * and ends that decode with an error: libheif 1.15 would turn the picture into RGB and back
+ * (decode_image_planar), which moves ~2% of luma and ~5% of chroma samples by up to 6 and 21
+ * levels, and costs a quarter of the decode time. NULL ends the capture. */
 void hevcdec_capture(struct hevcdec_capture *c);
 
 /* The coded data of a picture as libheif hands it to a decoder: NAL units
@@ -391,8 +390,8 @@ int heic_get_item(const struct heif_image_handle *handle, const char *item_type,
  * (hevcdec_capture); else as libheif 1.15 hands them out, through RGB and
  * back (what views of archives written before raw planes were made of).
  * 0 or -errno. */
-int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width,
-		       int height, int raw, struct photo_planes *pl);
+int heic_decode_planes(const struct heif_image_handle *handle, int subsamp, int width, int height,
+		       int raw, struct photo_planes *pl);
 
 /* ---- video half (video.c, video_xcode.c, video_verify.c) ---- */
 
@@ -425,10 +424,10 @@ int video_averr(int averr, const char *what);
  * to even sizes (x265 drops an odd last row or column).
  */
 struct video_conv {
-	int src_fmt, dst_fmt;      /* enum AVPixelFormat */
-	int width, height;         /* source size */
+	int src_fmt, dst_fmt;	   /* enum AVPixelFormat */
+	int width, height;	   /* source size */
 	int enc_width, enc_height; /* size given to x265 */
-	struct SwsContext *sws;    /* NULL when the pixels are copied as they are */
+	struct SwsContext *sws;	   /* NULL when the pixels are copied as they are */
 };
 
 /* Fill dst (format, size and buffers set here) from src. 0 or -errno. */
@@ -439,12 +438,12 @@ void video_conv_release(struct video_conv *conv);
 
 /* One output stream as the transcode wrote it (index = output index). */
 struct video_out {
-	int src_index;   /* input stream it came from */
-	int type;        /* enum AVMediaType */
-	int reencoded;   /* audio re-encoded to AAC */
+	int src_index;	 /* input stream it came from */
+	int type;	 /* enum AVMediaType */
+	int reencoded;	 /* audio re-encoded to AAC */
 	double src_span; /* source timestamps: last end - first start, seconds */
-	double content;  /* seconds of content: decoded samples or packet durations */
-	double tol;      /* allowed difference of the result's span, seconds */
+	double content;	 /* seconds of content: decoded samples or packet durations */
+	double tol;	 /* allowed difference of the result's span, seconds */
 };
 
 /* SSIM samples: at least one frame a second (and at least this many over a
@@ -476,26 +475,26 @@ struct video_out {
  * bytes without decoding it again.
  */
 struct video_log {
-	int vi, out_vi;     /* the re-encoded video: source and output index */
+	int vi, out_vi;	    /* the re-encoded video: source and output index */
 	int tb_num, tb_den; /* its source time base */
-	int64_t *pts;       /* source pts of every frame, display order */
+	int64_t *pts;	    /* source pts of every frame, display order */
 	size_t nb_pts, cap_pts;
-	double frame_sec;   /* nominal frame duration, seconds */
+	double frame_sec; /* nominal frame duration, seconds */
 	struct video_conv conv;
 	struct video_out *out;
 	int nb_out;
-	int mkv;            /* output is Matroska */
-	size_t *samples;    /* display index of each sampled frame, increasing */
+	int mkv;	 /* output is Matroska */
+	size_t *samples; /* display index of each sampled frame, increasing */
 	size_t nb_samples, cap_samples;
 	double sample_period, next_sample; /* seconds from the first frame */
 	/* filled when the transcode ends (video_check_end) */
-	uint64_t digest;    /* video_digest_annexb over x265's packets, in order */
+	uint64_t digest; /* video_digest_annexb over x265's packets, in order */
 	size_t nb_packets;
 	uint8_t *extradata; /* x265's parameter sets, Annex B (av_malloc'd) */
 	int extradata_size;
-	size_t nb_checked;  /* samples compared */
-	double min_ssim;    /* the lowest of their SSIMs */
-	size_t min_at;      /* display index of the frame it was measured on */
+	size_t nb_checked; /* samples compared */
+	double min_ssim;   /* the lowest of their SSIMs */
+	size_t min_at;	   /* display index of the frame it was measured on */
 };
 
 /* Free what the log owns (zeroed logs are fine). */
@@ -575,9 +574,8 @@ void video_check_free(struct video_check **vc);
 
 /* Transcode in (opened by video_open_input) to out_path, filling log.
  * 0, VIDEO_KEPT (reason in result), or -errno (-ECANCELED). */
-int video_transcode(struct AVFormatContext *in, const char *out_path,
-		    const struct codec_opts *opts, struct video_log *log,
-		    struct codec_result *result);
+int video_transcode(struct AVFormatContext *in, const char *out_path, const struct codec_opts *opts,
+		    struct video_log *log, struct codec_result *result);
 
 /* Check out_path against log without decoding it: demux it whole (every
  * frame with the source's pts, once; the digest of the video packets and

@@ -25,10 +25,10 @@
 #define M_COM 0xFE
 #define M_TEM 0x01
 
-static const char EXIF_ID[] = "Exif\0";          /* 6 bytes with the final NUL */
-static const char XMP_ID[] = "http://ns.adobe.com/xap/1.0/";        /* + NUL */
+static const char EXIF_ID[] = "Exif\0";			     /* 6 bytes with the final NUL */
+static const char XMP_ID[] = "http://ns.adobe.com/xap/1.0/"; /* + NUL */
 static const char XMP_EXT_ID[] = "http://ns.adobe.com/xmp/extension/"; /* + NUL */
-static const char ICC_ID[] = "ICC_PROFILE";      /* + NUL */
+static const char ICC_ID[] = "ICC_PROFILE";			       /* + NUL */
 /* Adobe's gain map namespace: Ultra HDR (JPEG_R) names its gain map with it. */
 #define HDRGM_NS "http://ns.adobe.com/hdr-gain-map/1.0/"
 #define XMP_GUID_LEN 32 /* Extended XMP chunks: GUID, full length, offset */
@@ -36,7 +36,7 @@ static const char ICC_ID[] = "ICC_PROFILE";      /* + NUL */
 #define ICC_HDR (sizeof(ICC_ID) + 2) /* then sequence number and count */
 
 static void set_why(struct jpeg_info *ji, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void set_why(struct jpeg_info *ji, const char *fmt, ...)
 {
@@ -141,8 +141,8 @@ static int exif_orientation(const uint8_t *p, size_t n)
 	else
 		return 1;
 #define RD16(q) (le ? (unsigned)((q)[0] | (q)[1] << 8) : be16(q))
-#define RD32(q) (le ? (uint32_t)((q)[0] | (q)[1] << 8 | (q)[2] << 16 | (uint32_t)(q)[3] << 24) \
-		    : be32(q))
+#define RD32(q)                                                                                    \
+	(le ? (uint32_t)((q)[0] | (q)[1] << 8 | (q)[2] << 16 | (uint32_t)(q)[3] << 24) : be32(q))
 	ifd = RD32(t + 4);
 	if (ifd > tn - 2)
 		return 1;
@@ -162,8 +162,8 @@ static int exif_orientation(const uint8_t *p, size_t n)
 }
 
 /* Note that the segment at seg_off is prefix bytes then len bytes of src. */
-static int add_ref(struct jpeg_info *ji, size_t seg_off, int src, size_t prefix,
-		   size_t src_off, size_t len)
+static int add_ref(struct jpeg_info *ji, size_t seg_off, int src, size_t prefix, size_t src_off,
+		   size_t len)
 {
 	struct jpeg_ref *r = realloc(ji->refs, (ji->nrefs + 1) * sizeof(*r));
 
@@ -270,8 +270,8 @@ static int collect_xmp_ext(struct jpeg_info *ji)
 		if (k) {
 			/* attribute form HasExtendedXMP="GUID" or element form >GUID< */
 			const uint8_t *q = k + sizeof(key) - 1, *xe = ji->xmp + ji->xmp_len;
-			while (q < xe && (*q == '=' || *q == '"' || *q == '\'' || *q == '>' ||
-					  *q == ' '))
+			while (q < xe &&
+			       (*q == '=' || *q == '"' || *q == '\'' || *q == '>' || *q == ' '))
 				q++;
 			if ((size_t)(xe - q) >= XMP_GUID_LEN) {
 				memcpy(guid, q, XMP_GUID_LEN);
@@ -376,12 +376,16 @@ static size_t skip_scan(const uint8_t *buf, size_t len, size_t p)
 static int sof_supported(struct jpeg_info *ji)
 {
 	switch (ji->sof) {
-	case 0xC0: case 0xC1: case 0xC2:
+	case 0xC0:
+	case 0xC1:
+	case 0xC2:
 		break;
 	case 0xC3:
 		set_why(ji, "lossless JPEG (SOF3)");
 		return 0;
-	case 0xC5: case 0xC6: case 0xC7:
+	case 0xC5:
+	case 0xC6:
+	case 0xC7:
 		set_why(ji, "hierarchical JPEG (SOF%d)", ji->sof - 0xC0);
 		return 0;
 	case 0xCB:
@@ -455,13 +459,12 @@ static int mpf_images(const uint8_t *t, size_t n)
 
 /* Inspect an APPn/COM payload for the metadata we carry; remember offsets
  * into segs (pointers are resolved once segs stops moving). */
-static void note_app(struct jpeg_info *ji, int marker, const uint8_t *p, size_t n,
-		     size_t seg_off, size_t *exif_off, size_t *xmp_off)
+static void note_app(struct jpeg_info *ji, int marker, const uint8_t *p, size_t n, size_t seg_off,
+		     size_t *exif_off, size_t *xmp_off)
 {
 	/* Exif needs a TIFF header: libheif refuses an Exif item without one */
 	if (marker == M_APP0 + 1 && has_id(p, n, EXIF_ID, sizeof(EXIF_ID)) && !ji->exif_len &&
-	    n >= 6 + 8 &&
-	    (memcmp(p + 6, "II*\0", 4) == 0 || memcmp(p + 6, "MM\0*", 4) == 0)) {
+	    n >= 6 + 8 && (memcmp(p + 6, "II*\0", 4) == 0 || memcmp(p + 6, "MM\0*", 4) == 0)) {
 		*exif_off = seg_off + 4;
 		ji->exif_len = n;
 	} else if (marker == M_APP0 + 1 && has_id(p, n, XMP_ID, sizeof(XMP_ID)) && !ji->xmp_len &&
@@ -667,7 +670,9 @@ int jpeg_decode_planes(const uint8_t *buf, size_t len, struct photo_planes *pl, 
 	}
 	if (cs != TJCS_YCbCr && cs != TJCS_GRAY) {
 		snprintf(why, why_len, "JPEG colour space %s",
-			 cs == TJCS_RGB ? "RGB" : cs == TJCS_CMYK ? "CMYK" : "YCCK");
+			 cs == TJCS_RGB	   ? "RGB"
+			 : cs == TJCS_CMYK ? "CMYK"
+					   : "YCCK");
 		ret = -ENOTSUP;
 		goto out_destroy;
 	}
@@ -675,7 +680,9 @@ int jpeg_decode_planes(const uint8_t *buf, size_t len, struct photo_planes *pl, 
 	    subsamp != TJSAMP_GRAY) {
 		/* HEVC has no 4:4:0 or 4:1:1 chroma: keeping beats resampling */
 		snprintf(why, why_len, "chroma subsampling %s has no HEVC equivalent",
-			 subsamp == TJSAMP_440 ? "4:4:0" : subsamp == TJSAMP_411 ? "4:1:1" : "other");
+			 subsamp == TJSAMP_440	 ? "4:4:0"
+			 : subsamp == TJSAMP_411 ? "4:1:1"
+						 : "other");
 		ret = -ENOTSUP;
 		goto out_destroy;
 	}
@@ -729,8 +736,7 @@ int jpeg_encode_scan(const struct photo_planes *pl, int quality, uint8_t **scan,
 		goto out_free;
 	}
 	/* skip TurboJPEG's SOI and its own APPn (JFIF) segments */
-	while (p + 4 <= jlen && jbuf[p] == 0xFF && jbuf[p + 1] >= M_APP0 &&
-	       jbuf[p + 1] <= M_APP15)
+	while (p + 4 <= jlen && jbuf[p] == 0xFF && jbuf[p + 1] >= M_APP0 && jbuf[p + 1] <= M_APP15)
 		p += 2 + be16(jbuf + p + 2);
 	if (p + 4 > jlen || jbuf[0] != 0xFF || jbuf[1] != M_SOI || jbuf[jlen - 2] != 0xFF ||
 	    jbuf[jlen - 1] != M_EOI) {

@@ -194,10 +194,10 @@ struct view_hdr {
 	int view_quality, subsamp, orientation;
 	int width, height;
 	uint64_t orig_bytes, view_bytes;
-	int quality;             /* HEVC quality (0: version 1, not recorded) */
-	double ssim, view_ssim;  /* as measured at archive time (0: version 1) */
+	int quality;			  /* HEVC quality (0: version 1, not recorded) */
+	double ssim, view_ssim;		  /* as measured at archive time (0: version 1) */
 	uint32_t src_len[JPEG_SRC_COUNT]; /* index by enum jpeg_src */
-	const uint8_t *recs;              /* segment records, borrowed */
+	const uint8_t *recs;		  /* segment records, borrowed */
 	size_t recs_len;
 	/* version 4 (zero before) */
 	uint32_t flags, carries, pad;
@@ -213,7 +213,7 @@ struct attempt {
 	double ssim;
 	uint8_t *heic; /* serialised HEIC, malloc'd */
 	size_t heic_len;
-	size_t hdr_off; /* offset of the header item's bytes in heic */
+	size_t hdr_off;	 /* offset of the header item's bytes in heic */
 	size_t item_off; /* offset of the trailer item's bytes (0: none) */
 	struct photo_planes dec;
 };
@@ -311,8 +311,9 @@ static const struct jpeg_ref *ref_at(const struct jpeg_info *ji, size_t seg_off)
 /* An SSIM as the header stores it. */
 static uint32_t ssim_word(double ssim)
 {
-	return ssim <= 0 ? 0 : ssim >= 1 ? (uint32_t)HDR_SSIM_SCALE
-				      : (uint32_t)lround(ssim * HDR_SSIM_SCALE);
+	return ssim <= 0   ? 0
+	       : ssim >= 1 ? (uint32_t)HDR_SSIM_SCALE
+			   : (uint32_t)lround(ssim * HDR_SSIM_SCALE);
 }
 
 /* Is the buffer all zero bytes? */
@@ -578,7 +579,8 @@ static int rebuild_segs(const struct heif_image_handle *h, const struct view_hdr
 			size_t left = (size_t)(end - r);
 			if (r[0] == JPEG_SRC_NONE) {
 				size_t sl;
-				if (left < 5 || r[1] != 0xFF || (sl = 2 + get_be16(r + 3)) > left - 1)
+				if (left < 5 || r[1] != 0xFF ||
+				    (sl = 2 + get_be16(r + 3)) > left - 1)
 					goto bad;
 				if (pass)
 					memcpy(out + n, r + 1, sl);
@@ -1948,8 +1950,8 @@ int photo_render_view(int stored_fd, const char *out_path, const struct codec_op
 	ret = view_source(h, &item, &vh, &segs, &segs_len);
 	if (ret)
 		goto out_release;
-	ret = heic_decode_planes(h, vh.subsamp, vh.width, vh.height,
-				 vh.version >= HDR_VERSION_RAW, &dec);
+	ret = heic_decode_planes(h, vh.subsamp, vh.width, vh.height, vh.version >= HDR_VERSION_RAW,
+				 &dec);
 	if (ret) {
 		ret = ret == -ENOMEM ? ret : -EINVAL;
 		goto out_release;

@@ -7,8 +7,8 @@
 #define SSIM_WIN 8  /* window side */
 #define SSIM_STEP 4 /* windows overlap by half */
 
-double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_stride,
-			int width, int height)
+double codec_ssim_plane(const uint8_t *a, int a_stride, const uint8_t *b, int b_stride, int width,
+			int height)
 {
 	double sum = 0;
 	long count = 0;

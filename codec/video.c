@@ -28,12 +28,12 @@
 
 /* The demuxers whose files we archive (libavformat's names). */
 static const char *const video_demuxers[] = {
-	"mov,mp4,m4a,3gp,3g2,mj2", "avi", "matroska,webm", "mpeg", "mpegts", "ogg", "asf", "flv",
+    "mov,mp4,m4a,3gp,3g2,mj2", "avi", "matroska,webm", "mpeg", "mpegts", "ogg", "asf", "flv",
 };
 
 /* HEIF-family brands: photos (or photo bursts) kept as they are. */
 static const char *const heif_brands[] = {
-	"heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1", "avif", "avis",
+    "heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1", "avif", "avis",
 };
 
 /* Is there a sync byte every packet bytes from off on, as far as n reaches
@@ -51,7 +51,7 @@ static int ts_sync(const uint8_t *head, size_t n, size_t off, size_t packet)
 /* Does an ISO BMFF / QuickTime head look like a movie (not a HEIF photo)? */
 static int bmff_sniff(const uint8_t *head, size_t n)
 {
-	static const char *const qt_atoms[] = { "moov", "mdat", "wide", "pnot" };
+	static const char *const qt_atoms[] = {"moov", "mdat", "wide", "pnot"};
 
 	if (n < 8)
 		return 0;
@@ -77,8 +77,8 @@ static int bmff_sniff(const uint8_t *head, size_t n)
  */
 int video_sniff(const uint8_t *head, size_t n)
 {
-	static const uint8_t asf_guid[16] = { 0x30, 0x26, 0xB2, 0x75, 0x8E, 0x66, 0xCF, 0x11,
-					      0xA6, 0xD9, 0x00, 0xAA, 0x00, 0x62, 0xCE, 0x6C };
+	static const uint8_t asf_guid[16] = {0x30, 0x26, 0xB2, 0x75, 0x8E, 0x66, 0xCF, 0x11,
+					     0xA6, 0xD9, 0x00, 0xAA, 0x00, 0x62, 0xCE, 0x6C};
 
 	if (!head || n < 4)
 		return 0;
@@ -334,9 +334,9 @@ static int video_check_source(AVFormatContext *in, struct codec_result *result)
 		if (par->codec_type != AVMEDIA_TYPE_VIDEO ||
 		    in->streams[i]->disposition & AV_DISPOSITION_ATTACHED_PIC)
 			continue;
-		if (vi < 0 || (int64_t)par->width * par->height >
-				      (int64_t)in->streams[vi]->codecpar->width *
-					      in->streams[vi]->codecpar->height)
+		if (vi < 0 ||
+		    (int64_t)par->width * par->height > (int64_t)in->streams[vi]->codecpar->width *
+							    in->streams[vi]->codecpar->height)
 			vi = (int)i;
 	}
 	if (vi < 0) {
@@ -478,8 +478,8 @@ static int append_sums(int src_fd, const char *path, uint64_t *size)
 	return ret;
 }
 
-int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN],
-			uint64_t *self_off, uint64_t *orig_bytes)
+int video_embedded_sums(int fd, uint8_t orig[SUM_LEN], uint8_t self[SUM_LEN], uint64_t *self_off,
+			uint64_t *orig_bytes)
 {
 	uint8_t box[SUMS_BOX_LEN];
 	struct stat st;
@@ -506,7 +506,7 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 		  struct codec_result *result)
 {
 	struct codec_opts o;
-	struct video_log log = { 0 };
+	struct video_log log = {0};
 	AVFormatContext *in = NULL;
 	struct stat st;
 	uint64_t stored = 0;
@@ -530,8 +530,8 @@ int video_archive(int src_fd, const char *out_path, const struct codec_opts *opt
 	if (ret)
 		goto out_release_log;
 	if ((double)stored > VIDEO_MAX_SIZE_RATIO * (double)result->orig_bytes) {
-		codec_keep(result, "not smaller: %llu bytes for %llu",
-			   (unsigned long long)stored, (unsigned long long)result->orig_bytes);
+		codec_keep(result, "not smaller: %llu bytes for %llu", (unsigned long long)stored,
+			   (unsigned long long)result->orig_bytes);
 		ret = VIDEO_KEPT;
 		goto out_release_log;
 	}

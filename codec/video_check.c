@@ -48,37 +48,37 @@ enum slot_state {
 /* A source plane kept for a sampled frame. */
 struct check_slot {
 	enum slot_state state;
-	int64_t pts;    /* the frame's pts as x265 got it */
-	size_t index;   /* its display index */
+	int64_t pts;	/* the frame's pts as x265 got it */
+	size_t index;	/* its display index */
 	uint8_t *plane; /* 8-bit luma, width x height packed; allocated on first use */
 };
 
 /* The check of one transcode. */
 struct video_check {
-	int width, height;  /* the source's luma size, compared */
-	int top_tid;        /* highest TemporalId, from the SPS; -1: unknown */
+	int width, height; /* the source's luma size, compared */
+	int top_tid;	   /* highest TemporalId, from the SPS; -1: unknown */
 	pthread_mutex_t lock;
 	pthread_cond_t more; /* to the helper: a packet, eof or stop */
 	pthread_cond_t room; /* to the producer: queue space, a free slot, idle, done */
 	pthread_t thread;
-	int started;         /* thread is joinable */
+	int started; /* thread is joinable */
 	/* protected by lock */
 	AVPacket *queue[CHECK_QUEUE];
 	size_t head, count;
-	int busy;            /* the helper is working on a packet it took */
+	int busy;	     /* the helper is working on a packet it took */
 	int eof, stop, done; /* no more packets; abandon; the helper has finished */
-	int ret;             /* the helper's verdict once done: 0, VIDEO_KEPT, -errno */
-	char why[160];       /* the reason when ret == VIDEO_KEPT */
+	int ret;	     /* the helper's verdict once done: 0, VIDEO_KEPT, -errno */
+	char why[160];	     /* the reason when ret == VIDEO_KEPT */
 	struct check_slot slot[VIDEO_CHECK_PLANES];
-	int held, peak;      /* slots not free: now, at most */
+	int held, peak; /* slots not free: now, at most */
 	/* the helper's, read by the producer once done */
 	AVCodecContext *dec;
 	AVFrame *frame;
-	uint8_t *luma;       /* a decoded deep frame brought to 8 bits */
+	uint8_t *luma; /* a decoded deep frame brought to 8 bits */
 	size_t sent, decoded, checked, skipped;
 	double min_ssim;
 	size_t min_at;
-	double cpu;          /* the helper's CPU seconds */
+	double cpu; /* the helper's CPU seconds */
 	/* the producer's */
 	uint64_t digest;
 	size_t packets;
@@ -158,8 +158,8 @@ uint64_t video_digest_annexb(uint64_t h, uint64_t index, const uint8_t *data, si
 	h = digest_u64(h, index);
 	video_nals_begin(&it, data, size);
 	while (video_nals_next(&it, &nal, &len)) {
-		uint8_t be[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
-				  (uint8_t)len };
+		uint8_t be[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+				 (uint8_t)len};
 		h = video_digest(h, be, sizeof(be));
 		h = video_digest(h, nal, len);
 		total += sizeof(be) + len;
@@ -179,7 +179,8 @@ static const uint8_t *luma8(const AVFrame *f, int width, int height, uint8_t *ou
 		return f->data[0];
 	}
 	for (int y = 0; y < height; y++) {
-		const uint16_t *row = (const uint16_t *)(f->data[0] + (ptrdiff_t)y * f->linesize[0]);
+		const uint16_t *row =
+		    (const uint16_t *)(f->data[0] + (ptrdiff_t)y * f->linesize[0]);
 		uint8_t *o = out + (size_t)y * width;
 		for (int x = 0; x < width; x++)
 			o[x] = (uint8_t)FFMIN(row[x] >> (depth - 8), 255);
@@ -190,7 +191,7 @@ static const uint8_t *luma8(const AVFrame *f, int width, int height, uint8_t *ou
 
 /* Record the helper's failure (VIDEO_KEPT with a reason) and return it. */
 static int check_fail(struct video_check *vc, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 static int check_fail(struct video_check *vc, const char *fmt, ...)
 {
 	va_list ap;
@@ -260,7 +261,8 @@ static int check_decode(struct video_check *vc, const AVPacket *pkt)
 		if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF)
 			return 0;
 		if (ret < 0)
-			return check_fail(vc, "verify: the encoded video does not decode (frame %zu)",
+			return check_fail(vc,
+					  "verify: the encoded video does not decode (frame %zu)",
 					  vc->decoded);
 		ret = check_frame(vc, vc->frame);
 		av_frame_unref(vc->frame);
@@ -464,8 +466,8 @@ int video_check_new(const struct AVCodecContext *enc, int width, int height,
 		goto out_free;
 	}
 	if (enc->extradata_size > 0) {
-		vc->dec->extradata = av_mallocz((size_t)enc->extradata_size +
-						AV_INPUT_BUFFER_PADDING_SIZE);
+		vc->dec->extradata =
+		    av_mallocz((size_t)enc->extradata_size + AV_INPUT_BUFFER_PADDING_SIZE);
 		if (!vc->dec->extradata) {
 			ret = -ENOMEM;
 			goto out_free;
@@ -600,8 +602,9 @@ int video_check_end(struct video_check *vc, const atomic_int *cancel, struct vid
 	log->nb_checked = vc->checked;
 	log->min_ssim = vc->min_ssim > 1.0 ? 1.0 : vc->min_ssim;
 	log->min_at = vc->min_at;
-	log_msg(LOG_DEBUG, "video: decoded %zu pictures in flight (%zu unreferenced skipped, "
-			   "%.2f s CPU), %zu samples, SSIM %.4f, at most %d planes held (%zu bytes each)",
+	log_msg(LOG_DEBUG,
+		"video: decoded %zu pictures in flight (%zu unreferenced skipped, "
+		"%.2f s CPU), %zu samples, SSIM %.4f, at most %d planes held (%zu bytes each)",
 		vc->decoded, vc->skipped, vc->cpu, vc->checked, log->min_ssim, vc->peak,
 		(size_t)vc->width * (size_t)vc->height);
 	return 0;

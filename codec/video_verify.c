@@ -36,13 +36,13 @@ struct verify {
 	struct codec_result *result;
 	AVFormatContext *out;
 	struct vspan *spans;
-	AVRational otb, stb;   /* the result's and the source's video time base */
+	AVRational otb, stb; /* the result's and the source's video time base */
 	int have_first;
-	int64_t first_pts;     /* the result's first video packet's pts */
-	uint8_t *seen;         /* per source frame: a packet had its pts */
-	size_t packets;        /* video packets demuxed */
-	size_t bad_pts;        /* first packet whose pts is no source frame's, + 1 */
-	uint64_t digest;       /* video_digest_packet over the video packets */
+	int64_t first_pts; /* the result's first video packet's pts */
+	uint8_t *seen;	   /* per source frame: a packet had its pts */
+	size_t packets;	   /* video packets demuxed */
+	size_t bad_pts;	   /* first packet whose pts is no source frame's, + 1 */
+	uint64_t digest;   /* video_digest_packet over the video packets */
 };
 
 /* Index of key in the increasing array a of n, or -1. */
@@ -81,7 +81,7 @@ static int hvcc_matches(const uint8_t *hvcc, size_t n, const uint8_t *annexb, si
 {
 	const uint8_t *nal[HVCC_MAX_NALS];
 	size_t len[HVCC_MAX_NALS], nb = 0, off, found = 0;
-	uint8_t used[HVCC_MAX_NALS] = { 0 };
+	uint8_t used[HVCC_MAX_NALS] = {0};
 	struct video_nals it;
 	int arrays;
 
@@ -257,8 +257,9 @@ static int judge(struct verify *v)
 		return VIDEO_KEPT;
 	}
 	if (v->digest != log->digest) {
-		codec_keep(v->result, "verify: the video's bytes are not the ones checked "
-				      "(digest %016llx, encoded %016llx)",
+		codec_keep(v->result,
+			   "verify: the video's bytes are not the ones checked "
+			   "(digest %016llx, encoded %016llx)",
 			   (unsigned long long)v->digest, (unsigned long long)log->digest);
 		return VIDEO_KEPT;
 	}
@@ -278,7 +279,7 @@ static int judge(struct verify *v)
 int video_verify(const char *out_path, const struct codec_opts *opts, struct video_log *log,
 		 struct codec_result *result)
 {
-	struct verify v = { .log = log, .opts = opts, .result = result };
+	struct verify v = {.log = log, .opts = opts, .result = result};
 	AVStream *ost;
 	char *url;
 	int ret;
@@ -297,8 +298,8 @@ int video_verify(const char *out_path, const struct codec_opts *opts, struct vid
 	}
 	ret = avformat_find_stream_info(v.out, NULL);
 	if (ret < 0 || (int)v.out->nb_streams < log->nb_out) {
-		codec_keep(result, "verify: result has %u streams, expected %d",
-			   v.out->nb_streams, log->nb_out);
+		codec_keep(result, "verify: result has %u streams, expected %d", v.out->nb_streams,
+			   log->nb_out);
 		ret = VIDEO_KEPT;
 		goto out_close_out;
 	}
@@ -315,7 +316,7 @@ int video_verify(const char *out_path, const struct codec_opts *opts, struct vid
 		goto out_close_out;
 	}
 	v.otb = ost->time_base;
-	v.stb = (AVRational){ log->tb_num, log->tb_den };
+	v.stb = (AVRational){log->tb_num, log->tb_den};
 	v.spans = calloc(log->nb_out, sizeof(*v.spans));
 	v.seen = calloc(log->nb_pts, 1);
 	if (!v.spans || !v.seen) {

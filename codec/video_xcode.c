@@ -46,17 +46,17 @@ enum xmode {
 /* One source stream and what becomes of it. */
 struct xstream {
 	enum xmode mode;
-	int out;                /* output stream index */
-	int64_t shift;          /* the global start, in this stream's time base */
+	int out;       /* output stream index */
+	int64_t shift; /* the global start, in this stream's time base */
 	AVCodecContext *dec;
 	AVCodecContext *enc;
 	SwrContext *swr;
 	AVAudioFifo *fifo;
-	int64_t next_pts;       /* re-encoded audio: next pts, 1/sample_rate */
-	int started;            /* first/end valid */
-	int64_t first, end;     /* source timestamps seen: first start, last end */
-	int64_t content;        /* copy: sum of durations (tb); audio: samples */
-	int no_duration;        /* copy: some packet had no duration */
+	int64_t next_pts;   /* re-encoded audio: next pts, 1/sample_rate */
+	int started;	    /* first/end valid */
+	int64_t first, end; /* source timestamps seen: first start, last end */
+	int64_t content;    /* copy: sum of durations (tb); audio: samples */
+	int no_duration;    /* copy: some packet had no duration */
 };
 
 /* The transcode of one file. */
@@ -65,40 +65,40 @@ struct xcode {
 	const struct codec_opts *opts;
 	struct video_log *log;
 	struct codec_result *result;
-	struct xstream *xs;     /* one per source stream */
-	int vi;                 /* the source video stream */
-	int mp4;                /* output is MP4 (else Matroska) */
-	int conv_needed;        /* frames go through log->conv */
+	struct xstream *xs; /* one per source stream */
+	int vi;		    /* the source video stream */
+	int mp4;	    /* output is MP4 (else Matroska) */
+	int conv_needed;    /* frames go through log->conv */
 	AVFrame *frame, *cframe, *aframe, *sframe;
 	AVPacket *pkt;
 	uint8_t *subbuf;
 	struct video_check *check; /* the in-flight check of the video */
-	char *src_encoder;      /* the source's "encoder" tag, restored on output */
+	char *src_encoder;	   /* the source's "encoder" tag, restored on output */
 	uint64_t frames, total;
 	struct timespec t0, last_progress;
 };
 
 /* Audio codecs MP4 holds that we copy as they are. */
 static const enum AVCodecID mp4_audio_copy[] = {
-	AV_CODEC_ID_AAC, AV_CODEC_ID_MP3, AV_CODEC_ID_AC3, AV_CODEC_ID_EAC3,
-	AV_CODEC_ID_ALAC, AV_CODEC_ID_OPUS, AV_CODEC_ID_FLAC,
+    AV_CODEC_ID_AAC,  AV_CODEC_ID_MP3,	AV_CODEC_ID_AC3,  AV_CODEC_ID_EAC3,
+    AV_CODEC_ID_ALAC, AV_CODEC_ID_OPUS, AV_CODEC_ID_FLAC,
 };
 
 /* Global tags the MP4 muxer writes in its standard atoms; any other key
  * needs movflags +use_metadata_tags (mdta keys) to survive. */
 static const char *const mp4_std_tags[] = {
-	"title", "artist", "author", "album_artist", "album", "composer", "date",
-	"comment", "genre", "copyright", "grouping", "lyrics", "description",
-	"synopsis", "show", "episode_id", "network", "track", "disc", "encoder",
-	"creation_time", "location", "compilation", "gapless_playback", "hd_video",
-	"media_type", "podcast", "category", "keywords",
+    "title",	   "artist",	 "author",	  "album_artist", "album",	 "composer",
+    "date",	   "comment",	 "genre",	  "copyright",	  "grouping",	 "lyrics",
+    "description", "synopsis",	 "show",	  "episode_id",	  "network",	 "track",
+    "disc",	   "encoder",	 "creation_time", "location",	  "compilation", "gapless_playback",
+    "hd_video",	   "media_type", "podcast",	  "category",	  "keywords",
 };
 
 /* Tags never carried over: the source container's own (the muxer writes its
  * brands) and Matroska statistics that would be stale. */
 static const char *const dropped_tags[] = {
-	"major_brand", "minor_version", "compatible_brands", "DURATION",
-	"NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_",
+    "major_brand",     "minor_version", "compatible_brands", "DURATION", "NUMBER_OF_FRAMES",
+    "NUMBER_OF_BYTES", "BPS",		"_STATISTICS_",
 };
 
 /* Does key name one of list (whole, or followed by '-' and a language)? */
@@ -163,9 +163,9 @@ static int text_sub(enum AVCodecID id)
 /* Is the stream's display matrix something other than "as is"? */
 static int rotated(const AVStream *st)
 {
-	const int32_t *m = (const int32_t *)av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX,
-								    NULL);
-	static const int32_t identity[9] = { 1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30 };
+	const int32_t *m =
+	    (const int32_t *)av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, NULL);
+	static const int32_t identity[9] = {1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30};
 
 	return m && memcmp(m, identity, sizeof(identity));
 }
@@ -216,8 +216,9 @@ static int plan(struct xcode *x)
 			case AVMEDIA_TYPE_AUDIO:
 				xs->mode = XM_AUDIO;
 				if (pass == 0) {
-					for (size_t k = 0; k < sizeof(mp4_audio_copy) /
-							       sizeof(*mp4_audio_copy); k++)
+					for (size_t k = 0;
+					     k < sizeof(mp4_audio_copy) / sizeof(*mp4_audio_copy);
+					     k++)
 						if (par->codec_id == mp4_audio_copy[k])
 							xs->mode = XM_COPY;
 				} else if (fits(of, par->codec_id)) {
@@ -225,7 +226,8 @@ static int plan(struct xcode *x)
 				}
 				break;
 			case AVMEDIA_TYPE_SUBTITLE:
-				if (par->codec_id == AV_CODEC_ID_ASS || par->codec_id == AV_CODEC_ID_SSA) {
+				if (par->codec_id == AV_CODEC_ID_ASS ||
+				    par->codec_id == AV_CODEC_ID_SSA) {
 					if (pass == 0)
 						need_mkv = 1;
 					else
@@ -260,7 +262,8 @@ static int plan(struct xcode *x)
 	x->mp4 = !need_mkv;
 	x->log->mkv = need_mkv;
 	if (need_mkv && rotated(x->in->streams[x->vi])) {
-		codec_keep(x->result, "needs MKV (a stream MP4 cannot hold), which has no rotation");
+		codec_keep(x->result,
+			   "needs MKV (a stream MP4 cannot hold), which has no rotation");
 		return VIDEO_KEPT;
 	}
 	for (unsigned i = 0; i < x->in->nb_streams; i++)
@@ -333,12 +336,18 @@ static enum AVPixelFormat x265_format(const AVCodec *codec, enum AVPixelFormat s
 static enum AVPixelFormat unj(enum AVPixelFormat fmt)
 {
 	switch (fmt) {
-	case AV_PIX_FMT_YUVJ420P: return AV_PIX_FMT_YUV420P;
-	case AV_PIX_FMT_YUVJ422P: return AV_PIX_FMT_YUV422P;
-	case AV_PIX_FMT_YUVJ444P: return AV_PIX_FMT_YUV444P;
-	case AV_PIX_FMT_YUVJ440P: return AV_PIX_FMT_YUV440P;
-	case AV_PIX_FMT_YUVJ411P: return AV_PIX_FMT_YUV411P;
-	default: return fmt;
+	case AV_PIX_FMT_YUVJ420P:
+		return AV_PIX_FMT_YUV420P;
+	case AV_PIX_FMT_YUVJ422P:
+		return AV_PIX_FMT_YUV422P;
+	case AV_PIX_FMT_YUVJ444P:
+		return AV_PIX_FMT_YUV444P;
+	case AV_PIX_FMT_YUVJ440P:
+		return AV_PIX_FMT_YUV440P;
+	case AV_PIX_FMT_YUVJ411P:
+		return AV_PIX_FMT_YUV411P;
+	default:
+		return fmt;
 	}
 }
 
@@ -413,22 +422,23 @@ void video_log_release(struct video_log *log)
  * cd/m2 for luminance). */
 static void hdr_params(const AVStream *st, char *buf, size_t len)
 {
-	const AVMasteringDisplayMetadata *md = (const void *)av_stream_get_side_data(
-		st, AV_PKT_DATA_MASTERING_DISPLAY_METADATA, NULL);
-	const AVContentLightMetadata *cl = (const void *)av_stream_get_side_data(
-		st, AV_PKT_DATA_CONTENT_LIGHT_LEVEL, NULL);
+	const AVMasteringDisplayMetadata *md =
+	    (const void *)av_stream_get_side_data(st, AV_PKT_DATA_MASTERING_DISPLAY_METADATA, NULL);
+	const AVContentLightMetadata *cl =
+	    (const void *)av_stream_get_side_data(st, AV_PKT_DATA_CONTENT_LIGHT_LEVEL, NULL);
 	size_t n = strlen(buf);
 
 #define CHROMA(q) ((int)lrint(av_q2d(q) * 50000))
 	if (md && md->has_primaries && md->has_luminance)
-		n += snprintf(buf + n, n < len ? len - n : 0,
-			      ":master-display=G(%d,%d)B(%d,%d)R(%d,%d)WP(%d,%d)L(%lld,%lld)",
-			      CHROMA(md->display_primaries[1][0]), CHROMA(md->display_primaries[1][1]),
-			      CHROMA(md->display_primaries[2][0]), CHROMA(md->display_primaries[2][1]),
-			      CHROMA(md->display_primaries[0][0]), CHROMA(md->display_primaries[0][1]),
-			      CHROMA(md->white_point[0]), CHROMA(md->white_point[1]),
-			      (long long)llrint(av_q2d(md->max_luminance) * 10000),
-			      (long long)llrint(av_q2d(md->min_luminance) * 10000));
+		n += snprintf(
+		    buf + n, n < len ? len - n : 0,
+		    ":master-display=G(%d,%d)B(%d,%d)R(%d,%d)WP(%d,%d)L(%lld,%lld)",
+		    CHROMA(md->display_primaries[1][0]), CHROMA(md->display_primaries[1][1]),
+		    CHROMA(md->display_primaries[2][0]), CHROMA(md->display_primaries[2][1]),
+		    CHROMA(md->display_primaries[0][0]), CHROMA(md->display_primaries[0][1]),
+		    CHROMA(md->white_point[0]), CHROMA(md->white_point[1]),
+		    (long long)llrint(av_q2d(md->max_luminance) * 10000),
+		    (long long)llrint(av_q2d(md->min_luminance) * 10000));
 #undef CHROMA
 	if (cl)
 		snprintf(buf + n, n < len ? len - n : 0, ":max-cll=%u,%u", cl->MaxCLL, cl->MaxFALL);
@@ -511,16 +521,18 @@ static int setup_video(struct xcode *x, AVStream *ist, AVStream *ost)
 		int rgb = d->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_PAL);
 		int cs = dec->height >= 720 ? SWS_CS_ITU709 : SWS_CS_ITU601;
 
-		conv->sws = sws_getContext(conv->width, conv->height, src_fmt, conv->width,
-					   conv->height, conv->dst_fmt, SWS_BICUBIC | SWS_ACCURATE_RND,
-					   NULL, NULL, NULL);
+		conv->sws =
+		    sws_getContext(conv->width, conv->height, src_fmt, conv->width, conv->height,
+				   conv->dst_fmt, SWS_BICUBIC | SWS_ACCURATE_RND, NULL, NULL, NULL);
 		if (!conv->sws) {
-			codec_keep(x->result, "cannot convert %s video", av_get_pix_fmt_name(src_fmt));
+			codec_keep(x->result, "cannot convert %s video",
+				   av_get_pix_fmt_name(src_fmt));
 			return VIDEO_KEPT;
 		}
 		/* YUV keeps its range; RGB becomes limited-range Y'CbCr */
 		sws_setColorspaceDetails(conv->sws, sws_getCoefficients(cs), rgb ? 1 : full,
-					 sws_getCoefficients(cs), rgb ? 0 : full, 0, 1 << 16, 1 << 16);
+					 sws_getCoefficients(cs), rgb ? 0 : full, 0, 1 << 16,
+					 1 << 16);
 		if (rgb) {
 			full = 0;
 			dec->colorspace = dec->height >= 720 ? AVCOL_SPC_BT709 : AVCOL_SPC_BT470BG;
@@ -536,9 +548,9 @@ static int setup_video(struct xcode *x, AVStream *ist, AVStream *ost)
 	enc->pix_fmt = conv->dst_fmt;
 	enc->time_base = ist->time_base;
 	fr = av_guess_frame_rate(x->in, ist, NULL);
-	enc->framerate = fr.num > 0 && fr.den > 0 ? fr : (AVRational){ 25, 1 };
-	enc->sample_aspect_ratio = ist->sample_aspect_ratio.num ? ist->sample_aspect_ratio
-								 : dec->sample_aspect_ratio;
+	enc->framerate = fr.num > 0 && fr.den > 0 ? fr : (AVRational){25, 1};
+	enc->sample_aspect_ratio =
+	    ist->sample_aspect_ratio.num ? ist->sample_aspect_ratio : dec->sample_aspect_ratio;
 	enc->color_primaries = dec->color_primaries;
 	enc->color_trc = dec->color_trc;
 	enc->colorspace = dec->colorspace;
@@ -629,8 +641,8 @@ static int setup_audio(struct xcode *x, struct xstream *xs, AVStream *ist, AVStr
 		return -ENOMEM;
 	xs->enc = enc;
 	enc->sample_fmt = AV_SAMPLE_FMT_FLTP;
-	enc->sample_rate = aac_rate(codec, xs->dec->sample_rate > 0 ? xs->dec->sample_rate
-								 : AUDIO_FALLBACK_RATE);
+	enc->sample_rate =
+	    aac_rate(codec, xs->dec->sample_rate > 0 ? xs->dec->sample_rate : AUDIO_FALLBACK_RATE);
 	/* PCM in AVI and the like says only how many channels: give them the
 	 * usual order for that count (mono, stereo, ...) */
 	if (xs->dec->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC) {
@@ -649,15 +661,15 @@ static int setup_audio(struct xcode *x, struct xstream *xs, AVStream *ist, AVStr
 	if (ret < 0)
 		return -ENOMEM;
 	enc->bit_rate = FFMAX(AUDIO_MIN_RATE, AUDIO_RATE_PER_CHANNEL * enc->ch_layout.nb_channels);
-	enc->time_base = (AVRational){ 1, enc->sample_rate };
+	enc->time_base = (AVRational){1, enc->sample_rate};
 	if (x->out->oformat->flags & AVFMT_GLOBALHEADER)
 		enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
 	ret = avcodec_open2(enc, codec, NULL);
 	if (ret < 0)
 		return video_averr(ret, "open AAC encoder");
 	ret = swr_alloc_set_opts2(&xs->swr, &enc->ch_layout, enc->sample_fmt, enc->sample_rate,
-				  &xs->dec->ch_layout, xs->dec->sample_fmt, xs->dec->sample_rate,
-				  0, NULL);
+				  &xs->dec->ch_layout, xs->dec->sample_fmt, xs->dec->sample_rate, 0,
+				  NULL);
 	if (ret < 0 || swr_init(xs->swr) < 0) {
 		codec_keep(x->result, "cannot resample %s audio",
 			   avcodec_get_name(ist->codecpar->codec_id));
@@ -681,8 +693,8 @@ static int setup_audio(struct xcode *x, struct xstream *xs, AVStream *ist, AVStr
 /* Set up conversion of text subtitles to mov_text (MP4) or SubRip (MKV). */
 static int setup_subs(struct xcode *x, struct xstream *xs, AVStream *ist, AVStream *ost)
 {
-	const AVCodec *codec = avcodec_find_encoder(x->mp4 ? AV_CODEC_ID_MOV_TEXT
-							   : AV_CODEC_ID_SUBRIP);
+	const AVCodec *codec =
+	    avcodec_find_encoder(x->mp4 ? AV_CODEC_ID_MOV_TEXT : AV_CODEC_ID_SUBRIP);
 	AVCodecContext *enc;
 	int ret;
 
@@ -940,11 +952,13 @@ static void progress(struct xcode *x)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if ((now.tv_sec - x->last_progress.tv_sec) * 1000000000LL +
-		    (now.tv_nsec - x->last_progress.tv_nsec) < PROGRESS_NS)
+		(now.tv_nsec - x->last_progress.tv_nsec) <
+	    PROGRESS_NS)
 		return;
 	x->last_progress = now;
 	elapsed = (double)(now.tv_sec - x->t0.tv_sec) + (now.tv_nsec - x->t0.tv_nsec) / 1e9;
-	x->opts->progress(x->opts->progress_arg, x->frames, x->total > x->frames ? x->total : x->frames,
+	x->opts->progress(x->opts->progress_arg, x->frames,
+			  x->total > x->frames ? x->total : x->frames,
 			  elapsed > 0 ? (double)x->frames / elapsed : 0);
 }
 
@@ -1183,14 +1197,14 @@ static int on_audio_frame(struct xcode *x, struct xstream *xs, AVFrame *f)
 		return VIDEO_KEPT;
 	}
 	if (pts != AV_NOPTS_VALUE) {
-		int64_t end = pts + av_rescale_q(f->nb_samples, (AVRational){ 1, f->sample_rate },
-						 tb);
+		int64_t end =
+		    pts + av_rescale_q(f->nb_samples, (AVRational){1, f->sample_rate}, tb);
 		if (!xs->started) {
 			xs->started = 1;
 			xs->first = pts;
 			xs->end = end;
 			xs->next_pts = av_rescale_q(pts - xs->shift, tb,
-						    (AVRational){ 1, xs->enc->sample_rate });
+						    (AVRational){1, xs->enc->sample_rate});
 		}
 		xs->first = FFMIN(xs->first, pts);
 		xs->end = FFMAX(xs->end, end);
@@ -1238,12 +1252,12 @@ static int convert_subtitle(struct xcode *x, struct xstream *xs, AVPacket *pkt)
 		return -ENOMEM;
 	}
 	memcpy(op->data, x->subbuf, n);
-	op->pts = op->dts = pkt->pts - xs->shift +
-			    av_rescale_q(sub.start_display_time, (AVRational){ 1, 1000 }, itb);
+	op->pts = op->dts =
+	    pkt->pts - xs->shift + av_rescale_q(sub.start_display_time, (AVRational){1, 1000}, itb);
 	op->duration = sub.end_display_time > sub.start_display_time
-			       ? av_rescale_q(sub.end_display_time - sub.start_display_time,
-					      (AVRational){ 1, 1000 }, itb)
-			       : pkt->duration;
+			   ? av_rescale_q(sub.end_display_time - sub.start_display_time,
+					  (AVRational){1, 1000}, itb)
+			   : pkt->duration;
 	avsubtitle_free(&sub);
 	ret = mux(x, xs, op, itb);
 	av_packet_free(&op);
@@ -1401,11 +1415,10 @@ static void fill_log(struct xcode *x)
 	}
 }
 
-int video_transcode(struct AVFormatContext *in, const char *out_path,
-		    const struct codec_opts *opts, struct video_log *log,
-		    struct codec_result *result)
+int video_transcode(struct AVFormatContext *in, const char *out_path, const struct codec_opts *opts,
+		    struct video_log *log, struct codec_result *result)
 {
-	struct xcode x = { .in = in, .opts = opts, .log = log, .result = result, .vi = -1 };
+	struct xcode x = {.in = in, .opts = opts, .log = log, .result = result, .vi = -1};
 	int ret;
 	int64_t best = -1;
 
@@ -1444,7 +1457,7 @@ int video_transcode(struct AVFormatContext *in, const char *out_path,
 		goto out_free_output;
 	}
 	if (log->next_sample <= (double)(log->pts[log->nb_pts - 1] - log->pts[0]) *
-					  av_q2d(x.xs[x.vi].dec->pkt_timebase)) {
+				    av_q2d(x.xs[x.vi].dec->pkt_timebase)) {
 		/* the last sample due found no plane free before the end */
 		codec_keep(result, "cannot hold SSIM samples: %d frames' planes in flight",
 			   VIDEO_CHECK_PLANES);

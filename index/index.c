@@ -662,7 +662,8 @@ int idx_put(struct idx_txn *txn, uint64_t ino, const struct idx_entry *e)
 		if ((rc = totals_apply(txn, &old, -1)))
 			return rc;
 		/* still the archive of the same original: its origin stands */
-		if (!(copy.state == IDX_ARCHIVED && !memcmp(copy.orig_sum, old.orig_sum, SUM_LEN)) &&
+		if (!(copy.state == IDX_ARCHIVED &&
+		      !memcmp(copy.orig_sum, old.orig_sum, SUM_LEN)) &&
 		    (rc = origin_drop(txn, ino, &old)))
 			return rc;
 	} else if (rc && rc != MDB_NOTFOUND) {
@@ -747,8 +748,7 @@ int idx_blocks_del(struct idx_txn *txn, uint64_t ino)
 	return del_key(txn, txn->idx->blocks, ino);
 }
 
-int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino,
-		   const char *path)
+int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino, const char *path)
 {
 	MDB_val k = {.mv_size = SUM_LEN, .mv_data = (void *)sum}, v;
 	size_t len = strlen(path);
@@ -932,7 +932,7 @@ static int rewrite_paths(struct idx_txn *txn, MDB_dbi dbi, const char *from, con
 {
 	size_t flen = strlen(from), tlen = strlen(to), n = 0, cap = 0;
 	struct moved {
-		MDB_val key;   /* a copy */
+		MDB_val key; /* a copy */
 		uint8_t head[8];
 		char *path;
 	} *list = NULL;

@@ -66,15 +66,18 @@ enum idx_kind {
 };
 
 /* idx_entry.flags */
-#define IDX_F_DAMAGED 0x1u       /* the last check of the stored bytes failed */
-#define IDX_F_VIEW_OWN_SIZE 0x2u /* a photo's view is not its original's size
-				    (the reason says why) */
-#define IDX_F_SIBLING 0x8u       /* a kept HEIF photo with a JPEG sibling view
-				    (heic_view=jpeg): view_bytes, view_sum are
-				    the sibling's */
-#define IDX_F_PREV 0x4u          /* an archive a new file replaced, kept aside
-				    until that file settles (entry.prev): no
-				    file of the tree, left out of the totals */
+#define IDX_F_DAMAGED 0x1u /* the last check of the stored bytes failed */
+#define IDX_F_VIEW_OWN_SIZE                                                                        \
+	0x2u /* a photo's view is not its original's size                                          \
+		(the reason says why) */
+#define IDX_F_SIBLING                                                                              \
+	0x8u /* a kept HEIF photo with a JPEG sibling view                                         \
+		(heic_view=jpeg): view_bytes, view_sum are                                         \
+		the sibling's */
+#define IDX_F_PREV                                                                                 \
+	0x4u /* an archive a new file replaced, kept aside                                         \
+		until that file settles (entry.prev): no                                           \
+		file of the tree, left out of the totals */
 
 /* One stored file. */
 struct idx_entry {
@@ -174,8 +177,7 @@ int idx_blocks_del(struct idx_txn *txn, uint64_t ino);
  * logical path (kept current by idx_origins_rename), so a second copy of the
  * same original reuses its encode. idx_put and idx_del drop the record of
  * an entry that is no longer that archive. */
-int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino,
-		   const char *path);
+int idx_origin_put(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t ino, const char *path);
 /* -ENOENT, -ENAMETOOLONG when path (size bytes) is too small. */
 int idx_origin_get(struct idx_txn *txn, const uint8_t sum[SUM_LEN], uint64_t *ino, char *path,
 		   size_t size);

@@ -13,29 +13,29 @@
 static jmp_buf check_jmp;
 static int check_passed, check_failed, check_skipped;
 
-#define CHECK(cond)                                                                    \
-	do {                                                                           \
-		if (!(cond)) {                                                         \
-			fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-			longjmp(check_jmp, 1);                                         \
-		}                                                                      \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);          \
+			longjmp(check_jmp, 1);                                                     \
+		}                                                                                  \
 	} while (0)
 
-#define CHECK_EQ(a, b)                                                                 \
-	do {                                                                           \
-		long long check_a_ = (long long)(a), check_b_ = (long long)(b);        \
-		if (check_a_ != check_b_) {                                            \
-			fprintf(stderr, "  FAIL %s:%d: %s == %s (%lld != %lld)\n",    \
-				__FILE__, __LINE__, #a, #b, check_a_, check_b_);       \
-			longjmp(check_jmp, 1);                                         \
-		}                                                                      \
+#define CHECK_EQ(a, b)                                                                             \
+	do {                                                                                       \
+		long long check_a_ = (long long)(a), check_b_ = (long long)(b);                    \
+		if (check_a_ != check_b_) {                                                        \
+			fprintf(stderr, "  FAIL %s:%d: %s == %s (%lld != %lld)\n", __FILE__,       \
+				__LINE__, #a, #b, check_a_, check_b_);                             \
+			longjmp(check_jmp, 1);                                                     \
+		}                                                                                  \
 	} while (0)
 
 /* Skip the current test, saying why (counted, never silent). */
-#define SKIP(why)                                                                      \
-	do {                                                                           \
-		fprintf(stderr, "  SKIP %s: %s\n", __func__, why);                     \
-		longjmp(check_jmp, 2);                                                 \
+#define SKIP(why)                                                                                  \
+	do {                                                                                       \
+		fprintf(stderr, "  SKIP %s: %s\n", __func__, why);                                 \
+		longjmp(check_jmp, 2);                                                             \
 	} while (0)
 
 static inline void check_run(const char *name, void (*fn)(void))

@@ -101,8 +101,9 @@ static uint8_t *make_rgb(int w, int h, unsigned seed)
 			c[1] = 60 + 140 * y / (h > 1 ? h : 1) + ((x + y) / 6 % 8) * 6 + n;
 			c[2] = 128 + ((x + 2 * y) % 96) - 48 + n;
 			for (int k = 0; k < 3; k++)
-				p[((size_t)y * w + x) * 3 + k] =
-					(uint8_t)(c[k] < 0 ? 0 : c[k] > 255 ? 255 : c[k]);
+				p[((size_t)y * w + x) * 3 + k] = (uint8_t)(c[k] < 0	? 0
+									   : c[k] > 255 ? 255
+											: c[k]);
 		}
 	return p;
 }
@@ -239,10 +240,10 @@ static void add_xmp(struct buf *segs, int with_ext, struct buf *ext_out)
 		return;
 	{
 		static const char head[] =
-			"<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://"
-			"www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
-			"xmlns:GImage=\"http://ns.google.com/photos/1.0/image/\" "
-			"GImage:Mime=\"image/jpeg\" GImage:Data=\"";
+		    "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://"
+		    "www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" "
+		    "xmlns:GImage=\"http://ns.google.com/photos/1.0/image/\" "
+		    "GImage:Mime=\"image/jpeg\" GImage:Data=\"";
 		static const char tail[] = "\"/></rdf:RDF></x:xmpmeta>";
 		buf_add(&ext, head, sizeof(head) - 1);
 		for (int i = 0; i < 70000; i++)
@@ -431,9 +432,8 @@ static int render(const char *heic, const char *out, uint64_t *size)
 }
 
 /* What an archived photo must satisfy; name is the fixture's name. */
-static void check_archived(const struct buf *jpeg, const char *name,
-			   const struct codec_result *res, const struct buf *icc,
-			   int expect_exif, int expect_xmp)
+static void check_archived(const struct buf *jpeg, const char *name, const struct codec_result *res,
+			   const struct buf *icc, int expect_exif, int expect_xmp)
 {
 	char out[256], view[256], r1[256], r2[256];
 	struct buf heic, v, a, b;
@@ -505,8 +505,8 @@ static void check_archived(const struct buf *jpeg, const char *name,
 	check_layout(jpeg, &v);
 	CHECK(memcmp(v.p, jpeg->p, 2 + hl) == 0);
 	CHECK_EQ(y_plane(&v, &vp), 0);
-	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], vp.plane[0], vp.stride[0],
-			       orig.width, orig.height) >= 0.985);
+	CHECK(codec_ssim_plane(orig.plane[0], orig.stride[0], vp.plane[0], vp.stride[0], orig.width,
+			       orig.height) >= 0.985);
 	photo_planes_release(&vp);
 	photo_planes_release(&orig);
 
@@ -594,14 +594,30 @@ static void test_subsamplings(void)
 static void src_of(int o, int w, int h, int x, int y, int *sx, int *sy)
 {
 	switch (o) {
-	case 2: *sx = w - 1 - x, *sy = y; break;
-	case 3: *sx = w - 1 - x, *sy = h - 1 - y; break;
-	case 4: *sx = x, *sy = h - 1 - y; break;
-	case 5: *sx = y, *sy = x; break;
-	case 6: *sx = y, *sy = h - 1 - x; break;
-	case 7: *sx = w - 1 - y, *sy = h - 1 - x; break;
-	case 8: *sx = w - 1 - y, *sy = x; break;
-	default: *sx = x, *sy = y; break;
+	case 2:
+		*sx = w - 1 - x, *sy = y;
+		break;
+	case 3:
+		*sx = w - 1 - x, *sy = h - 1 - y;
+		break;
+	case 4:
+		*sx = x, *sy = h - 1 - y;
+		break;
+	case 5:
+		*sx = y, *sy = x;
+		break;
+	case 6:
+		*sx = y, *sy = h - 1 - x;
+		break;
+	case 7:
+		*sx = w - 1 - y, *sy = h - 1 - x;
+		break;
+	case 8:
+		*sx = w - 1 - y, *sy = x;
+		break;
+	default:
+		*sx = x, *sy = y;
+		break;
 	}
 }
 
@@ -612,7 +628,8 @@ static void test_orientations(void)
 	const int w = 96, hgt = 64;
 
 	for (int o = 1; o <= 8; o++) {
-		struct buf j = make_jpeg(w, hgt, TJSAMP_420, 0, 20 + (unsigned)o), segs = {0}, f, heic;
+		struct buf j = make_jpeg(w, hgt, TJSAMP_420, 0, 20 + (unsigned)o), segs = {0}, f,
+			   heic;
 		struct codec_result res;
 		struct heif_context *ctx;
 		struct heif_image_handle *h;
@@ -640,8 +657,9 @@ static void test_orientations(void)
 		CHECK(heif_decode_image(h, &raw, heif_colorspace_YCbCr, heif_chroma_420, d).code ==
 		      heif_error_Ok);
 		d->ignore_transformations = 0;
-		CHECK(heif_decode_image(h, &shown, heif_colorspace_YCbCr, heif_chroma_420, d).code ==
-		      heif_error_Ok);
+		CHECK(
+		    heif_decode_image(h, &shown, heif_colorspace_YCbCr, heif_chroma_420, d).code ==
+		    heif_error_Ok);
 		CHECK_EQ(heif_image_get_width(raw, heif_channel_Y), w);
 		CHECK_EQ(heif_image_get_width(shown, heif_channel_Y), dw);
 		rp = heif_image_get_plane_readonly(raw, heif_channel_Y, &rs);
@@ -771,8 +789,9 @@ static void test_threaded_decoder(void)
 	b = decode_primary(&heic);
 	CHECK_EQ(hevcdec_pictures(), before + 1);
 	for (int c = 0; c < 3; c++) {
-		enum heif_channel ch = c == 0 ? heif_channel_Y : c == 1 ? heif_channel_Cb
-									: heif_channel_Cr;
+		enum heif_channel ch = c == 0	? heif_channel_Y
+				       : c == 1 ? heif_channel_Cb
+						: heif_channel_Cr;
 		int sa, sb, pw = heif_image_get_width(a, ch), ph = heif_image_get_height(a, ch);
 		const uint8_t *pa = heif_image_get_plane_readonly(a, ch, &sa);
 		const uint8_t *pb = heif_image_get_plane_readonly(b, ch, &sb);
@@ -796,8 +815,8 @@ static void test_raw_planes(void)
 {
 	static const int ss[] = {TJSAMP_420, TJSAMP_422, TJSAMP_444};
 	static const struct jpeg_info ji = {.orientation = 1};
-	struct heic_params hp = {.quality = 90, .preset = "ultrafast", .x265 = "lossless=1",
-				 .no_thumbnail = 1};
+	struct heic_params hp = {
+	    .quality = 90, .preset = "ultrafast", .x265 = "lossless=1", .no_thumbnail = 1};
 
 	for (size_t k = 0; k < sizeof(ss) / sizeof(ss[0]); k++) {
 		struct buf j = make_jpeg(333, 211, ss[k], 0, 11 + (unsigned)k);
@@ -819,7 +838,8 @@ static void test_raw_planes(void)
 			int ch = i && sub == TJSAMP_420 ? (hh + 1) / 2 : hh;
 			for (int y = 0; y < ch; y++) {
 				const uint8_t *o = pl.plane[i] + (size_t)y * pl.stride[i];
-				same_raw &= !memcmp(o, raw.plane[i] + (size_t)y * raw.stride[i], (size_t)cw);
+				same_raw &= !memcmp(o, raw.plane[i] + (size_t)y * raw.stride[i],
+						    (size_t)cw);
 				same_conv &= !memcmp(o, conv.plane[i] + (size_t)y * conv.stride[i],
 						     (size_t)cw);
 			}
@@ -1093,10 +1113,10 @@ static void test_thumbnail(void)
 static void test_thumbnail_slivers(void)
 {
 	static const int sz[][4] = {
-		/* width, height, subsampling, has a thumbnail */
-		{1000, 1, TJSAMP_420, 0}, {1, 1000, TJSAMP_444, 0}, {2000, 3, TJSAMP_422, 0},
-		{999, 3, TJSAMP_420, 0},  {999, 7, TJSAMP_GRAY, 1}, {3, 999, TJSAMP_420, 0},
-		{7, 999, TJSAMP_420, 1},
+	    /* width, height, subsampling, has a thumbnail */
+	    {1000, 1, TJSAMP_420, 0}, {1, 1000, TJSAMP_444, 0}, {2000, 3, TJSAMP_422, 0},
+	    {999, 3, TJSAMP_420, 0},  {999, 7, TJSAMP_GRAY, 1}, {3, 999, TJSAMP_420, 0},
+	    {7, 999, TJSAMP_420, 1},
 	};
 	static const struct jpeg_info ji = {.orientation = 1};
 	struct heic_params hp = {.quality = 60, .preset = "ultrafast"};
@@ -1112,7 +1132,7 @@ static void test_thumbnail_slivers(void)
 			for (int y = 0; y < pl.ph[i]; y++)
 				for (int x = 0; x < pl.pw[i]; x++)
 					pl.plane[i][(size_t)y * pl.stride[i] + x] =
-						(uint8_t)(i ? 128 : (x * 7 + y * 13) & 0xFF);
+					    (uint8_t)(i ? 128 : (x * 7 + y * 13) & 0xFF);
 		heic = encode_mem(&pl, &ji, &hp);
 		CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
 		CHECK_EQ(heif_image_handle_get_number_of_thumbnails(h), sz[k][3]);
@@ -1128,13 +1148,13 @@ static void test_thumbnail_slivers(void)
  * the codec path itself must round-trip them either way. */
 static void test_odd_sizes(void)
 {
-	static const int sz[][3] = {{1, 1, TJSAMP_420},   {161, 1, TJSAMP_420},
+	static const int sz[][3] = {{1, 1, TJSAMP_420},	  {161, 1, TJSAMP_420},
 				    {33, 17, TJSAMP_420}, {33, 17, TJSAMP_422},
 				    {1, 161, TJSAMP_444}, {17, 33, TJSAMP_GRAY}};
 
 	for (size_t i = 0; i < sizeof(sz) / sizeof(sz[0]); i++) {
-		struct buf j = make_jpeg_pf(sz[i][0], sz[i][1], sz[i][2], 0, 100, TJPF_RGB,
-					    40 + (unsigned)i);
+		struct buf j =
+		    make_jpeg_pf(sz[i][0], sz[i][1], sz[i][2], 0, 100, TJPF_RGB, 40 + (unsigned)i);
 		struct codec_result res;
 		struct photo_planes orig, dec;
 		struct jpeg_info ji;
@@ -1456,9 +1476,9 @@ static void test_probe(void)
 	/* a version 1 header: sizes, no quality or SSIMs; its view renders */
 	{
 		struct buf v1 = v1_header(640, 480, 12345);
-		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", v1.p,
-				       v1.len),
-			 0);
+		CHECK_EQ(
+		    heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", v1.p, v1.len),
+		    0);
 		CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
 		write_path(tpath("v1.heic"), &hf);
 		CHECK_EQ(probe_path(tpath("v1.heic"), &pr), 0);
@@ -1476,9 +1496,9 @@ static void test_probe(void)
 	{
 		struct buf bad = v1_header(640, 480, 1);
 		bad.p[8] = 9;
-		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", bad.p,
-				       bad.len),
-			 0);
+		CHECK_EQ(
+		    heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", bad.p, bad.len),
+		    0);
 		buf_free(&bad);
 	}
 	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
@@ -1494,9 +1514,9 @@ static void test_probe(void)
 	{
 		struct buf nox = v1_header(640, 480, 1);
 		nox.p[39] = 10; /* Exif source length */
-		CHECK_EQ(heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", nox.p,
-				       nox.len),
-			 0);
+		CHECK_EQ(
+		    heic_add_item(ctx, "mime", "application/x-hevcfs-jpeg-header", nox.p, nox.len),
+		    0);
 		buf_free(&nox);
 	}
 	CHECK_EQ(heic_write_mem(ctx, &hf.p, &hf.len), 0);
@@ -2605,7 +2625,8 @@ static void test_exiftool_tags(void)
 	CHECK(res.archived);
 	for (int i = 0; i < 2; i++) {
 		snprintf(cmd, sizeof(cmd),
-			 "exiftool -a -G1 -s -n %s | grep -v -E '^\\[(File|System|Composite|ExifTool)\\]' "
+			 "exiftool -a -G1 -s -n %s | grep -v -E "
+			 "'^\\[(File|System|Composite|ExifTool)\\]' "
 			 "> %s",
 			 tpath(i ? "tags.jpg.view.jpg" : "tags.jpg"),
 			 tpath(i ? "tags.view.txt" : "tags.orig.txt"));

@@ -97,7 +97,7 @@ static void on_progress(void *arg, uint64_t done, uint64_t total, double fps)
 /* Archive src into dst with test options; returns video_archive's value. */
 static int archive(const char *src, const char *dst, struct codec_result *r)
 {
-	struct codec_opts o = { .preset = "ultrafast", .crf = TEST_CRF, .progress = on_progress };
+	struct codec_opts o = {.preset = "ultrafast", .crf = TEST_CRF, .progress = on_progress};
 	int fd = open(src, O_RDONLY), ret;
 
 	CHECK(fd >= 0);
@@ -119,7 +119,8 @@ static char *md5(const char *file)
 static char *probe(const char *file, const char *sel, const char *entries)
 {
 	return out_of("ffprobe -v error %s%s -show_entries %s -of csv=p=0 '%s' | grep -v '^$' | "
-		      "sed 's/,*$//'", sel[0] ? "-select_streams " : "", sel, entries, file);
+		      "sed 's/,*$//'",
+		      sel[0] ? "-select_streams " : "", sel, entries, file);
 }
 
 /* Number of lines in s. */
@@ -136,7 +137,8 @@ static int lines(const char *s)
 static char *frame_times(const char *file)
 {
 	return out_of("ffprobe -v error -select_streams v:0 -show_entries frame=pts_time "
-		      "-of csv=p=0 '%s' | cut -d, -f1 | grep -v '^$' | sort -g", file);
+		      "-of csv=p=0 '%s' | cut -d, -f1 | grep -v '^$' | sort -g",
+		      file);
 }
 
 /* Relative frame times: subtract the first one, 6 decimals. */
@@ -174,7 +176,7 @@ static char *rel_times(const char *file)
  * video track): ffmpeg 5.1's CLI has no option for it. */
 static void rotate_mp4(const char *file)
 {
-	static const uint32_t m[9] = { 0, 0x10000, 0, 0xFFFF0000u, 0, 0, 0, 0, 0x40000000 };
+	static const uint32_t m[9] = {0, 0x10000, 0, 0xFFFF0000u, 0, 0, 0, 0, 0x40000000};
 	uint8_t *buf;
 	size_t len;
 	int fd = open(file, O_RDWR);
@@ -185,10 +187,11 @@ static void rotate_mp4(const char *file)
 		if (memcmp(buf + i, "tkhd", 4))
 			continue;
 		/* version 0: 4+4+4+4+4+4+8+2+2+2+2 bytes after the type */
-		size_t off = i + 4 + (buf[i + 4] == 1 ? 4 + 8 + 8 + 4 + 4 + 8 : 4 + 4 + 4 + 4 + 4 + 4) +
-			     8 + 8;
+		size_t off = i + 4 +
+			     (buf[i + 4] == 1 ? 4 + 8 + 8 + 4 + 4 + 8 : 4 + 4 + 4 + 4 + 4 + 4) + 8 +
+			     8;
 		for (int k = 0; k < 9; k++) {
-			uint8_t be[4] = { m[k] >> 24, m[k] >> 16, m[k] >> 8, m[k] };
+			uint8_t be[4] = {m[k] >> 24, m[k] >> 16, m[k] >> 8, m[k]};
 			CHECK(pwrite(fd, be, 4, (off_t)(off + 4 * k)) == 4);
 		}
 		break;
@@ -199,17 +202,32 @@ static void rotate_mp4(const char *file)
 
 static void test_sniff(void)
 {
-	uint8_t b[4096] = { 0 };
+	uint8_t b[4096] = {0};
 
-	memcpy(b, "\0\0\0\x18" "ftypisom", 12);
+	memcpy(b,
+	       "\0\0\0\x18"
+	       "ftypisom",
+	       12);
 	CHECK(video_sniff(b, 12));
-	memcpy(b, "\0\0\0\x18" "ftypheic", 12);
+	memcpy(b,
+	       "\0\0\0\x18"
+	       "ftypheic",
+	       12);
 	CHECK(!video_sniff(b, 12));
-	memcpy(b, "\0\0\0\x18" "ftypmif1", 12);
+	memcpy(b,
+	       "\0\0\0\x18"
+	       "ftypmif1",
+	       12);
 	CHECK(!video_sniff(b, 12));
-	memcpy(b, "\0\0\0\x18" "ftypavif", 12);
+	memcpy(b,
+	       "\0\0\0\x18"
+	       "ftypavif",
+	       12);
 	CHECK(!video_sniff(b, 12));
-	memcpy(b, "\0\0\0\x18" "ftypqt  ", 12);
+	memcpy(b,
+	       "\0\0\0\x18"
+	       "ftypqt  ",
+	       12);
 	CHECK(video_sniff(b, 12));
 	CHECK(!video_sniff(b, 8)); /* never past n */
 	memcpy(b, "RIFF\0\0\0\0AVI ", 12);
@@ -280,8 +298,10 @@ static void test_mp4_basic(void)
 	CHECK_EQ(lines(s), 60);
 	CHECK(!strcmp(s, d));
 	free(s), free(d);
-	s = out_of("ffprobe -v error -select_streams v:0 -show_streams '%s' | grep -i rotation", src);
-	d = out_of("ffprobe -v error -select_streams v:0 -show_streams '%s' | grep -i rotation", dst);
+	s = out_of("ffprobe -v error -select_streams v:0 -show_streams '%s' | grep -i rotation",
+		   src);
+	d = out_of("ffprobe -v error -select_streams v:0 -show_streams '%s' | grep -i rotation",
+		   dst);
 	CHECK(strstr(s, "90"));
 	CHECK(!strcmp(s, d));
 	free(s), free(d);
@@ -296,9 +316,11 @@ static void test_mp4_basic(void)
 	CHECK(strstr(s, "+48.8577+002.2950+035.000/"));
 	free(s);
 	s = out_of("ffprobe -v error -select_streams a:0 -show_entries packet=pts,data_hash "
-		   "-show_data_hash MD5 -of csv=p=0 '%s'", src);
+		   "-show_data_hash MD5 -of csv=p=0 '%s'",
+		   src);
 	d = out_of("ffprobe -v error -select_streams a:0 -show_entries packet=pts,data_hash "
-		   "-show_data_hash MD5 -of csv=p=0 '%s'", dst);
+		   "-show_data_hash MD5 -of csv=p=0 '%s'",
+		   dst);
 	CHECK(lines(s) > 50);
 	CHECK(!strcmp(s, d));
 	free(s), free(d);
@@ -319,7 +341,9 @@ static void test_vfr_multi(void)
 	fclose(f);
 	MAKE("-f lavfi -i testsrc2=size=160x120:rate=30 -f lavfi -i sine=f=440 -f lavfi "
 	     "-i sine=f=880:sample_rate=44100 -i '%s' -t 2 -map 0:v -map 1:a -map 2:a -map 3:s "
-	     "-vf \"settb=1/1000,setpts='N/30/TB+if(gt(N,20),0.25/TB,0)+if(eq(mod(N,7),3),0.011/TB,0)'\" "
+	     "-vf "
+	     "\"settb=1/1000,setpts='N/30/TB+if(gt(N,20),0.25/TB,0)+if(eq(mod(N,7),3),0.011/"
+	     "TB,0)'\" "
 	     "-fps_mode passthrough " X264 "-c:a aac -c:s mov_text '%s'",
 	     srt, src);
 	CHECK_EQ(archive(src, dst, &r), 0);
@@ -333,10 +357,14 @@ static void test_vfr_multi(void)
 	CHECK(!strcmp(s, "hevc,video\naac,audio\naac,audio\nmov_text,subtitle\n"));
 	free(s);
 	for (int i = 0; i < 2; i++) {
-		s = out_of("ffprobe -v error -select_streams a:%d -show_entries packet=pts,data_hash "
-			   "-show_data_hash MD5 -of csv=p=0 '%s'", i, src);
-		d = out_of("ffprobe -v error -select_streams a:%d -show_entries packet=pts,data_hash "
-			   "-show_data_hash MD5 -of csv=p=0 '%s'", i, dst);
+		s = out_of(
+		    "ffprobe -v error -select_streams a:%d -show_entries packet=pts,data_hash "
+		    "-show_data_hash MD5 -of csv=p=0 '%s'",
+		    i, src);
+		d = out_of(
+		    "ffprobe -v error -select_streams a:%d -show_entries packet=pts,data_hash "
+		    "-show_data_hash MD5 -of csv=p=0 '%s'",
+		    i, dst);
 		CHECK(!strcmp(s, d));
 		free(s), free(d);
 	}
@@ -356,7 +384,8 @@ static void test_10bit(void)
 
 	MAKE("-f lavfi -i testsrc2=size=128x96:rate=25 -t 1 " X264 ""
 	     "-pix_fmt yuv420p10le -color_primaries bt2020 -color_trc smpte2084 "
-	     "-colorspace bt2020nc '%s'", src);
+	     "-colorspace bt2020nc '%s'",
+	     src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(dst, "v:0", "stream=pix_fmt,profile,color_primaries,color_transfer,color_space");
@@ -388,16 +417,15 @@ static int remux_with_hdr(const char *src, const char *dst)
 			os->codecpar->codec_tag = 0;
 	}
 	if (ret >= 0) {
-		md = (void *)av_stream_new_side_data(out->streams[0],
-						     AV_PKT_DATA_MASTERING_DISPLAY_METADATA,
-						     sizeof(*md));
+		md = (void *)av_stream_new_side_data(
+		    out->streams[0], AV_PKT_DATA_MASTERING_DISPLAY_METADATA, sizeof(*md));
 		cl = (void *)av_stream_new_side_data(out->streams[0],
 						     AV_PKT_DATA_CONTENT_LIGHT_LEVEL, sizeof(*cl));
 		if (!md || !cl)
 			ret = AVERROR(ENOMEM);
 	}
 	if (ret >= 0) {
-		static const int prim[3][2] = { { 708, 292 }, { 170, 797 }, { 131, 46 } };
+		static const int prim[3][2] = {{708, 292}, {170, 797}, {131, 46}};
 		for (int c = 0; c < 3; c++)
 			for (int k = 0; k < 2; k++)
 				md->display_primaries[c][k] = av_make_q(prim[c][k], 1000);
@@ -437,7 +465,8 @@ static void test_hdr(void)
 
 	MAKE("-f lavfi -i testsrc2=size=128x96:rate=25 -t 1 " X264 ""
 	     "-pix_fmt yuv420p10le -color_primaries bt2020 -color_trc smpte2084 "
-	     "-colorspace bt2020nc '%s'", raw);
+	     "-colorspace bt2020nc '%s'",
+	     raw);
 	CHECK_EQ(remux_with_hdr(raw, src), 0);
 	s = out_of("ffprobe -v error -show_streams '%s'", src);
 	CHECK(s && strstr(s, "max_luminance=1000/1") && strstr(s, "max_content=1000"));
@@ -465,7 +494,8 @@ static void test_mpeg_ps(void)
 	char *s, *d;
 
 	MAKE("-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=sample_rate=48000 -t 2 "
-	     "-c:v mpeg2video -q:v 2 -c:a mp2 -b:a 192k -f vob '%s'", src);
+	     "-c:v mpeg2video -q:v 2 -c:a mp2 -b:a 192k -f vob '%s'",
+	     src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(dst, "", "stream=codec_name");
@@ -487,7 +517,8 @@ static void test_ogg(void)
 	char *s;
 
 	MAKE("-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine -t 2 -c:v libtheora "
-	     "-q:v 10 -c:a libvorbis '%s'", src);
+	     "-q:v 10 -c:a libvorbis '%s'",
+	     src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(dst, "", "stream=codec_name");
@@ -522,7 +553,8 @@ static void test_mkv_ass(void)
 	fclose(f);
 	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i sine -i '%s' -t 2 "
 	     "-map 0:v -map 1:a -map 2:s " X264 "-c:a libvorbis -c:s ass "
-	     "-metadata:s:a:0 language=fra '%s'", srt, src);
+	     "-metadata:s:a:0 language=fra '%s'",
+	     srt, src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	CHECK(!strcmp(r.suffix, ".mkv"));
@@ -538,8 +570,10 @@ static void test_odd_size(void)
 	struct codec_result r;
 	char *s, *d;
 
-	MAKE("-f lavfi -i testsrc2=size=66x50:rate=25 -t 1 -vf scale=65:49,setsar=3/2 -c:v mjpeg -q:v 2 "
-	     "-pix_fmt yuvj420p '%s'", src);
+	MAKE("-f lavfi -i testsrc2=size=66x50:rate=25 -t 1 -vf scale=65:49,setsar=3/2 -c:v mjpeg "
+	     "-q:v 2 "
+	     "-pix_fmt yuvj420p '%s'",
+	     src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(dst, "v:0", "stream=width,height,sample_aspect_ratio");
@@ -566,7 +600,8 @@ static void test_chapters(void)
 		   "[CHAPTER]\nTIMEBASE=1/1000\nSTART=800\nEND=2000\ntitle=Second part\n");
 	fclose(f);
 	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i sine -i '%s' -t 2 "
-	     "-map 0:v -map 1:a -map_metadata 2 -map_chapters 2 " X264 "-c:a aac '%s'", meta, src);
+	     "-map 0:v -map 1:a -map_metadata 2 -map_chapters 2 " X264 "-c:a aac '%s'",
+	     meta, src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(src, "", "chapter=start_time,end_time:chapter_tags=title");
@@ -587,18 +622,21 @@ static void test_cover_art(void)
 	char *s, *d;
 
 	MAKE("-f lavfi -i testsrc2=size=64x48 -frames:v 1 '%s'", png);
-	MAKE("-f lavfi -i testsrc2=size=160x120:rate=25 -i '%s' -t 2 -map 0:v -map 1:v "
-	     "-c:v:0 libx264 -preset ultrafast -crf 8 -c:v:1 png -disposition:v:1 attached_pic '%s'",
-	     png, src);
+	MAKE(
+	    "-f lavfi -i testsrc2=size=160x120:rate=25 -i '%s' -t 2 -map 0:v -map 1:v "
+	    "-c:v:0 libx264 -preset ultrafast -crf 8 -c:v:1 png -disposition:v:1 attached_pic '%s'",
+	    png, src);
 	CHECK_EQ(archive(src, dst, &r), 0);
 	CHECK(r.archived);
 	s = probe(dst, "", "stream=codec_name:stream_disposition=attached_pic");
 	CHECK(!strcmp(s, "hevc,0\npng,1\n"));
 	free(s);
 	s = out_of("ffprobe -v error -select_streams v:1 -show_entries packet=size,data_hash "
-		   "-show_data_hash MD5 -of csv=p=0 '%s'", src);
+		   "-show_data_hash MD5 -of csv=p=0 '%s'",
+		   src);
 	d = out_of("ffprobe -v error -select_streams v:1 -show_entries packet=size,data_hash "
-		   "-show_data_hash MD5 -of csv=p=0 '%s'", dst);
+		   "-show_data_hash MD5 -of csv=p=0 '%s'",
+		   dst);
 	CHECK_EQ(lines(s), 1);
 	CHECK(!strcmp(s, d));
 	free(s), free(d);
@@ -632,7 +670,8 @@ static void test_kept(void)
 	char *s, *t;
 
 	MAKE("-f lavfi -i testsrc2=size=96x64:rate=25 -t 1 -c:v libx265 -preset ultrafast "
-	     "-x265-params log-level=error '%s'", hevc);
+	     "-x265-params log-level=error '%s'",
+	     hevc);
 	s = md5(hevc);
 	CHECK_EQ(archive(hevc, dst, &r), 0);
 	CHECK(!r.archived);
@@ -647,7 +686,8 @@ static void test_kept(void)
 	CHECK(strstr(r.reason, "no video"));
 
 	MAKE("-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine -t 3 -c:v libx264 "
-	     "-preset ultrafast -c:a aac '%s'", full);
+	     "-preset ultrafast -c:a aac '%s'",
+	     full);
 	MAKE("-i '%s' -c copy -movflags +faststart '%s'", full, fs);
 	CHECK(stat(full, &st) == 0);
 	CHECK(sh("head -c %lld '%s' > '%s'", (long long)st.st_size / 2, full, cut) == 0);
@@ -660,7 +700,8 @@ static void test_kept(void)
 	CHECK(sh("cp '%s' '%s'", fs, bad) == 0);
 	for (int k = 1; k < 8; k++)
 		CHECK(sh("dd if=/dev/urandom of='%s' bs=1 count=2000 seek=%lld conv=notrunc "
-			 "status=none", bad, (long long)st.st_size * k / 8) == 0);
+			 "status=none",
+			 bad, (long long)st.st_size * k / 8) == 0);
 	s = md5(bad);
 	CHECK_EQ(archive(bad, dst, &r), 0);
 	CHECK(!r.archived);
@@ -674,8 +715,8 @@ static void test_kept(void)
 static void test_ssim_floor(void)
 {
 	const char *src = path("basic.mp4"), *dst = path("floor.out");
-	struct codec_opts o = { .preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.99999 };
-	struct codec_result r = { 0 };
+	struct codec_opts o = {.preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.99999};
+	struct codec_result r = {0};
 	int fd = open(src, O_RDONLY);
 
 	CHECK(fd >= 0);
@@ -691,10 +732,12 @@ static void test_ssim_floor(void)
  * lengths); one changed byte changes it. */
 static void test_digest(void)
 {
-	static const uint8_t annexb[] = { 0, 0, 0, 1, 0x40, 0x01, 0x0c, 0, 0, 1, 0x42, 0x01,
-					  0x01, 0x60, 0, 0, 1, 0x26, 0x01, 0xaf, 0x00, 0x03 };
-	static const uint8_t mp4[] = { 0, 0, 0, 3, 0x40, 0x01, 0x0c, 0, 0, 0, 4, 0x42,
-				       0x01, 0x01, 0x60, 0, 0, 0, 5, 0x26, 0x01, 0xaf, 0x00, 0x03 };
+	static const uint8_t annexb[] = {0, 0,	  0,	1,    0x40, 0x01, 0x0c, 0,
+					 0, 1,	  0x42, 0x01, 0x01, 0x60, 0,	0,
+					 1, 0x26, 0x01, 0xaf, 0x00, 0x03};
+	static const uint8_t mp4[] = {0, 0, 0, 3,    0x40, 0x01, 0x0c, 0,
+				      0, 0, 4, 0x42, 0x01, 0x01, 0x60, 0,
+				      0, 0, 5, 0x26, 0x01, 0xaf, 0x00, 0x03};
 	uint8_t copy[sizeof(mp4)];
 	uint64_t h = video_digest_annexb(VIDEO_DIGEST_INIT, 7, annexb, sizeof(annexb));
 
@@ -713,9 +756,9 @@ static void test_digest(void)
 static void test_verify_bytes(void)
 {
 	const char *src = path("basic.mp4"), *dst = path("flip.out.mp4");
-	struct codec_opts o = { .preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.9 };
-	struct codec_result r = { 0 };
-	struct video_log log = { 0 };
+	struct codec_opts o = {.preset = "ultrafast", .crf = TEST_CRF, .min_video_ssim = 0.9};
+	struct codec_result r = {0};
+	struct video_log log = {0};
 	struct AVFormatContext *in = NULL;
 	long long pos = 0, size = 0;
 	uint8_t b;
@@ -732,7 +775,8 @@ static void test_verify_bytes(void)
 
 	/* the 20th video packet: a byte in the middle of its payload */
 	s = out_of("ffprobe -v error -select_streams v:0 -show_entries packet=pos,size "
-		   "-of csv=p=0 '%s' | sed -n 20p", dst);
+		   "-of csv=p=0 '%s' | sed -n 20p",
+		   dst);
 	CHECK(s && sscanf(s, "%lld,%lld", &pos, &size) == 2 && size > 16);
 	free(s);
 	out = open(dst, O_RDWR);
@@ -757,8 +801,8 @@ static void test_verify_bytes(void)
 static void test_cancel(void)
 {
 	const char *src = path("basic.mp4"), *dst = path("cancel.out");
-	struct codec_opts o = { .preset = "ultrafast" };
-	struct codec_result r = { 0 };
+	struct codec_opts o = {.preset = "ultrafast"};
+	struct codec_result r = {0};
 	atomic_int stop = 1;
 	int fd = open(src, O_RDONLY);
 

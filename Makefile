@@ -124,7 +124,7 @@ fuzz:
 	@FUZZ_TIME=$${FUZZ_TIME:-60} sh tests/fuzz/run.sh
 
 format:
-	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c)
+	clang-format -i $(wildcard */*.c */*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h)
 
 # systemd looks for units of /usr/local in /usr/local/lib/systemd/system too
 UNITDIR   ?= $(PREFIX)/lib/systemd/system

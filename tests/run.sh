@@ -63,6 +63,15 @@ run_mount() { # binary label [test files...]
 for stage in ${TEST_STAGES:-release asan tsan fuzz}; do
 	case $stage in
 	release)
+		# the code follows the checked-in .clang-format
+		echo "== format"
+		if out=$(clang-format --dry-run -Werror $(git ls-files '*.c' '*.h' 2>/dev/null ||
+			ls */*.c */*.h tests/*/*.c tests/*/*.h) 2>&1); then
+			count "1 passed" format
+		else
+			echo "$out" | grep 'error:' | head -n 20
+			count "1 failed" format
+		fi
 		run_unit build/tests release
 		run_mount "$PWD/hevcfs" release
 		;;

@@ -1133,6 +1133,17 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	if (path_in(fs, p, name, from, sizeof(from)) == 0 &&
 	    path_in(fs, np, newname, to, sizeof(to)) == 0)
 		renamed_paths(fs, from, to, flags);
+	/* a file still to be archived, moved to another directory: its archive
+	 * will get a name in the new one, made durable by the commit; its
+	 * old name must not come back beside it after a crash of the machine,
+	 * so the old directory's removal is made durable before any commit
+	 * (which takes ns_lock) can name the archive */
+	if (p != np && S_ISREG(src.st.st_mode)) {
+		struct idx_entry e;
+		if (fs_entry_get(fs, (uint64_t)src.st.st_ino, &e) == 0 &&
+		    (e.state == IDX_STAGED || e.state == IDX_PENDING))
+			fs_fsync_dir(fs_node_fd(p));
+	}
 out_unlock:
 	fs_mutex_unlock(&fs->ns_lock);
 	if (keep >= 0)

@@ -2,7 +2,8 @@
 """Every crash state of a commit, checked.
 
 For each scenario (a photo archived, a video archived, an archived photo
-edited, a rename and an unlink racing an archive) the daemon runs under
+edited, a rename, a move to another directory and an unlink racing an
+archive) the daemon runs under
 strace (mount option splice=off, so every write it makes is a plain write
 the trace shows whole). The trace becomes a list of operations on BACKING
 (trace.py); from it come the on-disk states a crash may leave (states.py).
@@ -197,6 +198,14 @@ def scenarios(tmp):
         time.sleep(0.08)  # settled and queued: the archive is under way
         os.rename(os.path.join(mnt, "p.jpg"), os.path.join(mnt, "q.jpg"))
 
+    def subdir(mnt):
+        os.mkdir(os.path.join(mnt, "sub"))
+
+    def move_race(mnt):
+        put(os.path.join(mnt, "p.jpg"), p1)
+        time.sleep(0.08)
+        os.rename(os.path.join(mnt, "p.jpg"), os.path.join(mnt, "sub", "q.jpg"))
+
     def unlink_race(mnt):
         put(os.path.join(mnt, "p.jpg"), p1)
         put(os.path.join(mnt, "keep.txt"), b"plain bytes\n")
@@ -216,6 +225,8 @@ def scenarios(tmp):
                  archived, edit),
         Scenario("rename", {"p": {"names": ["p.jpg", "q.jpg"], "versions": [p1],
                                   "kind": "photo"}}, nothing, rename_race),
+        Scenario("move", {"p": {"names": ["p.jpg", "sub/q.jpg"], "versions": [p1],
+                                "kind": "photo"}}, subdir, move_race),
         Scenario("unlink", {"p": {"names": ["p.jpg"], "versions": [p1], "kind": "photo",
                                   "may_go": True},
                             "k": {"names": ["keep.txt"], "versions": [b"plain bytes\n"],
@@ -409,7 +420,7 @@ def check_state(sc, tree, whole, scratch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenario", default="photo,video,edit,rename,unlink")
+    ap.add_argument("--scenario", default="photo,video,edit,rename,move,unlink")
     ap.add_argument("--every", type=int, default=1,
                     help="check every Nth state only (a quicker pass)")
     ap.add_argument("--jobs", type=int, default=2)

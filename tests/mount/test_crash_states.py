@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECK = os.path.join(HERE, "..", "crash", "check.py")
 
 
-@pytest.mark.parametrize("scenario", ["photo", "video", "edit", "rename", "unlink"])
+@pytest.mark.parametrize("scenario", ["photo", "video", "edit", "rename", "move", "unlink"])
 def test_every_crash_state_recovers(scenario, tmp_path):
     assert shutil.which("strace"), "strace is missing: make deps installs it"
     every = os.environ.get("HEVCFS_CRASH_EVERY", "1")

@@ -155,6 +155,8 @@ int fs_name_reserved(int is_root, const char *name);
 int fs_path_reserved(const char *path);
 /* Does backing name end with a suffix used for archived copies? */
 int fs_has_archive_suffix(const char *name);
+/* Is there a regular file name + an archive suffix in dirfd? */
+int fs_archive_beside(int dirfd, const char *name);
 /* The stored name of an archived file named name whose archive has suffix
  * (".heic", ".mp4", ".mkv"): name + suffix, except that an MP4 of a video
  * whose name already says MP4/MOV/M4V keeps its name. -ENAMETOOLONG when it

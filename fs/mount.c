@@ -272,18 +272,21 @@ static int video_name(const char *name, size_t len)
 	return 0;
 }
 
-/* Does a regular file NAME.heic, NAME.mp4 or NAME.mkv stand beside name? */
-static int archive_beside(int dirfd, const char *name)
+/* Stage x_name of dirfd, a file whose logical path is path less its last
+ * strip bytes (the suffix of the archive beside it). */
+static void stage_beside(struct fs *fs, int dirfd, const char *x_name, const char *path,
+			 size_t strip)
 {
-	static const char *const sfx[] = {".heic", ".mp4", ".mkv"};
-	char buf[NAME_MAX + 8];
+	char xp[FS_PATH_MAX];
+	size_t pl = strlen(path) - strip;
 	struct stat st;
 
-	for (size_t i = 0; i < sizeof(sfx) / sizeof(*sfx); i++)
-		if ((size_t)snprintf(buf, sizeof(buf), "%s%s", name, sfx[i]) < sizeof(buf) &&
-		    fstatat(dirfd, buf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
-			return 1;
-	return 0;
+	if (pl >= sizeof(xp) || fstatat(dirfd, x_name, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+	    !S_ISREG(st.st_mode))
+		return;
+	memcpy(xp, path, pl);
+	xp[pl] = '\0';
+	fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, xp);
 }
 
 /*
@@ -325,15 +328,7 @@ static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen
 		return 0;
 	log_msg(LOG_INFO, "recovery: %s replaced %s, which is removed", x_name, path);
 	fs_fsync_dir(dirfd);
-	{
-		char xp[FS_PATH_MAX];
-		size_t pl = strlen(path) - (strlen(y_name) - llen);
-		if (pl < sizeof(xp)) {
-			memcpy(xp, path, pl);
-			xp[pl] = '\0';
-			fs_mark_staged(fs, st.st_ino, (uint64_t)st.st_size, xp);
-		}
-	}
+	stage_beside(fs, dirfd, x_name, path, strlen(y_name) - llen);
 	return 1;
 }
 
@@ -361,7 +356,7 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 	int fd, archived = 0, ok = 0;
 
 	/* a file with an archive beside it is settled with that archive */
-	if (archive_beside(dirfd, name))
+	if (fs_archive_beside(dirfd, name))
 		return 0;
 	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
@@ -405,25 +400,13 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 	if (!archived) {
 		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
 		/* a file passed over because this one stands beside it */
-		for (size_t k = n; k-- > 1;)
-			if (name[k] == '.') {
-				struct stat xst;
-				char x[NAME_MAX + 1];
-				memcpy(x, name, k);
-				x[k] = '\0';
-				if (fstatat(dirfd, x, &xst, AT_SYMLINK_NOFOLLOW) == 0 &&
-				    S_ISREG(xst.st_mode) && fs_has_archive_suffix(name)) {
-					char xp[FS_PATH_MAX];
-					size_t pl = strlen(path) - (n - k);
-					if (pl < sizeof(xp)) {
-						memcpy(xp, path, pl);
-						xp[pl] = '\0';
-						fs_mark_staged(fs, xst.st_ino,
-							       (uint64_t)xst.st_size, xp);
-					}
-				}
-				break;
-			}
+		if (fs_has_archive_suffix(name)) {
+			const char *dot = strrchr(name, '.');
+			char x[NAME_MAX + 1];
+			memcpy(x, name, (size_t)(dot - name));
+			x[dot - name] = '\0';
+			stage_beside(fs, dirfd, x, path, strlen(dot));
+		}
 		goto out;
 	}
 	if (e.suffix[0] && settle_pair(fs, dirfd, name, n - strlen(e.suffix), &emb, path))

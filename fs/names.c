@@ -69,6 +69,19 @@ int fs_has_archive_suffix(const char *name)
 	return 0;
 }
 
+int fs_archive_beside(int dirfd, const char *name)
+{
+	char buf[NAME_MAX + 8];
+	struct stat st;
+
+	for (size_t i = 0; i < NSUFFIXES; i++)
+		if ((size_t)snprintf(buf, sizeof(buf), "%s%s", name, archive_suffixes[i]) <
+			sizeof(buf) &&
+		    fstatat(dirfd, buf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			return 1;
+	return 0;
+}
+
 /* Does a video's name already say MP4/MOV, so an MP4 can keep it? */
 static int name_says_mp4(const char *name)
 {

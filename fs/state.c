@@ -347,9 +347,16 @@ static int salvage_options(const char *dir, char *out, size_t size, size_t *n)
 		size_t len = 0;
 
 		close(pfd[0]);
-		if (idx_open(dir, 1, &idx) || idx_begin(idx, 0, &txn) ||
-		    idx_meta_get(txn, FS_OPTIONS_KEY, buf, sizeof(buf), &len))
+		if (idx_open(dir, 1, &idx) || idx_begin(idx, 0, &txn))
 			_exit(1);
+		switch (idx_meta_get(txn, FS_OPTIONS_KEY, buf, sizeof(buf), &len)) {
+		case 0:
+			break;
+		case -ENOENT:
+			_exit(0); /* none were saved */
+		default:
+			_exit(1);
+		}
 		_exit(write(pfd[1], buf, len) == (ssize_t)len ? 0 : 1);
 	}
 	close(pfd[1]);

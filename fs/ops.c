@@ -1305,8 +1305,8 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 /* ---- xattrs ---------------------------------------------------------------- */
 
 /* The user, trusted and security namespaces pass, and POSIX ACLs (the
- * kernel caches them, "none" included, and checks them with the modes; the
- * backing filesystem stores them and keeps the mode in step). */
+ * kernel checks them with the modes; the backing filesystem stores them and
+ * keeps the mode in step). */
 static int xattr_allowed(const char *name)
 {
 	return !strncmp(name, "user.", 5) || !strncmp(name, "trusted.", 8) ||

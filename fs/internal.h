@@ -445,13 +445,15 @@ int fs_fsync_dir(int dirfd);
 #define FS_DIRTY_NAME "dirty"
 /* The meta key of the options saved by the first mount (tools/options.c). */
 #define FS_OPTIONS_KEY "config"
-enum { FS_DIRTY_NONE, FS_DIRTY_THIS_BOOT, FS_DIRTY_OTHER_BOOT };
+enum { FS_DIRTY_NONE, FS_DIRTY_THIS_BOOT, FS_DIRTY_OTHER_BOOT, FS_DIRTY_UNREADABLE };
 /* Make the mark, durable (file and directory synced) before anything the
  * mount changes. 0 or -errno. */
 int fs_dirty_set(int state_fd);
 /* Remove the mark, durably: the end of a clean unmount (the index synced). */
 int fs_dirty_clear(int state_fd);
-/* FS_DIRTY_*: no mark; one of this boot; one of another (or unreadable). */
+/* FS_DIRTY_*: no mark; one of this boot; one of another boot (or of none:
+ * empty, as versions before the boot was named made it); one that cannot
+ * be read. */
 int fs_dirty_get(int state_fd);
 /* The machine stopped while BACKING was mounted: set the index aside and
  * make a new one holding only the saved options (read from the old one in a

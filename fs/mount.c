@@ -127,6 +127,7 @@ static int fs_open_state(struct fs *fs, const struct fs_paths *p, int *lock_fd, 
 	}
 	switch (fs_dirty_get(fs->state_fd)) {
 	case FS_DIRTY_OTHER_BOOT:
+	case FS_DIRTY_UNREADABLE: /* the lock is ours: nothing to trust it by */
 		if ((rc = fs_index_reset(p, fs->state_fd, FS_WHY_STOPPED)))
 			goto out;
 		/* fall through */
@@ -294,12 +295,13 @@ static void stage_beside(struct fs *fs, int dirfd, const char *x_name, const cha
  * the machine in the middle of a commit leaves (the index that journalled
  * it set aside as torn), or one of replacing an archived file by a plain
  * one. X made Y when its bytes are the original Y records (a commit got as
- * far as putting Y in place; X was synced before that): X goes. Otherwise X
- * is the newer file, whole (synced before it got its name): Y goes, and X is
- * staged. Returns 1 when Y went.
+ * far as putting Y in place; X was synced before that): X goes, unless Y
+ * fails its own checksum (intact 0), when the whole original is the copy to
+ * keep. Otherwise X is the newer file, whole (synced before it got its
+ * name): Y goes, and X is staged. Returns 1 when Y went.
  */
 static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen,
-		       const struct codec_embedded *emb, const char *path)
+		       const struct codec_embedded *emb, int intact, const char *path)
 {
 	char x_name[NAME_MAX + 1];
 	struct sum_file f = {0};
@@ -315,7 +317,7 @@ static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen
 	same = emb->has && fs_sum_path(dirfd, x_name, &f) == 0 &&
 	       !memcmp(f.whole, emb->orig_sum, SUM_LEN);
 	sum_file_release(&f);
-	if (same) {
+	if (same && intact) {
 		if (unlinkat(dirfd, x_name, 0) == 0) {
 			log_msg(LOG_INFO,
 				"recovery: %s was archived as %s: the original is removed", x_name,
@@ -326,7 +328,10 @@ static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen
 	}
 	if (unlinkat(dirfd, y_name, 0) == -1)
 		return 0;
-	log_msg(LOG_INFO, "recovery: %s replaced %s, which is removed", x_name, path);
+	log_msg(LOG_INFO,
+		same ? "recovery: %s is the original of %s, which is damaged: it is removed"
+		     : "recovery: %s replaced %s, which is removed",
+		x_name, path);
 	fs_fsync_dir(dirfd);
 	stage_beside(fs, dirfd, x_name, path, strlen(y_name) - llen);
 	return 1;
@@ -409,7 +414,8 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 		}
 		goto out;
 	}
-	if (e.suffix[0] && settle_pair(fs, dirfd, name, n - strlen(e.suffix), &emb, path))
+	if (e.suffix[0] &&
+	    settle_pair(fs, dirfd, name, n - strlen(e.suffix), &emb, emb.has && ok, path))
 		goto out;
 	e.state = IDX_ARCHIVED;
 	e.stored_bytes = (uint64_t)st->st_size;

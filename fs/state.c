@@ -314,7 +314,7 @@ int fs_dirty_get(int state_fd)
 	ssize_t n;
 
 	if (fd < 0)
-		return errno == ENOENT ? FS_DIRTY_NONE : FS_DIRTY_OTHER_BOOT;
+		return errno == ENOENT ? FS_DIRTY_NONE : FS_DIRTY_UNREADABLE;
 	n = read(fd, had, sizeof(had) - 1);
 	close(fd);
 	had[n > 0 ? n : 0] = '\0';
@@ -452,6 +452,8 @@ static int index_check(const struct fs_paths *p)
 	if (state_fd < 0)
 		return 0; /* idx_open says what is wrong */
 	lock = openat(state_fd, FS_LOCK_NAME, O_RDONLY | O_CLOEXEC);
+	/* a mark this user cannot read (another's archive) is left to a
+	 * command that can: the mount or fsck */
 	if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) == 0 &&
 	    fs_dirty_get(state_fd) == FS_DIRTY_OTHER_BOOT)
 		rc = fs_index_reset(p, state_fd, FS_WHY_STOPPED);

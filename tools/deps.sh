@@ -11,11 +11,12 @@ libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ff
 libturbojpeg0-dev libjpeg-turbo-progs
 liblmdb-dev lmdb-utils libssl-dev
 python3 python3-pytest libimage-exiftool-perl attr acl rsync strace
+imagemagick libgdk-pixbuf2.0-bin
 clang-14 libclang-rt-14-dev clang-format"
 # what the benchmarks measure against: the equal-quality shell pipeline
 # (ImageMagick), bindfs, and the tools to build libfuse's passthrough_hp from
 # Debian's fuse3 source package (g++, dpkg-dev for apt-get source)
-[ "${1:-}" = bench ] && PKGS="$PKGS imagemagick time bindfs g++ dpkg-dev xz-utils"
+[ "${1:-}" = bench ] && PKGS="$PKGS time bindfs g++ dpkg-dev xz-utils"
 # libFuzzer for `make fuzz`
 
 missing=""

@@ -86,11 +86,20 @@ def test_phone_photo_archived_with_its_trailer(case, mount, tmp_path):
         assert phone.mpf_images(view)[1:] == phone.mpf_images(data)[1:]
         assert phone.mpf_images(view)[0] == view[:phone.eoi_offset(view)]
     assert ssim_y(p, src) >= 0.985
-    # the decoders and tools read the view without a word
-    for cmd in (["djpeg", "-outfile", os.devnull, p],
-                ["ffmpeg", "-nostdin", "-v", "warning", "-i", p, "-f", "null", "-"]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        assert r.returncode == 0 and not r.stderr.strip(), (cmd, r.stderr)
+    # the decoders and tools read the view without a word; ImageMagick 6's
+    # XML parser finds fault with the multi-line XMP phones write, so of it
+    # only the same words as for the original are asked
+    def said(argv):
+        r = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+        assert r.returncode == 0, (argv, r.stderr)
+        return r.stderr.replace(argv[-1], "FILE").strip()
+
+    for argv in (lambda f: ["djpeg", "-outfile", os.devnull, f],
+                 lambda f: ["ffmpeg", "-nostdin", "-v", "warning", "-f", "null", "-", "-i", f],
+                 lambda f: ["gdk-pixbuf-csource", "--raw", f]):
+        assert said(argv(p)) == "", argv(p)
+    magick = ["sh", "-c", 'convert "$1" ppm:- >/dev/null', "-"]
+    assert said([*magick, p]) == said([*magick, src])
     assert "Warning" not in subprocess.run(["exiftool", "-warning", p], capture_output=True,
                                           text=True).stdout
 

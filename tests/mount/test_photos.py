@@ -1,5 +1,6 @@
 """Photos through the mount: JPEGs archived as HEIC on the backing tree,
 read back as JPEG views that keep every metadata byte, the right way up."""
+import json
 import os
 import re
 import shutil
@@ -478,6 +479,60 @@ def test_heic_photo_has_a_jpeg_sibling(mount_factory, tmp_path, view):
         os.unlink(sib)
     os.unlink(os.path.join(m.mnt, "IMG_0001.HEIC"))
     assert os.listdir(m.mnt) == []
+    m.stop()
+
+
+PHONE_HEICS = os.path.join(os.path.dirname(CORPUS), "heic")
+
+
+@pytest.mark.skipif(not os.path.isdir(PHONE_HEICS), reason="../shared/corpus is absent")
+def test_phone_heics_have_jpeg_siblings(mount_factory, tmp_path):
+    """heic_view=jpeg on real phones' HEICs (an iPhone 13 Pro Max, a Nokia
+    8.3 whose picture is turned by irot alone, its 10-bit HDR shot): each
+    sibling has the size stat gives before any read, shows upright (its
+    EXIF orientation applied by ImageMagick) at libheif's size, matches
+    libheif's own decode, and refuses every change with a clear errno."""
+    import errno
+    names = ["mobile/iphone_13_pro_max.HEIC", "mobile/HMD_Nokia_8.3_5G.heif",
+             "mobile/HMD_Nokia_8.3_5G_hdr.heif"]
+    m = mount_factory("heic_view=jpeg").start()
+    for n in names:
+        shutil.copy(os.path.join(PHONE_HEICS, n), m.mnt)
+    m.wait_idle(timeout=300)
+    m.stop()
+    # a fresh mount: what stat says was learnt at ingest, not at a read
+    m = mount_factory("heic_view=jpeg", backing=m.backing).start()
+    for n in names:
+        base = os.path.basename(n)
+        sib = os.path.join(m.mnt, base + ".jpg")
+        size = os.stat(sib).st_size
+        data = open(sib, "rb").read()
+        assert len(data) == size, base
+        assert open(os.path.join(m.mnt, base), "rb").read() == open(
+            os.path.join(PHONE_HEICS, n), "rb").read()
+        ref, got = str(tmp_path / (base + ".ref.png")), str(tmp_path / (base + ".png"))
+        subprocess.run(["heif-convert", os.path.join(PHONE_HEICS, n), ref], check=True,
+                       capture_output=True)
+        (tmp_path / "sib.jpg").write_bytes(data)
+        subprocess.run(["convert", str(tmp_path / "sib.jpg"), "-auto-orient", got], check=True)
+        dims = [subprocess.run(["identify", "-format", "%wx%h", f], capture_output=True,
+                               text=True, check=True).stdout for f in (ref, got)]
+        assert dims[0] == dims[1], (base, dims)
+        p = subprocess.run(["ffmpeg", "-nostdin", "-i", got, "-i", ref, "-lavfi",
+                            "[0:v]format=yuv444p[a];[1:v]format=yuv444p[b];[a][b]ssim",
+                            "-f", "null", "-"], capture_output=True, text=True)
+        s = re.search(r"SSIM Y:([0-9.]+)", p.stderr)
+        assert s and float(s.group(1)) >= 0.98, (base, p.stderr[-500:])
+        for change, want in ((lambda: open(sib, "r+b"), errno.EROFS),
+                             (lambda: os.truncate(sib, 0), errno.EROFS),
+                             (lambda: os.unlink(sib), errno.EPERM),
+                             (lambda: os.rename(sib, sib + ".x"), errno.EPERM)):
+            with pytest.raises(OSError) as e:
+                change()
+            assert e.value.errno == want, (base, e.value)
+        assert open(sib, "rb").read() == data
+    st = json.loads(hevcfs("status", m.backing, "--json").stdout)
+    assert st["files"] == len(names), st
     m.stop()
 
 

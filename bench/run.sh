@@ -31,7 +31,7 @@ echo "== peers: bindfs $(bindfs --version 2>/dev/null | head -1 | awk '{print $2
 failed=""
 echo "== filesystem (bench/fsbench.py)"
 python3 bench/fsbench.py || failed="$failed fsbench"
-for b in photo video; do
+for b in photo video phone; do
 	echo
 	echo "== ${b}s (bench/$b.py)"
 	python3 "bench/$b.py" || failed="$failed $b"

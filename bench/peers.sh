@@ -5,7 +5,8 @@
 #   passthrough_hp  libfuse's own high-performance passthrough example, from
 #                   Debian's fuse3 source package of the installed
 #                   libfuse3-dev's version, compiled with g++ against it;
-#   fsx             xfstests' file system exerciser, from a Debian source
+#   fsx             xfstests' file system exerciser, from an xfstests source
+#                   tree named by BENCH_XFSTESTS, or from a Debian source
 #                   package that carries it, if any does (see fsx_probe).
 # Debian 12 configures no deb-src lines: apt runs here on a private sources
 # list and private lists, leaving the system's apt state as it was.
@@ -70,11 +71,47 @@ passthrough_hp() {
 	echo "$bin"
 }
 
-# fsx from xfstests: BENCH_FSX names a binary built elsewhere; otherwise a
-# Debian source package named for xfstests or LTP would carry ltp/fsx.c (no
-# value printed below may hold a single quote).
+# fsx from an xfstests source tree (BENCH_XFSTESTS: a checkout or a
+# snapshot of xfstests-dev): ltp/fsx.c compiled alone, with the few
+# config.h answers it asks for written here (xfstests' configure needs
+# autotools and the XFS headers, which fsx does not use). Prints the path.
+fsx_from_source() {
+	src=$1
+	id=$(sha256sum "$src/ltp/fsx.c" | cut -c1-12)
+	bin=$PEERS/fsx-$id
+	if [ ! -x "$bin" ]; then
+		cfg=$(mktemp -d "$PEERS/fsx-cfg.XXXXXX")
+		for h in SYS_TYPES_H SYS_STAT_H SYS_STATVFS_H SYS_TIME_H SYS_IOCTL_H SYS_WAIT_H \
+			MALLOC_H DIRENT_H STDLIB_H UNISTD_H ERRNO_H STRING_H SYS_FCNTL_H \
+			SYS_PARAM_H LIBGEN_H ASSERT_H ERR_H LINUX_FALLOC_H COPY_FILE_RANGE; do
+			echo "#define HAVE_$h 1"
+		done >"$cfg/config.h"
+		echo "#include <getopt.h>" >>"$cfg/config.h"
+		say "fsx: cc $src/ltp/fsx.c"
+		cc -O2 -D_GNU_SOURCE -I"$cfg" -I"$src/src" -I"$src/include" \
+			-o "$bin.tmp" "$src/ltp/fsx.c" >&2
+		mv "$bin.tmp" "$bin"
+		rm -rf "$cfg"
+	fi
+	echo "$bin"
+}
+
+# fsx from xfstests: BENCH_FSX names a binary built elsewhere, BENCH_XFSTESTS
+# an xfstests source tree to build it from; otherwise a Debian source
+# package named for xfstests or LTP would carry ltp/fsx.c (no value printed
+# below may hold a single quote).
 # Prints "path" or "" and the reason on the next line.
 fsx_probe() {
+	if [ -z "${BENCH_FSX:-}" ] && [ -n "${BENCH_XFSTESTS:-}" ]; then
+		if [ -f "$BENCH_XFSTESTS/ltp/fsx.c" ] && BENCH_FSX=$(fsx_from_source "$BENCH_XFSTESTS"); then
+			echo "$BENCH_FSX"
+			echo "built from $BENCH_XFSTESTS/ltp/fsx.c"
+		else
+			echo ""
+			echo "BENCH_XFSTESTS=$BENCH_XFSTESTS: no ltp/fsx.c there, or it did not build"
+		fi
+		return 0
+	fi
 	if [ -n "${BENCH_FSX:-}" ]; then
 		if [ -x "$BENCH_FSX" ] && "$BENCH_FSX" 2>&1 | grep -q -- "-N numops"; then
 			echo "$BENCH_FSX"
@@ -97,7 +134,7 @@ fsx_probe() {
 		echo "source package(s)$found found, building fsx from them is not automated yet"
 	else
 		echo "xfstests is not packaged in Debian $CODENAME (no source package xfstests," \
-			"fstests or ltp), so its fsx cannot be built here; BENCH_FSX=/path/to/fsx times one built elsewhere"
+			"fstests or ltp), so its fsx cannot be built here; BENCH_XFSTESTS=/path/to/xfstests builds it from a source tree, BENCH_FSX=/path/to/fsx times one built elsewhere"
 	fi
 }
 

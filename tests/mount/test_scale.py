@@ -1,0 +1,59 @@
+"""Memory flat in the number of files: the daemon's own memory (RssAnon: no
+pages of the mapped index) after ten times the files is at most 1.5 times
+what it was. The figures from 10,000 to 1,000,000 files are the scale group
+of `make bench` (HEVCFS_BENCH_SCALE=1); this is their CI-sized form."""
+import os
+
+import pytest
+
+from conftest import BIN, hevcfs
+
+FEW, MANY, PER_DIR = 2000, 20000, 1000
+MAX_GROWTH = 1.5
+
+
+def sanitized():
+    """A sanitizer build keeps freed memory in quarantine and shadow: its
+    resident set says nothing about the daemon's."""
+    with open(BIN, "rb") as f:
+        data = f.read()
+    return b"__asan_init" in data or b"__tsan_init" in data
+
+
+def rss_anon_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no RssAnon for {pid}")
+
+
+def make_files(root, start, end):
+    for n in range(start, end):
+        d = os.path.join(root, f"d{n // PER_DIR:03d}")
+        if n % PER_DIR == 0:
+            os.mkdir(d)
+        with open(os.path.join(d, f"f{n:06d}.txt"), "wb") as f:
+            f.write(b"%06d" % n)
+
+
+@pytest.mark.skipif(sanitized(), reason="memory figures of a sanitizer build mean nothing; "
+                    "the release stage runs this test")
+def test_memory_flat_in_files(mount):
+    make_files(mount.mnt, 0, FEW)
+    mount.wait_idle()
+    few = rss_anon_kb(mount.proc.pid)
+    make_files(mount.mnt, FEW, MANY)
+    mount.wait_idle()
+    assert mount.status()["files"] == MANY
+    # every file listed and read once more: the kernel asks for each again
+    seen = 0
+    for d, _, files in os.walk(mount.mnt):
+        for name in files:
+            with open(os.path.join(d, name), "rb") as f:
+                assert f.read() == name[1:7].encode()
+            seen += 1
+    assert seen == MANY
+    many = rss_anon_kb(mount.proc.pid)
+    assert many <= MAX_GROWTH * few, (few, many)
+    assert hevcfs("status", mount.backing, "--json").returncode == 0

@@ -114,9 +114,16 @@ struct fs {
 	struct fs_mutex jobs_lock;
 	pthread_cond_t jobs_cond;
 	struct job *jobs_head, *jobs_tail;
-	int video_running;   /* one video at a time; protected by jobs_lock */
-	atomic_int stopping; /* set once at unmount */
-	atomic_int active;   /* jobs being worked on */
+	int video_running; /* one video at a time; protected by jobs_lock */
+	/* The index's queue is taken in a batch at a time, in inode order,
+	 * when the workers run out of jobs (queue.c): a mount after a
+	 * rebuild of a million files holds a batch of jobs and nodes, not a
+	 * million. Under jobs_lock. */
+	uint64_t backlog_from; /* the next inode of the queue to look at */
+	int backlog;	       /* records may remain from backlog_from on */
+	int refilling;	       /* a worker is taking a batch in */
+	atomic_int stopping;   /* set once at unmount */
+	atomic_int active;     /* jobs being worked on */
 
 	pthread_t *workers;
 	int nworkers;
@@ -348,6 +355,15 @@ void fs_node_gone(struct fs *fs, uint64_t ino);
  * no change: the commit waits for its close (fs_node_defer_commit), and a
  * write from it makes the job stale and the file settle again. */
 uint64_t fs_node_gen(struct fs_node *n);
+/* A job was made for n at generation gen (fs_job_push). */
+void fs_node_job_made(struct fs *fs, struct fs_node *n, uint64_t gen);
+/* The node of backing inode ino (held, as fs_node_get), its present
+ * generation in *gen recorded as the one a job is being made for; or NULL
+ * with *busy set when the file is in this mount's hands already (open,
+ * written and settling, or with a job made for its present bytes): then a
+ * queue record of it in the index is no job to make. NULL with *busy
+ * clear: out of memory. */
+struct fs_node *fs_node_claim(struct fs *fs, uint64_t ino, uint64_t *gen, int *busy);
 atomic_int *fs_node_cancel(struct fs_node *n);
 int fs_node_current(struct fs *fs, struct fs_node *n, uint64_t gen);
 /* Start n at generation gen (a job queued from the index at mount). */

@@ -52,6 +52,7 @@ struct fs_node {
 	int dirty;		  /* written since it was last queued */
 	int settling;		  /* on the settle list (holds a reference) */
 	int64_t settle_at;	  /* monotonic ms when it may be queued */
+	uint64_t job_gen;	  /* the generation a job was last made for */
 	atomic_uint_fast64_t gen; /* bumped by every change to the bytes */
 	atomic_int cancel;	  /* set to abandon the running job */
 	struct fs_check *check;	  /* its reads checked (sums.c), a reference */
@@ -588,13 +589,11 @@ void fs_node_forget(struct fs *fs, struct fs_node *n, uint64_t nlookup)
 	close_all(fds, nfds);
 }
 
-struct fs_node *fs_node_get(struct fs *fs, uint64_t ino)
+/* fs_node_get with the lock held. */
+static struct fs_node *get_locked(struct fs_nodes *t, uint64_t ino)
 {
-	struct fs_nodes *t = fs->nodes;
-	struct fs_node *n;
+	struct fs_node *n = find(t, ino, FS_KIND_PLAIN);
 
-	fs_mutex_lock(&t->lock);
-	n = find(t, ino, FS_KIND_PLAIN);
 	if (n) {
 		n->refs++;
 		lru_out(t, n);
@@ -607,6 +606,33 @@ struct fs_node *fs_node_get(struct fs *fs, uint64_t ino)
 		n->generation = atomic_fetch_add(&node_generation, 1) + 1;
 		atomic_store(&n->gen, next_gen());
 		hash_in(t, n);
+	}
+	return n;
+}
+
+struct fs_node *fs_node_get(struct fs *fs, uint64_t ino)
+{
+	struct fs_node *n;
+
+	fs_mutex_lock(&fs->nodes->lock);
+	n = get_locked(fs->nodes, ino);
+	fs_mutex_unlock(&fs->nodes->lock);
+	return n;
+}
+
+struct fs_node *fs_node_claim(struct fs *fs, uint64_t ino, uint64_t *gen, int *busy)
+{
+	struct fs_nodes *t = fs->nodes;
+	struct fs_node *n;
+
+	fs_mutex_lock(&t->lock);
+	n = find(t, ino, FS_KIND_PLAIN);
+	*busy = n && (n->opens > 0 || n->dirty || n->settling || n->due_next ||
+		      n->job_gen == atomic_load(&n->gen));
+	n = *busy ? NULL : get_locked(t, ino);
+	if (n) {
+		*gen = atomic_load(&n->gen);
+		n->job_gen = *gen;
 	}
 	fs_mutex_unlock(&t->lock);
 	return n;
@@ -1047,8 +1073,10 @@ void fs_node_closed(struct fs *fs, struct fs_node *n, int writable)
 		/* written meanwhile: settling queues it; gone: nothing to do */
 		requeue = !n->gone && !n->dirty && n->writers == 0 && !atomic_load(&fs->stopping);
 		gen = atomic_load(&n->gen);
-		if (requeue)
+		if (requeue) {
 			n->refs++; /* for the push below */
+			n->job_gen = gen;
+		}
 	}
 	unref(fs, t, n, fds, &nfds, UNREF_FDS); /* the handle's */
 	fs_mutex_unlock(&t->lock);
@@ -1107,6 +1135,13 @@ void fs_node_gone(struct fs *fs, uint64_t ino)
 uint64_t fs_node_gen(struct fs_node *n)
 {
 	return atomic_load(&n->gen);
+}
+
+void fs_node_job_made(struct fs *fs, struct fs_node *n, uint64_t gen)
+{
+	fs_mutex_lock(&fs->nodes->lock);
+	n->job_gen = gen;
+	fs_mutex_unlock(&fs->nodes->lock);
 }
 
 atomic_int *fs_node_cancel(struct fs_node *n)
@@ -1300,10 +1335,12 @@ static void settle_due(struct fs *fs, int64_t now, int64_t *next)
 		/* opened for writing since it was taken off: its last close
 		 * puts it back on the list, dirty still */
 		dirty = n->dirty && !n->gone && n->writers == 0;
-		if (dirty)
-			n->dirty = 0;
 		ino = n->ino;
 		gen = atomic_load(&n->gen);
+		if (dirty) {
+			n->dirty = 0;
+			n->job_gen = gen; /* its job, made below */
+		}
 		fs_mutex_unlock(&t->lock);
 		if (dirty)
 			fs_job_push(fs, ino, gen, n);

@@ -81,6 +81,7 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node)
 		rc = -ENOMEM;
 		goto out_free;
 	}
+	fs_node_job_made(fs, j->node, gen);
 	fs_mutex_lock(&fs->jobs_lock);
 	if (fs->jobs_tail)
 		fs->jobs_tail->next = j;
@@ -840,6 +841,85 @@ out:
 	return requeued;
 }
 
+/* Queue records taken in at a time, and collected first so that their jobs
+ * are pushed outside the read transaction. */
+#define BACKLOG_BATCH 256
+
+struct qload {
+	uint64_t inos[BACKLOG_BATCH];
+	size_t n;
+};
+
+static int qload_add(void *arg, uint64_t ino, uint64_t gen, const char *path)
+{
+	struct qload *q = arg;
+
+	(void)gen;
+	(void)path;
+	q->inos[q->n++] = ino;
+	return q->n == BACKLOG_BATCH;
+}
+
+/*
+ * Take the next batch of the index's queue in: a job for each record left
+ * by an earlier mount (or fsck), or staged and not being written. A file
+ * with a job made for its present bytes has it already, and one open or
+ * settling is queued when it settles. The number of jobs made, or -errno.
+ * Called without jobs_lock, by one thread at a time (refilling).
+ */
+static long backlog_take(struct fs *fs)
+{
+	struct qload *q = malloc(sizeof(*q));
+	struct idx_txn *txn;
+	uint64_t from;
+	long made = 0;
+	int rc;
+
+	if (!q)
+		return -ENOMEM;
+	q->n = 0;
+	fs_mutex_lock(&fs->jobs_lock);
+	from = fs->backlog_from;
+	fs_mutex_unlock(&fs->jobs_lock);
+	rc = idx_begin(fs->idx, 0, &txn);
+	if (!rc) {
+		rc = idx_queue_each_from(txn, from, qload_add, q);
+		idx_abort(txn);
+	}
+	if (rc) {
+		free(q);
+		return rc;
+	}
+	if (q->n && !from)
+		log_msg(LOG_INFO, "queue: taking in the files the index has queued, %d at a time",
+			BACKLOG_BATCH);
+	fs_mutex_lock(&fs->jobs_lock);
+	if (q->n)
+		fs->backlog_from = q->inos[q->n - 1] + 1;
+	if (q->n < BACKLOG_BATCH || fs->backlog_from == 0)
+		fs->backlog = 0;
+	fs_mutex_unlock(&fs->jobs_lock);
+	for (size_t i = 0; i < q->n && !atomic_load(&fs->stopping); i++) {
+		/* the node's generation: the record's belonged to another mount */
+		uint64_t gen;
+		int busy;
+		struct fs_node *n = fs_node_claim(fs, q->inos[i], &gen, &busy);
+		if (busy)
+			continue;
+		if (!n) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = fs_job_push(fs, q->inos[i], gen, n);
+		fs_node_put(fs, n);
+		if (rc)
+			break;
+		made++;
+	}
+	free(q);
+	return rc ? rc : made;
+}
+
 /* Take the next job, or NULL when stopping. One video at a time: while one
  * runs, videos wait and the photos behind them go first. */
 static struct job *job_pop(struct fs *fs)
@@ -853,6 +933,24 @@ static struct job *job_pop(struct fs *fs)
 			prev = j;
 		if (j)
 			break;
+		if (fs->backlog && !fs->refilling) {
+			/* nothing to do: the next batch of the index's queue */
+			long made;
+			fs->refilling = 1;
+			fs_mutex_unlock(&fs->jobs_lock);
+			made = backlog_take(fs);
+			fs_mutex_lock(&fs->jobs_lock);
+			fs->refilling = 0;
+			if (made < 0) {
+				log_msg(LOG_ERR,
+					"queue: cannot read the index's queue (%s): its "
+					"files wait for the next mount",
+					strerror((int)-made));
+				fs->backlog = 0;
+			}
+			pthread_cond_broadcast(&fs->jobs_cond);
+			continue;
+		}
 		fs_cond_wait(&fs->jobs_cond, &fs->jobs_lock);
 	}
 	if (atomic_load(&fs->stopping)) {
@@ -929,57 +1027,12 @@ void fs_workers_stop(struct fs *fs)
 	fs->jobs_tail = NULL;
 }
 
-/* Collect queue records, then push them outside the read transaction. */
-struct qload {
-	uint64_t *inos, *gens;
-	size_t n, cap;
-};
-
-static int qload_add(void *arg, uint64_t ino, uint64_t gen, const char *path)
-{
-	struct qload *q = arg;
-
-	(void)path;
-	if (q->n == q->cap) {
-		size_t cap = q->cap ? q->cap * 2 : 64;
-		uint64_t *a = realloc(q->inos, cap * sizeof(*a));
-		if (!a)
-			return 1;
-		q->inos = a;
-		uint64_t *b = realloc(q->gens, cap * sizeof(*b));
-		if (!b)
-			return 1;
-		q->gens = b;
-		q->cap = cap;
-	}
-	q->inos[q->n] = ino;
-	q->gens[q->n++] = gen;
-	return 0;
-}
-
 int fs_queue_load(struct fs *fs)
 {
-	struct qload q = {0};
-	struct idx_txn *txn;
-	int rc = idx_begin(fs->idx, 0, &txn);
-
-	if (rc)
-		return rc;
-	rc = idx_queue_each(txn, qload_add, &q);
-	idx_abort(txn);
-	for (size_t i = 0; !rc && i < q.n; i++) {
-		/* a fresh generation: the old one belonged to another mount */
-		struct fs_node *n = fs_node_get(fs, q.inos[i]);
-		if (!n) {
-			rc = -ENOMEM;
-			break;
-		}
-		rc = fs_job_push(fs, q.inos[i], fs_node_gen(n), n);
-		fs_node_put(fs, n);
-	}
-	if (q.n)
-		log_msg(LOG_INFO, "queue: %zu file(s) queued from the index", q.n);
-	free(q.inos);
-	free(q.gens);
-	return rc;
+	fs_mutex_lock(&fs->jobs_lock);
+	fs->backlog_from = 0;
+	fs->backlog = 1;
+	pthread_cond_broadcast(&fs->jobs_cond);
+	fs_mutex_unlock(&fs->jobs_lock);
+	return 0;
 }

@@ -901,8 +901,16 @@ int idx_queue_del(struct idx_txn *txn, uint64_t ino)
 int idx_queue_each(struct idx_txn *txn,
 		   int (*fn)(void *arg, uint64_t ino, uint64_t gen, const char *path), void *arg)
 {
+	return idx_queue_each_from(txn, 0, fn, arg);
+}
+
+int idx_queue_each_from(struct idx_txn *txn, uint64_t from,
+			int (*fn)(void *arg, uint64_t ino, uint64_t gen, const char *path),
+			void *arg)
+{
 	MDB_cursor *cur;
 	MDB_val k, v;
+	unsigned char kb[8];
 	char *path = malloc(QUEUE_PATH_MAX);
 	int rc;
 
@@ -913,7 +921,9 @@ int idx_queue_each(struct idx_txn *txn,
 		free(path);
 		return mdb_err(rc, "cursor");
 	}
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	/* keys are big-endian inode numbers: their byte order is theirs */
+	ino_key(from, kb, &k);
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
 		uint64_t gen;
 		if (queue_val(&v, &gen, path, QUEUE_PATH_MAX) == 0 &&

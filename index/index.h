@@ -200,6 +200,10 @@ int idx_queue_del(struct idx_txn *txn, uint64_t ino);
 /* Call fn for each queued file, in inode order; fn returning nonzero stops. */
 int idx_queue_each(struct idx_txn *txn,
 		   int (*fn)(void *arg, uint64_t ino, uint64_t gen, const char *path), void *arg);
+/* The same from the first queued inode >= from. */
+int idx_queue_each_from(struct idx_txn *txn, uint64_t from,
+			int (*fn)(void *arg, uint64_t ino, uint64_t gen, const char *path),
+			void *arg);
 /* A rename of from -> to: rewrite the paths of queued files at or below it. */
 int idx_queue_rename(struct idx_txn *txn, const char *from, const char *to);
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import BIN, hevcfs
+from conftest import BIN, hevcfs, make_jpeg
 
 FEW, MANY, PER_DIR = 2000, 20000, 1000
 MAX_NODES = 1000
@@ -62,3 +62,34 @@ def test_memory_flat_in_files(mount_factory):
     assert many <= MAX_GROWTH * few, (few, many)
     assert hevcfs("status", mount.backing, "--json").returncode == 0
     mount.stop()
+
+
+def test_queue_taken_in_by_batches(dirs, mount_factory):
+    """A tree the index does not know (an fsck --rebuild queues every file
+    of it) is taken in a batch at a time while the mount serves writes: a
+    file written meanwhile and a queued file rewritten meanwhile come out
+    as written, every queued file is settled, nothing is left queued."""
+    import json
+    backing = dirs[0]
+    n = 1500
+    for i in range(n):
+        d = os.path.join(backing, f"q{i // 500}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:05d}.txt"), "w") as f:
+            f.write(f"file {i}\n")
+    make_jpeg(os.path.join(backing, "q0", "p.jpg"), seed=61)
+    hevcfs("fsck", backing, "--rebuild")
+    st = json.loads(hevcfs("status", backing, "--json").stdout)
+    assert st["files"] == n + 1 and st["staged"] + st["pending"] == n + 1, st
+    m = mount_factory().start()
+    with open(os.path.join(m.mnt, "new.txt"), "w") as f:
+        f.write("written while the queue is taken in\n")
+    with open(os.path.join(m.mnt, "q2", "f01499.txt"), "w") as f:
+        f.write("rewritten\n")
+    m.wait_idle(timeout=300)
+    st = m.status()
+    assert (st["files"], st["kept"], st["archived"], st["queue"]) == (n + 2, n + 1, 1, 0), st
+    assert open(os.path.join(m.mnt, "q2", "f01499.txt")).read() == "rewritten\n"
+    assert open(os.path.join(m.mnt, "q1", "f00700.txt")).read() == "file 700\n"
+    assert "taking in the files the index has queued" in m.log()
+    m.stop()

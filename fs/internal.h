@@ -385,6 +385,8 @@ struct fs_check *fs_node_check_set(struct fs *fs, struct fs_node *n, uint64_t in
 /* Mark a new or rewritten file staged in the index, with its path in the
  * queue so recovery finds it if the mount ends before it settles. */
 int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path);
+/* The same inside txn (a write transaction the caller commits). */
+int fs_mark_staged_in(struct idx_txn *txn, uint64_t ino, uint64_t size, const char *path);
 /* Cancel every job (at unmount). */
 void fs_nodes_cancel_all(struct fs *fs);
 

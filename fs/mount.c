@@ -193,8 +193,32 @@ static void drop_shadowed(struct fs *fs, int dirfd, const char *name, size_t lle
 	fs_fsync_dir(dirfd);
 }
 
-static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
-			const char *path);
+/* Files a rebuild marks staged in one transaction: one commit per file
+ * made LMDB's commits slower as its free list grew (a rebuild of 1,000,000
+ * files took 250 s against 3 s for 100,000). A crash loses nothing: the
+ * old index stays aside until the new one is whole and synced. */
+#define REBUILD_BATCH 1024
+
+struct batch {
+	struct fs *fs;
+	struct idx_txn *txn; /* open while files wait in it */
+	unsigned n;
+	int rc; /* the first failure */
+};
+
+static void batch_flush(struct batch *b)
+{
+	if (b && b->txn) {
+		int rc = idx_commit(b->txn);
+		if (rc && !b->rc)
+			b->rc = rc;
+		b->txn = NULL;
+		b->n = 0;
+	}
+}
+
+static int rebuild_one(struct fs *fs, struct batch *b, int dirfd, const char *name,
+		       const struct stat *st, const char *path);
 
 /* Recovery's visit: what the tree says of a file the index does not know
  * (rebuild_file); drop an archived copy shadowed by a plain file. */
@@ -206,7 +230,7 @@ static int recover_file(void *arg, int dirfd, const char *name, const struct sta
 	size_t nlen = strlen(name);
 
 	if (fs_entry_get(fs, st->st_ino, &e) == -ENOENT)
-		rebuild_file(fs, dirfd, name, st, path);
+		rebuild_one(fs, NULL, dirfd, name, st, path);
 	else if (e.state == IDX_ARCHIVED && e.suffix[0] && nlen > strlen(e.suffix) &&
 		 fs_has_archive_suffix(name))
 		drop_shadowed(fs, dirfd, name, nlen - strlen(e.suffix), st->st_ino);
@@ -348,10 +372,9 @@ static int settle_pair(struct fs *fs, int dirfd, const char *y_name, size_t llen
  * queued, so it is looked at again (and kept, or archived, as on first
  * write).
  */
-static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
-			const char *path)
+static int rebuild_one(struct fs *fs, struct batch *b, int dirfd, const char *name,
+		       const struct stat *st, const char *path)
 {
-	struct fs *fs = arg;
 	struct idx_entry e = {0};
 	struct codec_result r;
 	struct codec_embedded emb;
@@ -402,6 +425,18 @@ static int rebuild_file(void *arg, int dirfd, const char *name, const struct sta
 			 (emb.has && codec_check_self_sum(fd, &emb, &ok))))
 		archived = 0; /* unreadable: looked at again as a new file */
 	close(fd);
+	if (!archived && b && !fs_has_archive_suffix(name)) {
+		int rc = b->txn ? 0 : idx_begin(fs->idx, 1, &b->txn);
+		if (!rc)
+			rc = fs_mark_staged_in(b->txn, st->st_ino, (uint64_t)st->st_size, path);
+		if (rc && !b->rc)
+			b->rc = rc;
+		if (++b->n >= REBUILD_BATCH)
+			batch_flush(b);
+		goto out;
+	}
+	/* what follows has transactions of its own */
+	batch_flush(b);
 	if (!archived) {
 		fs_mark_staged(fs, st->st_ino, (uint64_t)st->st_size, path);
 		/* a file passed over because this one stands beside it */
@@ -448,6 +483,15 @@ out:
 	return 0;
 }
 
+/* A rebuild's visit (rebuild_one, batched). */
+static int rebuild_file(void *arg, int dirfd, const char *name, const struct stat *st,
+			const char *path)
+{
+	struct batch *b = arg;
+
+	return rebuild_one(b->fs, b, dirfd, name, st, path);
+}
+
 int fs_rebuild(const struct fs_paths *p)
 {
 	struct fs_config cfg;
@@ -485,7 +529,13 @@ int fs_rebuild(const struct fs_paths *p)
 	rc = idx_open(index, 0, &fs.idx);
 	if (rc)
 		goto out;
-	rc = fs_walk(fs.root_fd, rebuild_file, &fs);
+	{
+		struct batch b = {.fs = &fs};
+		rc = fs_walk(fs.root_fd, rebuild_file, &b);
+		batch_flush(&b);
+		if (rc >= 0 && b.rc)
+			rc = b.rc;
+	}
 	if (rc >= 0 && (rc = idx_begin(fs.idx, 1, &txn)) == 0) {
 		if ((rc = idx_meta_put(txn, WALKED_KEY, "1", 1)) == 0 && saved_len)
 			rc = idx_meta_put(txn, FS_OPTIONS_KEY, saved, saved_len);

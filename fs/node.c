@@ -1272,16 +1272,13 @@ void fs_nodes_cancel_all(struct fs *fs)
 	fs_mutex_unlock(&t->lock);
 }
 
-int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
+int fs_mark_staged_in(struct idx_txn *txn, uint64_t ino, uint64_t size, const char *path)
 {
 	struct idx_entry e = {
 	    .state = IDX_STAGED, .orig_bytes = size, .stored_bytes = size, .view_bytes = size};
 	struct idx_entry old;
-	struct idx_txn *txn;
-	int rc = idx_begin(fs->idx, 1, &txn);
+	int rc;
 
-	if (rc)
-		return rc;
 	/* an archive it replaced still waits for it to settle */
 	if (idx_get(txn, ino, &old) == 0)
 		e.prev = old.prev;
@@ -1292,6 +1289,17 @@ int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
 		rc = idx_blocks_del(txn, ino); /* digests come again when it settles */
 	if (!rc)
 		rc = idx_queue_put(txn, ino, 0, path);
+	return rc;
+}
+
+int fs_mark_staged(struct fs *fs, uint64_t ino, uint64_t size, const char *path)
+{
+	struct idx_txn *txn;
+	int rc = idx_begin(fs->idx, 1, &txn);
+
+	if (rc)
+		return rc;
+	rc = fs_mark_staged_in(txn, ino, size, path);
 	if (rc) {
 		idx_abort(txn);
 		return rc;

@@ -355,8 +355,6 @@ void fs_node_gone(struct fs *fs, uint64_t ino);
  * no change: the commit waits for its close (fs_node_defer_commit), and a
  * write from it makes the job stale and the file settle again. */
 uint64_t fs_node_gen(struct fs_node *n);
-/* A job was made for n at generation gen (fs_job_push). */
-void fs_node_job_made(struct fs *fs, struct fs_node *n, uint64_t gen);
 /* The node of backing inode ino (held, as fs_node_get), its present
  * generation in *gen recorded as the one a job is being made for; or NULL
  * with *busy set when the file is in this mount's hands already (open,
@@ -497,7 +495,9 @@ void fs_crash_point(const char *name);
 
 /* ---- queue.c: jobs, workers ---------------------------------------------- */
 
-/* Queue ino at gen (node may be NULL: one is made). */
+/* Queue ino at gen, the file of node (held by the caller, which has
+ * recorded gen as its job's under the nodes lock: settle, a deferred
+ * commit's close, fs_node_claim). */
 int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node);
 int fs_workers_start(struct fs *fs);
 void fs_workers_stop(struct fs *fs);

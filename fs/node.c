@@ -1137,13 +1137,6 @@ uint64_t fs_node_gen(struct fs_node *n)
 	return atomic_load(&n->gen);
 }
 
-void fs_node_job_made(struct fs *fs, struct fs_node *n, uint64_t gen)
-{
-	fs_mutex_lock(&fs->nodes->lock);
-	n->job_gen = gen;
-	fs_mutex_unlock(&fs->nodes->lock);
-}
-
 atomic_int *fs_node_cancel(struct fs_node *n)
 {
 	return &n->cancel;

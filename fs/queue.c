@@ -42,7 +42,7 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node)
 	if (rc)
 		goto out_free;
 	rc = idx_queue_get(txn, ino, &old_gen, path, FS_PATH_MAX);
-	if (rc == -ENOENT && node && fs_node_path(fs, node, path, FS_PATH_MAX) == 0)
+	if (rc == -ENOENT && fs_node_path(fs, node, path, FS_PATH_MAX) == 0)
 		rc = 0;
 	if (!rc)
 		rc = idx_queue_put(txn, ino, gen, path);
@@ -72,16 +72,8 @@ int fs_job_push(struct fs *fs, uint64_t ino, uint64_t gen, struct fs_node *node)
 
 	j->ino = ino;
 	j->gen = gen;
-	if (node) {
-		fs_node_hold(fs, node);
-		j->node = node;
-	} else if ((j->node = fs_node_get(fs, ino))) {
-		fs_node_set_gen(j->node, gen);
-	} else {
-		rc = -ENOMEM;
-		goto out_free;
-	}
-	fs_node_job_made(fs, j->node, gen);
+	fs_node_hold(fs, node);
+	j->node = node;
 	fs_mutex_lock(&fs->jobs_lock);
 	if (fs->jobs_tail)
 		fs->jobs_tail->next = j;

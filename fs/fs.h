@@ -81,6 +81,9 @@ struct fs_config {
 				 /dev/fuse with splice (default 1); off,
 				 the daemon's writes are plain write calls
 				 that a trace of it shows whole */
+	int readahead_kb;     /* the mount's readahead (its bdi's
+				 read_ahead_kb), set where the daemon may;
+				 0: the kernel's default (128 KiB) */
 	int foreground;	      /* -f: log to stderr, else to syslog */
 	struct codec_opts codec;
 };

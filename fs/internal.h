@@ -605,6 +605,14 @@ struct fs_check *fs_check_attach(struct fs *fs, struct fs_node *n, int fd, uint6
  * -errno of a failed read. */
 int fs_check_range(struct fs *fs, struct fs_check *c, struct fs_node *n, int fd, uint64_t off,
 		   size_t size, const char *path);
+/* After a read of [off, off + size) of c's file: the block after it when
+ * the reads are sequential and it is not checked yet, marked as being
+ * checked (the caller must then fs_check_ahead it), or -1. NULL is fine. */
+int64_t fs_check_ahead_claim(struct fs_check *c, uint64_t off, size_t size);
+/* Check block b claimed above, reading it from fd (-1: a descriptor could
+ * not be had); what does not match, or could not be read, is left for the
+ * read that wants it to find and report. */
+void fs_check_ahead(struct fs *fs, struct fs_check *c, int fd, uint64_t b);
 /* A writer opened the file: nothing more of it is checked. NULL is fine. */
 void fs_check_stop(struct fs_check *c);
 struct fs_check *fs_check_ref(struct fs_check *c);

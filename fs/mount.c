@@ -27,6 +27,7 @@ void fs_config_init(struct fs_config *cfg)
 	cfg->cache_bytes = 1024ull << 20;
 	cfg->verify_reads = 1;
 	cfg->splice = 1;
+	cfg->readahead_kb = 1024;
 }
 
 /* mkdir that accepts an existing directory. */
@@ -585,6 +586,57 @@ int fs_is_mounted(const struct fs_paths *p)
 	return busy;
 }
 
+/* Give the mount at mnt (just made, its INIT not yet answered) a
+ * readahead of kb KiB. The kernel gives a FUSE mount 128 KiB, the least
+ * of any block device here: a sequential reader then has one or two
+ * requests in flight, and each waits for its reply. Directly, the same
+ * file is read 8 MiB ahead (vda's read_ahead_kb). The setting is the
+ * mount's bdi in sysfs, which only root may write; the kernel caps it at
+ * the max_readahead the INIT reply gives (IO_MAX, ops.c). */
+static void set_readahead(const char *mnt, int kb)
+{
+	char line[PATH_MAX + 512], dev[32] = "", path[96];
+	FILE *f;
+	int fd;
+
+	/* mnt is absolute and resolved (fuse_parse_cmdline); no path of the
+	 * mount may be looked at here: the kernel holds every request until
+	 * INIT is answered, and the loop that answers it has not started */
+	if (kb <= 0 || mnt[0] != '/' || !(f = fopen("/proc/self/mountinfo", "re")))
+		return;
+	/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ...", the mount point with
+	 * space, tab, newline and backslash as octal escapes; the last
+	 * match is ours */
+	while (fgets(line, sizeof(line), f)) {
+		char majmin[32], point[PATH_MAX], *w = point;
+		if (sscanf(line, "%*s %*s %31s %*s %4095s", majmin, point) != 2)
+			continue;
+		for (const char *r = point; *r; w++) {
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' &&
+			    r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
+				*w = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 | (r[3] - '0'));
+				r += 4;
+			} else {
+				*w = *r++;
+			}
+		}
+		*w = '\0';
+		if (!strcmp(point, mnt))
+			snprintf(dev, sizeof(dev), "%s", majmin);
+	}
+	fclose(f);
+	if (!*dev)
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) {
+		log_msg(LOG_DEBUG, "readahead stays the kernel's: %s: %s", path, strerror(errno));
+		return;
+	}
+	if (dprintf(fd, "%d\n", kb) < 0)
+		log_msg(LOG_DEBUG, "readahead stays the kernel's: %s", strerror(errno));
+	close(fd);
+}
+
 /* Serve the session until it is unmounted (or a signal ends it): the
  * request threads as the command line asked. 0 or an error. */
 static int serve(struct fs *fs, struct fuse_cmdline_opts *o)
@@ -669,6 +721,7 @@ int fs_mount(struct fs_config *cfg, const struct fs_paths *p, int argc, char *ar
 	if (fuse_session_mount(fs.se, o.mountpoint) != 0)
 		goto out_close;
 	mounted = 1;
+	set_readahead(o.mountpoint, cfg->readahead_kb);
 	/* A new file's mode is masked by its creator's umask (new_mode in
 	 * ops.c, FUSE_CAP_DONT_MASK) or, under a default ACL, by that ACL:
 	 * the daemon's own umask must not mask it again, or a 0664 file made

@@ -550,6 +550,30 @@ static void reply_fd(fuse_req_t req, int fd, size_t size, off_t off)
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
+/* Reply a checked read of h, then check the block after it when the reads
+ * are sequential: this thread hashes it while others serve the rest of
+ * this block. The handle may be released once replied, so the check reads
+ * from a descriptor and a reference of its own. */
+static void read_ahead_checked(fuse_req_t req, struct fs *fs, struct handle *h, size_t size,
+			       off_t off)
+{
+	int64_t b = fs_check_ahead_claim(h->check, (uint64_t)off, size);
+	struct fs_check *c = NULL;
+	int fd = -1;
+
+	if (b >= 0) {
+		c = fs_check_ref(h->check);
+		fd = fcntl(h->fd, F_DUPFD_CLOEXEC, 0);
+	}
+	reply_fd(req, h->fd, size, off);
+	if (b < 0)
+		return;
+	fs_check_ahead(fs, c, fd, (uint64_t)b);
+	if (fd >= 0)
+		close(fd);
+	fs_check_put(c);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -612,6 +636,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			reply_err(req, rc);
 			return;
 		}
+		read_ahead_checked(req, fs, h, size, off);
+		return;
 	}
 	reply_fd(req, h->fd, size, off);
 }

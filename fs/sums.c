@@ -10,6 +10,10 @@
  * check off (node.c's writer count and generation say so), and the file
  * gets new digests when it settles again.
  *
+ * A sequential reader's next block is checked ahead, by the thread of the
+ * request that entered the block before it, once that request has been
+ * answered (fs_check_ahead): hashing one block overlaps serving the other.
+ *
  * Lock: each struct fs_check has its own mutex, a leaf: nothing is taken
  * while it is held, and it is never held across I/O or hashing.
  */
@@ -24,6 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Blocks a sequential reader's reads check ahead of it, each by its own
+ * request thread: two keep both cores hashing. */
+#define CHECK_AHEAD 2
+
 /* The state of one block of a checked file. */
 enum { BLOCK_UNKNOWN = 0, BLOCK_BUSY, BLOCK_OK };
 
@@ -37,6 +45,7 @@ struct fs_check {
 	uint64_t gen;	      /* the node's generation then */
 	int off;	      /* protected by lock: the file changed, stop */
 	uint8_t *state;	      /* protected by lock: one BLOCK_* a block */
+	uint64_t reached;     /* protected by lock: the last block a read touched */
 	atomic_int refs;      /* the node's and each handle's */
 };
 
@@ -265,6 +274,52 @@ int fs_check_range(struct fs *fs, struct fs_check *c, struct fs_node *n, int fd,
 			return rc;
 	}
 	return 0;
+}
+
+int64_t fs_check_ahead_claim(struct fs_check *c, uint64_t off, size_t size)
+{
+	uint64_t first, last;
+	int64_t b = -1;
+
+	if (!c || size == 0 || off >= c->size)
+		return -1;
+	first = off / SUM_BLOCK;
+	last = (off + size - 1 < c->size ? off + size - 1 : c->size - 1) / SUM_BLOCK;
+	pthread_mutex_lock(&c->lock);
+	/* sequential: this read starts in the block the reads reached, or
+	 * the one after (the kernel's readahead requests may come out of
+	 * order); a random reader gets nothing checked it did not ask for */
+	if ((first == c->reached || first == c->reached + 1) && !c->off) {
+		for (uint64_t next = last + 1; next <= last + CHECK_AHEAD && next < c->nblocks;
+		     next++) {
+			if (c->state[next] == BLOCK_UNKNOWN) {
+				c->state[next] = BLOCK_BUSY;
+				b = (int64_t)next;
+				break;
+			}
+		}
+	}
+	if (last > c->reached)
+		c->reached = last;
+	pthread_mutex_unlock(&c->lock);
+	return b;
+}
+
+void fs_check_ahead(struct fs *fs, struct fs_check *c, int fd, uint64_t b)
+{
+	uint8_t *buf = NULL;
+	int rc = -EBADF;
+
+	if (fd >= 0 && b + 1 < c->nblocks)
+		posix_fadvise(fd, (off_t)((b + 1) * SUM_BLOCK), 4 * SUM_BLOCK, POSIX_FADV_WILLNEED);
+	if (fd >= 0 && (buf = thread_buf()))
+		rc = check_block(fs, c, fd, b, buf);
+	/* a block that does not match is left unknown: the read that wants
+	 * it checks it again and reports it, naming the file */
+	pthread_mutex_lock(&c->lock);
+	c->state[b] = rc == 0 ? BLOCK_OK : BLOCK_UNKNOWN;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
 }
 
 int fs_sums_record(struct idx_txn *txn, uint64_t ino, struct idx_entry *e, const struct sum_file *f)

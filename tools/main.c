@@ -79,6 +79,8 @@ static const char help_text[] =
     "                     forgotten (0: by the descriptor limit, at most 65536)\n"
     "  splice=on|off      move data through /dev/fuse with splice (on); off, the\n"
     "                     daemon's writes are plain writes a trace shows whole\n"
+    "  readahead_kb=N     how far the kernel reads ahead of a sequential reader\n"
+    "                     (1024, at most 1024; needs root; 0: the kernel's 128)\n"
     "  Standard FUSE options pass through (allow_other, ro, ...);\n"
     "  default_permissions is always on.\n";
 

@@ -70,7 +70,7 @@ static int on_off(const char *key, const char *v, char *err, size_t len)
 static const char *const own[] = {
     "workers",	    "settle_ms", "view",      "cache_mb",    "photo_quality",  "min_ssim",
     "view_quality", "crf",	 "preset",    "x265_params", "min_video_ssim", "verify_reads",
-    "scrub_days",   "state",	 "heic_view", "max_nodes",   "splice",
+    "scrub_days",   "state",	 "heic_view", "max_nodes",   "splice",	       "readahead_kb",
 };
 
 int opt_is_own(const char *key)
@@ -185,6 +185,10 @@ int opt_apply(struct fs_config *cfg, const char *kv, char *err, size_t len)
 		if ((i = int_in(key, v, 0, 1L << 24, err, len)) < 0)
 			return -EINVAL;
 		cfg->max_nodes = (int)i;
+	} else if (!strcmp(key, "readahead_kb")) {
+		if ((i = int_in(key, v, 0, 1024, err, len)) < 0)
+			return -EINVAL;
+		cfg->readahead_kb = (int)i;
 	} else {
 		snprintf(err, len, "%s: not an option of hevcfs", key);
 		return -EINVAL;

@@ -149,6 +149,58 @@ def test_damage_reads_as_eio_and_verify_names_it(mount_factory, tmp_path):
     assert not files["notes.bin"]["damaged"] and st["damaged"] == 2
 
 
+def bdi_readahead(mnt):
+    """The read_ahead_kb the kernel gives the mount at mnt."""
+    st = os.stat(mnt)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+def test_sequential_reads_checked_ahead(mount_factory, tmp_path):
+    """A sequential reader's next blocks are checked by other threads ahead
+    of it (the mount reads 1 MiB ahead): the bytes are the file's, and
+    damage ahead of the reader is reported only when the reader gets there,
+    once, and not before."""
+    MiB = 1 << 20
+    data = {"whole.bin": os.urandom(9 * MiB + 77), "hurt.bin": os.urandom(6 * MiB + 3)}
+    m = mount_factory(OPTS).start()
+    assert bdi_readahead(m.mnt) == 1024
+    for name, b in data.items():
+        with open(os.path.join(m.mnt, name), "wb") as f:
+            f.write(b)
+    m.wait_idle()
+    m.stop()
+    flip(os.path.join(m.backing, "hurt.bin"), 4 * MiB + 10)  # its fifth block
+    drop_caches()
+    m = mount_factory(OPTS).start()
+    for bs in (4096, 128 * 1024, 3 * MiB):
+        drop_caches()
+        got = bytearray()
+        with open(os.path.join(m.mnt, "whole.bin"), "rb") as f:
+            while chunk := f.read(bs):
+                got += chunk
+        assert bytes(got) == data["whole.bin"], bs
+    # the reader gets every byte before the damaged block, then EIO there
+    with open(os.path.join(m.mnt, "hurt.bin"), "rb") as f:
+        assert f.read(4 * MiB) == data["hurt.bin"][:4 * MiB]
+        with pytest.raises(OSError) as e:
+            f.read(MiB)
+        assert e.value.errno == errno.EIO
+    assert read_errno(os.path.join(m.mnt, "hurt.bin")) == errno.EIO
+    log = open(os.path.join(m.backing, ".hevcfs", "log")).read()
+    assert log.count("damaged: hurt.bin: checksum mismatch in bytes 4194304-5242879") == 1, \
+        log[-3000:]
+    assert "whole.bin" not in re.findall(r"damaged: (\S+):", log)
+    assert m.status()["damaged"] == 1
+    m.stop()
+    # readahead_kb=0 leaves the kernel's own
+    m = mount_factory(OPTS + ",readahead_kb=0").start()
+    assert bdi_readahead(m.mnt) < 1024
+    assert open(os.path.join(m.mnt, "whole.bin"), "rb").read() == data["whole.bin"]
+    m.stop()
+
+
 def test_verify_reads_off_serves_raw_bytes(mount_factory, tmp_path):
     m = mount_factory("verify_reads=off").start()
     data = os.urandom(2 * 1024 * 1024)

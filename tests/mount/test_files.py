@@ -511,3 +511,44 @@ def test_posix_acls_as_on_a_local_disk(mount_factory, tmp_path):
     assert os.path.exists(os.path.join(mount.backing, "p.jpg.heic"))
     assert "user:nobody:rw-" in _acl(photo)
     assert "user:nobody:rw-" in _acl(os.path.join(mount.backing, "p.jpg.heic"))
+
+
+def test_listing_twice_shows_every_change(mount):
+    """A directory listed before (the kernel then holds its entries, and a
+    second READDIRPLUS leaves their cached attributes and ACLs alone) and
+    listed again after changes through the mount shows every change: mode,
+    size, times, owner, ACL, a rename and a new file."""
+    d = os.path.join(mount.mnt, "d")
+    os.mkdir(d)
+    for i in range(40):
+        write_bytes(os.path.join(d, f"f{i}"), b"x" * i)
+    ls = lambda: subprocess.run(["ls", "-lan", "--time-style=+%s", d], capture_output=True,
+                                text=True, check=True).stdout
+    before = ls()
+    assert ls() == before
+    assert _acl(os.path.join(d, "f3")) == _acl(os.path.join(d, "f4"))
+    os.chmod(os.path.join(d, "f1"), 0o600)
+    with open(os.path.join(d, "f2"), "ab") as f:
+        f.write(b"more")
+    os.truncate(os.path.join(d, "f3"), 1000)
+    os.utime(os.path.join(d, "f4"), (1000000000, 1000000000))
+    os.chown(os.path.join(d, "f5"), 65534, 65534)
+    subprocess.run(["setfacl", "-m", "u:nobody:r", os.path.join(d, "f6")], check=True)
+    os.rename(os.path.join(d, "f7"), os.path.join(d, "g7"))
+    write_bytes(os.path.join(d, "new"), b"new")
+    after = ls()
+    lines = {l.split()[-1]: l.split() for l in after.splitlines()[1:]}
+    assert lines["f1"][0] == "-rw-------"
+    assert lines["f2"][4] == "6" and lines["f3"][4] == "1000"
+    assert lines["f4"][5] == "1000000000"
+    assert lines["f5"][2:4] == ["65534", "65534"]
+    assert lines["f6"][0].endswith("+"), after
+    assert "f7" not in lines and lines["g7"][4] == "7" and lines["new"][4] == "3"
+    assert "user:nobody:r--" in _acl(os.path.join(d, "f6"))
+    # and what the listing shows is what the backing disk holds
+    for name, f in lines.items():
+        if name in (".", ".."):
+            continue
+        st = os.lstat(os.path.join(mount.backing, "d", name))
+        assert f[4] == str(st.st_size) and f[5] == str(int(st.st_mtime)), name
+    assert ls() == after

@@ -278,9 +278,6 @@ void fs_node_forget(struct fs *fs, struct fs_node *n, uint64_t nlookup);
 struct fs_node *fs_node_get(struct fs *fs, uint64_t ino);
 /* The node of backing inode ino if any, with a reference. */
 struct fs_node *fs_node_find(struct fs *fs, uint64_t ino);
-/* Does the kernel hold a lookup of the file with backing inode ino (not a
- * sibling) as lname in parent, the name it was last looked up by? */
-int fs_node_known(struct fs *fs, const struct fs_node *parent, uint64_t ino, const char *lname);
 void fs_node_hold(struct fs *fs, struct fs_node *n);
 /* Drop a reference (NULL is fine); frees the node when nothing holds it. */
 void fs_node_put(struct fs *fs, struct fs_node *n);

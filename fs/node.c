@@ -653,19 +653,6 @@ struct fs_node *fs_node_find(struct fs *fs, uint64_t ino)
 	return n;
 }
 
-int fs_node_known(struct fs *fs, const struct fs_node *parent, uint64_t ino, const char *lname)
-{
-	struct fs_nodes *t = fs->nodes;
-	int known = 0;
-
-	fs_mutex_lock(&t->lock);
-	for (struct fs_node *n = t->table[slot(t, ino, FS_KIND_PLAIN)]; n && !known; n = n->hnext)
-		known = n->ino == ino && n->kind != FS_KIND_SIBLING && n->nlookup > 0 && !n->gone &&
-			n->parent == parent && n->lname && !strcmp(n->lname, lname);
-	fs_mutex_unlock(&t->lock);
-	return known;
-}
-
 void fs_node_hold(struct fs *fs, struct fs_node *n)
 {
 	fs_mutex_lock(&fs->nodes->lock);

@@ -1576,22 +1576,7 @@ static void read_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					snprintf(d->sibling, sizeof(d->sibling), "%s", sib);
 			}
 		}
-		if (plus && name != d->sibling && fs_node_known(fs, dn, de->d_ino, name)) {
-			/* the kernel has this one, attributes and all (it is told
-			 * of every change): an entry without them (node id 0)
-			 * leaves its cache as it is. Attributes in a READDIRPLUS
-			 * entry make it drop the inode's cached ACLs, and `ls -l`
-			 * would then ask for system.posix_acl_access each time */
-			st.st_ino = de->d_ino;
-			st.st_mode = (mode_t)DTTOIF(de->d_type);
-			e.attr = st;
-			len = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, next);
-			if (len > size - used) {
-				d->held = de;
-				d->sibling[0] = '\0';
-				break;
-			}
-		} else if (plus) {
+		if (plus) {
 			if (lookup_entry(fs, dn, name, &e) != 0) {
 				/* gone meanwhile: skip it */
 				if (name == d->sibling)

@@ -514,8 +514,7 @@ def test_posix_acls_as_on_a_local_disk(mount_factory, tmp_path):
 
 
 def test_listing_twice_shows_every_change(mount):
-    """A directory listed before (the kernel then holds its entries, and a
-    second READDIRPLUS leaves their cached attributes and ACLs alone) and
+    """A directory listed before (the kernel then holds its entries) and
     listed again after changes through the mount shows every change: mode,
     size, times, owner, ACL, a rename and a new file."""
     d = os.path.join(mount.mnt, "d")

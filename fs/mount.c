@@ -587,12 +587,12 @@ int fs_is_mounted(const struct fs_paths *p)
 }
 
 /* Give the mount at mnt (just made, its INIT not yet answered) a
- * readahead of kb KiB. The kernel gives a FUSE mount 128 KiB, the least
- * of any block device here: a sequential reader then has one or two
- * requests in flight, and each waits for its reply. Directly, the same
- * file is read 8 MiB ahead (vda's read_ahead_kb). The setting is the
- * mount's bdi in sysfs, which only root may write; the kernel caps it at
- * the max_readahead the INIT reply gives (IO_MAX, ops.c). */
+ * readahead of kb KiB. The kernel gives a FUSE mount 128 KiB: a
+ * sequential reader then has one or two requests in flight, and each
+ * waits for its reply (and, with verify_reads, for its block's check).
+ * The setting is the mount's bdi in sysfs, which only root may write;
+ * the kernel caps it at the max_readahead the INIT reply gives (IO_MAX,
+ * ops.c). */
 static void set_readahead(const char *mnt, int kb)
 {
 	char line[PATH_MAX + 512], dev[32] = "", path[96];

@@ -199,6 +199,12 @@ def test_sequential_reads_checked_ahead(mount_factory, tmp_path):
     assert bdi_readahead(m.mnt) < 1024
     assert open(os.path.join(m.mnt, "whole.bin"), "rb").read() == data["whole.bin"]
     m.stop()
+    # what the kernel would not take, or is no number, is refused up front
+    for bad in ("4096", "-1", "1M", ""):
+        r = Mount(m.backing, m.mnt, opts=f"readahead_kb={bad}").start(expect_fail=True)
+        assert r.proc.wait(timeout=30) != 0
+        assert f"readahead_kb={bad}: expected a whole number from 0 to 1024" in r.log(), r.log()
+        assert not os.path.ismount(m.mnt)
 
 
 def test_verify_reads_off_serves_raw_bytes(mount_factory, tmp_path):

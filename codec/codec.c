@@ -401,7 +401,27 @@ void codec_view_map_release(struct codec_view_map *m)
 	if (!m)
 		return;
 	free(m->head);
+	free(m->end);
 	memset(m, 0, sizeof(*m));
+}
+
+int codec_view_map_sum(const struct codec_view_map *m, uint8_t out[SUM_LEN])
+{
+	struct sum *s;
+	int ret;
+
+	if (!m->end_len)
+		return sum_buf(m->head, (size_t)m->head_len, out);
+	ret = sum_new(&s);
+	if (ret)
+		return ret;
+	ret = sum_update(s, m->head, (size_t)m->head_len);
+	if (!ret)
+		ret = sum_update(s, m->end, (size_t)m->end_len);
+	if (!ret)
+		ret = sum_final(s, out);
+	sum_free(&s);
+	return ret;
 }
 
 const char *codec_carries_words(uint32_t carries, char *buf, size_t size)

@@ -217,11 +217,24 @@ int jpeg_encode_scan(const struct photo_planes *pl, int quality, uint8_t **scan,
 /* Can gap bytes be padding (0, or at least JPEG_PAD_MIN)? */
 int jpeg_pad_ok(size_t gap);
 
-/* A view: SOI, segs, pad bytes of padding (jpeg_pad_ok), scan, trailer.
- * *out is malloc'd. 0, -EINVAL (pad) or -ENOMEM. */
+/* A view: SOI, segs, pad bytes of padding (jpeg_pad_ok), scan with fill
+ * bytes 0xFF before its EOI (a scan that ends with one when fill > 0),
+ * trailer. *out is malloc'd. 0, -EINVAL (pad, fill) or -ENOMEM. */
 int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uint8_t *scan,
-		     size_t scan_len, const uint8_t *trailer, size_t trailer_len, uint8_t **out,
-		     size_t *out_len);
+		     size_t scan_len, size_t fill, const uint8_t *trailer, size_t trailer_len,
+		     uint8_t **out, size_t *out_len);
+
+/* Where the entropy-coded data of scan (jpeg_encode_scan's: table and frame
+ * segments, SOS, data, EOI) begins: the offset just past its SOS segment
+ * (len for the tables alone), or -EINVAL. */
+long jpeg_scan_data_off(const uint8_t *scan, size_t len);
+
+/* The tables jpeg_encode_scan writes before the entropy-coded data of a
+ * width x height picture at quality and subsamp (quantisation and Huffman
+ * tables, frame header, SOS), made without coding it: the picture changes
+ * only the frame header's size. *out is malloc'd (a caller that serves
+ * them checks them against a real coding once). 0 or -errno. */
+int jpeg_view_tables(int quality, int subsamp, int width, int height, uint8_t **out, size_t *len);
 
 /* The size of an mpvd box header (Motion Photo format 1.0 for HEIC: the
  * video in a top-level box after all others). */

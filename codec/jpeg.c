@@ -803,13 +803,14 @@ static void write_pad(uint8_t *p, size_t gap)
 }
 
 int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uint8_t *scan,
-		     size_t scan_len, const uint8_t *trailer, size_t trailer_len, uint8_t **out,
-		     size_t *out_len)
+		     size_t scan_len, size_t fill, const uint8_t *trailer, size_t trailer_len,
+		     uint8_t **out, size_t *out_len)
 {
-	size_t n = 2 + segs_len + pad + scan_len + trailer_len;
-	uint8_t *o;
+	size_t n = 2 + segs_len + pad + scan_len + fill + trailer_len;
+	uint8_t *o, *p;
 
-	if (!jpeg_pad_ok(pad))
+	if (!jpeg_pad_ok(pad) ||
+	    (fill && (scan_len < 2 || scan[scan_len - 2] != 0xFF || scan[scan_len - 1] != M_EOI)))
 		return -EINVAL;
 	o = malloc(n);
 	if (!o)
@@ -818,13 +819,79 @@ int jpeg_view_layout(const uint8_t *segs, size_t segs_len, size_t pad, const uin
 	o[1] = M_SOI;
 	if (segs_len)
 		memcpy(o + 2, segs, segs_len);
-	write_pad(o + 2 + segs_len, pad);
-	if (scan_len)
-		memcpy(o + 2 + segs_len + pad, scan, scan_len);
+	p = o + 2 + segs_len;
+	write_pad(p, pad);
+	p += pad;
+	if (scan_len) {
+		/* fill bytes go before the EOI marker (T.81 B.1.1.2) */
+		size_t body = fill ? scan_len - 2 : scan_len;
+		memcpy(p, scan, body);
+		memset(p + body, 0xFF, fill);
+		memcpy(p + body + fill, scan + body, scan_len - body);
+		p += scan_len + fill;
+	}
 	if (trailer_len)
-		memcpy(o + 2 + segs_len + pad + scan_len, trailer, trailer_len);
+		memcpy(p, trailer, trailer_len);
 	*out = o;
 	*out_len = n;
+	return 0;
+}
+
+long jpeg_scan_data_off(const uint8_t *scan, size_t len)
+{
+	size_t p = 0;
+
+	while (p + 4 <= len && scan[p] == 0xFF) {
+		unsigned marker = scan[p + 1];
+		size_t seglen = be16(scan + p + 2);
+
+		if (marker == M_EOI || marker == M_SOI || seglen < 2 || p + 2 + seglen > len)
+			break;
+		p += 2 + seglen;
+		if (marker == M_SOS)
+			return (long)p;
+	}
+	return -EINVAL;
+}
+
+int jpeg_view_tables(int quality, int subsamp, int width, int height, uint8_t **out, size_t *len)
+{
+	struct photo_planes pl;
+	uint8_t *scan;
+	size_t n;
+	long t;
+	int ret;
+
+	if (width < 1 || height < 1 || width > 0xFFFF || height > 0xFFFF)
+		return -EINVAL;
+	ret = photo_planes_alloc(&pl, 16, 16, subsamp);
+	if (ret)
+		return ret;
+	for (int i = 0; i < pl.nplanes; i++)
+		memset(pl.plane[i], 0x80, (size_t)pl.stride[i] * (size_t)pl.ph[i]);
+	ret = jpeg_encode_scan(&pl, quality, &scan, &n);
+	photo_planes_release(&pl);
+	if (ret)
+		return ret;
+	t = jpeg_scan_data_off(scan, n);
+	ret = t < 0 ? -EIO : 0;
+	/* the frame header: its size is the only thing the picture changes */
+	for (size_t p = 0; !ret && p + 4 <= (size_t)t; p += 2 + be16(scan + p + 2)) {
+		if (scan[p + 1] != M_SOF0)
+			continue;
+		if (p + 9 > (size_t)t)
+			ret = -EIO;
+		else {
+			scan[p + 5] = (uint8_t)(height >> 8), scan[p + 6] = (uint8_t)height;
+			scan[p + 7] = (uint8_t)(width >> 8), scan[p + 8] = (uint8_t)width;
+		}
+	}
+	if (ret) {
+		free(scan);
+		return ret;
+	}
+	*out = scan;
+	*len = (size_t)t;
 	return 0;
 }
 
@@ -837,7 +904,7 @@ int jpeg_encode_view(const struct photo_planes *pl, int quality, const uint8_t *
 
 	if (ret)
 		return ret;
-	ret = jpeg_view_layout(segs, segs_len, 0, scan, scan_len, NULL, 0, out, out_len);
+	ret = jpeg_view_layout(segs, segs_len, 0, scan, scan_len, 0, NULL, 0, out, out_len);
 	free(scan);
 	return ret;
 }

@@ -64,6 +64,18 @@
  * The view of version 4 is the original's layout: SOI, the segments, the
  * padding, the scan ending at the original's EOI offset, the trailer; so it
  * has the original's size (unless flag 1 says otherwise).
+ * Version 5 adds, between byte 232 and the records (which start at 236):
+ * 232  4  fill F: bytes 0xFF the view has before its EOI marker (T.81
+ *         B.1.1.2 allows fill before any marker)
+ * Its view is SOI, the segments, the padding, the tables (TurboJPEG's at
+ * the view quality: jpeg_view_tables), the entropy-coded data, F fill
+ * bytes, EOI, the trailer. The padding and the fill share the room the
+ * original's scan left: the padding puts the end of the tables on a
+ * boundary of 64 KiB (or 16, 8, 4 KiB, as the room allows), so a reader of
+ * whole blocks from the start (exiftool reads 8 KiB at a time, stdio
+ * st_blksize) that stops at the SOS segment reads no image data; the fill
+ * keeps the last 64 bytes (exiftool's look for a trailer) out of it too.
+ * Everything but the entropy-coded data is then known without a render.
  * Version 3 has the layout of version 2; its view (and the SSIMs) are made
  * of the planes as the HEVC decoder produced them. Versions 1 and 2 were
  * made of the planes libheif 1.15 hands out, converted to RGB and back: their
@@ -77,12 +89,15 @@
 #define HDR_ITEM_TYPE "mime"
 #define HDR_CONTENT_TYPE "application/x-hevcfs-jpeg-header"
 #define HDR_MAGIC "HVFSJPEG"
-#define HDR_VERSION 4
+#define HDR_VERSION 5
 /* The first version whose view is made of the decoder's own planes. */
 #define HDR_VERSION_RAW 3
 /* The first version whose view is the original's layout. */
 #define HDR_VERSION_LAYOUT 4
+/* The first version with fill and the tables recorded. */
+#define HDR_VERSION_FILL 5
 #define HDR_FIXED 232
+#define HDR_FIXED_V5 236
 #define HDR_FIXED_V2 68
 #define HDR_FIXED_V1 56
 #define HDR_SSIM_SCALE 1e6
@@ -97,6 +112,7 @@
 #define HDR_ORIG_SUM 136
 #define HDR_SCAN_SUM 168
 #define HDR_SELF_SUM 200
+#define HDR_FILL 232
 #define HDR_F_OWN_SIZE 1u
 /* A segment record (version 4 on) for a segment whose payload is all zero
  * bytes (the padding of a view that comes back tagged): 0x10, marker byte,
@@ -203,6 +219,8 @@ struct view_hdr {
 	uint32_t flags, carries, pad;
 	uint64_t trailer_len, video_len, tail_src;
 	uint8_t trailer_sum[SUM_LEN], orig_sum[SUM_LEN], scan_sum[SUM_LEN], self_sum[SUM_LEN];
+	/* version 5 (zero before) */
+	uint32_t fill;
 };
 
 /* One full-size encode: the HEIC as it will be written (but for the
@@ -331,7 +349,8 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 		    size_t *len)
 {
 	/* a record is never longer than its segment plus its own 9 bytes */
-	size_t cap = HDR_FIXED + ji->segs_len + 9 * (ji->segs_len / 4 + 1), n = HDR_FIXED;
+	size_t fixed = HDR_FIXED_V5, n = fixed;
+	size_t cap = fixed + ji->segs_len + 9 * (ji->segs_len / 4 + 1);
 	uint8_t *p;
 
 	if (cap > UINT32_MAX)
@@ -364,6 +383,7 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 	memcpy(p + HDR_ORIG_SUM, vh->orig_sum, SUM_LEN);
 	memcpy(p + HDR_SCAN_SUM, vh->scan_sum, SUM_LEN);
 	memcpy(p + HDR_SELF_SUM, vh->self_sum, SUM_LEN);
+	put_be32(p + HDR_FILL, vh->fill);
 	for (size_t off = 0; off < ji->segs_len;) {
 		const uint8_t *seg = ji->segs + off;
 		size_t seglen = 2 + get_be16(seg + 2);
@@ -390,13 +410,13 @@ static int hdr_pack(const struct view_hdr *vh, const struct jpeg_info *ji, uint8
 		}
 		off += seglen;
 	}
-	put_be32(p + 52, (uint32_t)(n - HDR_FIXED));
+	put_be32(p + 52, (uint32_t)(n - fixed));
 	*out = p;
 	*len = n;
 	return 0;
 }
 
-/* Parse and check a header item (versions 1 to 4). 0 or -EINVAL (logged). */
+/* Parse and check a header item (versions 1 to 5). 0 or -EINVAL (logged). */
 static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 {
 	size_t fixed;
@@ -413,11 +433,14 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 	vh->version = p[8];
 	fixed = vh->version == 1		   ? HDR_FIXED_V1
 		: vh->version < HDR_VERSION_LAYOUT ? HDR_FIXED_V2
-						   : HDR_FIXED;
+		: vh->version < HDR_VERSION_FILL   ? HDR_FIXED
+						   : HDR_FIXED_V5;
 	if (len < fixed) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is malformed");
 		return -EINVAL;
 	}
+	if (vh->version >= HDR_VERSION_FILL)
+		vh->fill = get_be32(p + HDR_FILL);
 	if (vh->version >= 2) {
 		vh->quality = p[56];
 		vh->ssim = get_be32(p + 60) / HDR_SSIM_SCALE;
@@ -454,7 +477,7 @@ static int hdr_parse(const uint8_t *p, size_t len, struct view_hdr *vh)
 	    (uint64_t)vh->width * (uint64_t)vh->height > HEVC_MAX_LUMA_PS || vh->quality > 100 ||
 	    vh->ssim > 1 || vh->view_ssim > 1 || !jpeg_pad_ok(vh->pad) ||
 	    vh->trailer_len > vh->orig_bytes || vh->video_len > vh->trailer_len ||
-	    vh->view_bytes > PHOTO_MAX_HEIC_BYTES) {
+	    vh->view_bytes > PHOTO_MAX_HEIC_BYTES || vh->fill > vh->view_bytes) {
 		log_msg(LOG_ERR, "photo: hevcfs header item is inconsistent");
 		return -EINVAL;
 	}
@@ -1122,7 +1145,8 @@ static int view_try(struct photo_job *j, int q, uint8_t **scan, size_t *scan_len
 	ret = jpeg_encode_scan(&j->best.dec, q, scan, scan_len);
 	if (ret || !ssim)
 		return ret;
-	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, 0, *scan, *scan_len, NULL, 0, &v, &vlen);
+	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, 0, *scan, *scan_len, 0, NULL, 0, &v,
+			       &vlen);
 	if (!ret) {
 		ret = jpeg_decode_planes(v, vlen, &vp, why, sizeof(why));
 		if (ret) {
@@ -1141,9 +1165,43 @@ static int view_try(struct photo_job *j, int q, uint8_t **scan, size_t *scan_len
 	return 0;
 }
 
-/* Lower qualities tried, one step at a time, when the highest that fits
- * leaves a gap too short for padding (a few bytes): a step takes hundreds. */
-#define VIEW_FIT_STEPS 4
+/* The room a scan of scan_len bytes leaves where the original's EOI ended,
+ * space bytes after its segments (padding and fill share it); -1 when it
+ * does not fit. */
+static long long room_for(size_t space, size_t scan_len)
+{
+	return scan_len > space ? -1 : (long long)(space - scan_len);
+}
+
+/* Where the image data of a view may start, largest first (header item,
+ * version 5): a reader of whole blocks of any of these sizes from the
+ * start that stops at the SOS segment reads none of it. */
+static const size_t view_aligns[] = {65536, 16384, 8192, 4096};
+/* The last bytes of a view kept out of its image data by the fill: what
+ * exiftool reads there for a trailer. */
+#define VIEW_END_KNOWN 64
+
+/* Share room bytes between the view's padding and its fill (vh's pad and
+ * fill): the tables end on the largest boundary that leaves the fill enough
+ * for VIEW_END_KNOWN bytes at the end. head: the bytes before the image
+ * data without padding (SOI, segments, tables). */
+static void place_view(struct view_hdr *vh, size_t head, size_t room, size_t trailer_len)
+{
+	size_t end_min = trailer_len + 2 >= VIEW_END_KNOWN ? 0 : VIEW_END_KNOWN - 2 - trailer_len;
+
+	vh->pad = 0;
+	for (size_t i = 0; i < sizeof(view_aligns) / sizeof(view_aligns[0]); i++) {
+		size_t g = view_aligns[i], a = (g - head % g) % g;
+
+		if (a && !jpeg_pad_ok(a))
+			a += g;
+		if (a <= room && room - a >= end_min) {
+			vh->pad = (uint32_t)a;
+			break;
+		}
+	}
+	vh->fill = (uint32_t)(room - vh->pad);
+}
 
 /*
  * Render the view of the best attempt (j->view; its image data j->scan):
@@ -1152,7 +1210,8 @@ static int view_try(struct photo_job *j, int q, uint8_t **scan, size_t *scan_len
  * highest quality whose scan fits the original's (found by bisection on
  * the scan's size, which grows with quality) if that one still meets the
  * floor. When none does, the view keeps its own size at the first quality
- * (HDR_F_OWN_SIZE). Sets j->vh's view_quality, pad and flags. 0 with *ok
+ * (HDR_F_OWN_SIZE). The room a scan that fits leaves is padding and fill
+ * (place_view). Sets j->vh's view_quality, pad, fill and flags. 0 with *ok
  * set, or -errno.
  */
 static int make_view(struct photo_job *j, const struct codec_opts *opts, double *view_ssim, int *ok)
@@ -1161,7 +1220,8 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, double 
 	int q = opts->view_quality > 0 ? opts->view_quality : CODEC_DEF_VIEW_QUALITY;
 	size_t space = j->ji.eoi_end - 2 - j->ji.segs_len, len;
 	uint8_t *scan = NULL;
-	long long pad;
+	long long room;
+	long tables;
 	int ret;
 
 	if (q > 100)
@@ -1180,8 +1240,8 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, double 
 			return 0;
 		q = q + VIEW_Q_STEP > VIEW_Q_MAX ? VIEW_Q_MAX : q + VIEW_Q_STEP;
 	}
-	pad = pad_for(space, len);
-	if (pad < 0) {
+	room = room_for(space, len);
+	if (room < 0) {
 		int lo = 1, hi = q - 1, fit = 0;
 		uint8_t *s2 = NULL;
 		size_t l2;
@@ -1199,35 +1259,35 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, double 
 			else
 				hi = mid - 1;
 		}
-		for (int k = 0; fit >= 1 && k < VIEW_FIT_STEPS; k++, fit--) {
-			ret = view_try(j, fit, &s2, &l2, NULL);
-			if (ret)
-				goto out_free_scan;
-			free(s2);
-			s2 = NULL;
-			if (pad_for(space, l2) >= 0)
-				break;
-		}
-		if (fit >= 1 && pad_for(space, l2) >= 0) {
+		if (fit >= 1) {
 			ret = view_try(j, fit, &s2, &l2, &ssim2);
 			if (ret)
 				goto out_free_scan;
-			if (ssim2 >= floor_) {
+			if (ssim2 >= floor_ && room_for(space, l2) >= 0) {
 				free(scan);
 				scan = s2, len = l2, q = fit, *view_ssim = ssim2;
-				pad = pad_for(space, len);
+				room = room_for(space, len);
 			} else {
 				free(s2);
 			}
 		}
 	}
+	tables = jpeg_scan_data_off(scan, len);
+	if (tables < 0 || (size_t)tables >= len) {
+		log_msg(LOG_ERR, "photo: the view's image data has no scan");
+		ret = -EIO;
+		goto out_free_scan;
+	}
 	j->vh.view_quality = q;
-	j->vh.flags = pad < 0 ? HDR_F_OWN_SIZE : 0;
-	j->vh.pad = pad < 0 ? 0 : (uint32_t)pad;
+	j->vh.flags = room < 0 ? HDR_F_OWN_SIZE : 0;
+	j->vh.pad = j->vh.fill = 0;
+	if (room >= 0)
+		place_view(&j->vh, 2 + j->ji.segs_len + (size_t)tables, (size_t)room,
+			   j->ji.trailer_len);
 	free(j->view);
 	j->view = NULL;
-	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, j->vh.pad, scan, len, j->ji.trailer,
-			       j->ji.trailer_len, &j->view, &j->view_len);
+	ret = jpeg_view_layout(j->ji.segs, j->ji.segs_len, j->vh.pad, scan, len, j->vh.fill,
+			       j->ji.trailer, j->ji.trailer_len, &j->view, &j->view_len);
 	if (ret)
 		goto out_free_scan;
 	free(j->scan);
@@ -1407,7 +1467,7 @@ static int verify_written(struct photo_job *j, const char *out_path)
 	if (vh.view_quality != j->vh.view_quality || vh.view_bytes != j->view_len ||
 	    vh.subsamp != j->orig.subsamp || vh.width != j->orig.width ||
 	    vh.height != j->orig.height || vh.quality != j->best.q || vh.pad != j->vh.pad ||
-	    vh.flags != j->vh.flags || vh.carries != j->tr.carries ||
+	    vh.fill != j->vh.fill || vh.flags != j->vh.flags || vh.carries != j->tr.carries ||
 	    vh.trailer_len != ji->trailer_len || vh.video_len != j->tr.video_len ||
 	    memcmp(vh.orig_sum, j->vh.orig_sum, SUM_LEN) != 0 ||
 	    memcmp(vh.scan_sum, j->vh.scan_sum, SUM_LEN) != 0 ||
@@ -1514,6 +1574,36 @@ static int pack_header(struct photo_job *j)
 		ret = sum_buf(j->src, j->src_len, j->vh.orig_sum);
 	if (!ret)
 		ret = hdr_pack(&j->vh, &j->ji, &j->hdr, &j->hdr_len);
+	return ret;
+}
+
+/* The digest of image data p (first table marker through EOI, n bytes)
+ * as recorded (HDR_SCAN_SUM): without the fill bytes before its EOI, whose
+ * count goes in *fill. Entropy-coded data never ends with a lone 0xFF (a
+ * coded 0xFF is followed by a stuffed zero), so the fill is every 0xFF
+ * before the marker's own. 0 or -errno. */
+static int scan_sum_unfilled(const uint8_t *p, size_t n, size_t *fill, uint8_t out[SUM_LEN])
+{
+	static const uint8_t eoi[2] = {0xFF, 0xD9};
+	struct sum *s;
+	size_t k = 0;
+	int ret;
+
+	if (n >= 2 && p[n - 2] == 0xFF && p[n - 1] == 0xD9)
+		while (k + 3 <= n && p[n - 3 - k] == 0xFF)
+			k++;
+	*fill = k;
+	if (!k)
+		return sum_buf(p, n, out);
+	ret = sum_new(&s);
+	if (ret)
+		return ret;
+	ret = sum_update(s, p, n - 2 - k);
+	if (!ret)
+		ret = sum_update(s, eoi, sizeof(eoi));
+	if (!ret)
+		ret = sum_final(s, out);
+	sum_free(&s);
 	return ret;
 }
 
@@ -1711,7 +1801,7 @@ int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
 	struct heic_coded coded = {0};
 	struct view_hdr old;
 	uint8_t *prev = NULL, *pitem = NULL, *psegs = NULL, sum[SUM_LEN];
-	size_t prev_len, psegs_len = 0;
+	size_t prev_len, psegs_len = 0, fill;
 	double t0 = now();
 	int ret;
 
@@ -1762,7 +1852,7 @@ int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
 		codec_keep(result, "APPn/COM segments among the image data");
 		goto out_release;
 	}
-	ret = sum_buf(j.src + j.ji.head_end, j.ji.eoi_end - j.ji.head_end, sum);
+	ret = scan_sum_unfilled(j.src + j.ji.head_end, j.ji.eoi_end - j.ji.head_end, &fill, sum);
 	if (ret)
 		goto out_release;
 	if (memcmp(sum, old.scan_sum, SUM_LEN) != 0) {
@@ -1789,6 +1879,8 @@ int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
 	j.vh.view_ssim = old.view_ssim;
 	j.vh.view_bytes = j.src_len;
 	memcpy(j.vh.scan_sum, old.scan_sum, SUM_LEN);
+	/* the view is the JPEG given: no padding of its own, its fill kept */
+	j.vh.fill = (uint32_t)fill;
 	ret = pack_header(&j);
 	if (ret)
 		goto out_release;
@@ -1830,12 +1922,12 @@ int photo_retag(int prev_fd, int src_fd, const char *out_path, const char *view_
 	if (!ret)
 		ret = sum_buf(j.scan, j.scan_len, sum);
 	if (!ret && (memcmp(sum, old.scan_sum, SUM_LEN) != 0 ||
-		     pad_for(j.ji.eoi_end - 2 - j.ji.segs_len, j.scan_len) != 0)) {
+		     j.ji.eoi_end - 2 - j.ji.segs_len != j.scan_len + j.vh.fill)) {
 		log_msg(LOG_ERR, "photo: the copied pictures do not render the view's image data");
 		ret = -EIO;
 	}
 	if (!ret)
-		ret = jpeg_view_layout(j.ji.segs, j.ji.segs_len, 0, j.scan, j.scan_len,
+		ret = jpeg_view_layout(j.ji.segs, j.ji.segs_len, 0, j.scan, j.scan_len, j.vh.fill,
 				       j.ji.trailer, j.ji.trailer_len, &j.view, &j.view_len);
 	if (!ret && (j.view_len != j.src_len || memcmp(j.view, j.src, j.src_len) != 0)) {
 		log_msg(LOG_ERR, "photo: the retagged view is not the JPEG given");
@@ -1891,7 +1983,7 @@ static int render_layout(const uint8_t *buf, size_t len, const struct heif_image
 			 const uint8_t *segs, size_t segs_len, uint8_t **view, size_t *view_len)
 {
 	uint8_t *scan = NULL, *tr = NULL, sum[SUM_LEN];
-	size_t scan_len, pad = 0;
+	size_t scan_len, pad = 0, fill = 0;
 	int ret;
 
 	ret = jpeg_encode_scan(dec, vh->view_quality, &scan, &scan_len);
@@ -1901,7 +1993,19 @@ static int render_layout(const uint8_t *buf, size_t len, const struct heif_image
 		ret = view_trailer(buf, len, h, vh, &tr);
 		if (ret)
 			goto out_free;
-		if (!(vh->flags & HDR_F_OWN_SIZE)) {
+		if (vh->version >= HDR_VERSION_FILL && !(vh->flags & HDR_F_OWN_SIZE)) {
+			/* the padding as recorded; the fill takes up the rest */
+			uint64_t fixed = 2 + segs_len + vh->pad + scan_len + vh->trailer_len;
+			if (vh->view_bytes >= fixed) {
+				pad = vh->pad;
+				fill = (size_t)(vh->view_bytes - fixed);
+			} else {
+				log_msg(LOG_WARNING,
+					"photo: view's image data (%zu bytes) no longer "
+					"fits the original's layout",
+					scan_len);
+			}
+		} else if (!(vh->flags & HDR_F_OWN_SIZE)) {
 			long long p = -1;
 			if (vh->view_bytes >= 2 + segs_len + vh->trailer_len)
 				p = pad_for(
@@ -1918,8 +2022,8 @@ static int render_layout(const uint8_t *buf, size_t len, const struct heif_image
 			log_msg(LOG_WARNING, "photo: view's image data differs from the one "
 					     "recorded at archive time (TurboJPEG changed?)");
 	}
-	ret = jpeg_view_layout(segs, segs_len, pad, scan, scan_len, tr, (size_t)vh->trailer_len,
-			       view, view_len);
+	ret = jpeg_view_layout(segs, segs_len, pad, scan, scan_len, fill, tr,
+			       (size_t)vh->trailer_len, view, view_len);
 out_free:
 	free(tr);
 	free(scan);
@@ -2215,8 +2319,8 @@ int photo_view_map(int fd, struct codec_view_map *m)
 	struct heic_fd f;
 	struct view_hdr vh;
 	const char *why = NULL;
-	uint8_t *item, *segs = NULL;
-	size_t len, segs_len = 0;
+	uint8_t *item, *segs = NULL, *tables = NULL;
+	size_t len, segs_len = 0, tables_len = 0;
 	int ret;
 
 	ret = header_fd(fd, &f, &ctx, &h, &item, &len, &vh, &why);
@@ -2233,15 +2337,40 @@ int photo_view_map(int fd, struct codec_view_map *m)
 		ret = f.err;
 	if (ret)
 		goto out_release;
+	if (vh.version >= HDR_VERSION_FILL) {
+		ret = jpeg_view_tables(vh.view_quality, vh.subsamp, vh.width, vh.height, &tables,
+				       &tables_len);
+		if (ret)
+			goto out_release;
+	}
 	m->size = vh.view_bytes;
-	m->head_len = 2 + segs_len + vh.pad;
+	m->head_len = 2 + segs_len + vh.pad + tables_len;
 	if (m->head_len > m->size) {
 		ret = -EINVAL;
 		goto out_release;
 	}
-	ret = jpeg_view_layout(segs, segs_len, vh.pad, NULL, 0, NULL, 0, &m->head, &len);
+	ret = jpeg_view_layout(segs, segs_len, vh.pad, tables, tables_len, 0, NULL, 0, &m->head,
+			       &len);
 	if (ret)
 		goto out_release;
+	if (vh.version >= HDR_VERSION_FILL) {
+		/* the fill and the EOI that end the image data */
+		m->end_len = (uint64_t)vh.fill + 2;
+		if (vh.trailer_len + m->end_len > m->size ||
+		    m->size - vh.trailer_len - m->end_len <= m->head_len) {
+			log_msg(LOG_ERR, "photo: the view's recorded layout does not add up");
+			ret = -EINVAL;
+			goto out_release;
+		}
+		m->end_off = m->size - vh.trailer_len - m->end_len;
+		m->end = malloc((size_t)m->end_len);
+		if (!m->end) {
+			ret = -ENOMEM;
+			goto out_release;
+		}
+		memset(m->end, 0xFF, (size_t)m->end_len);
+		m->end[m->end_len - 1] = 0xD9;
+	}
 	if (vh.trailer_len && vh.tail_src) {
 		ret = check_tail(fd, &f, h, &vh);
 		if (ret == -EINVAL)
@@ -2255,8 +2384,10 @@ int photo_view_map(int fd, struct codec_view_map *m)
 out_release:
 	if (ret) {
 		free(m->head);
+		free(m->end);
 		memset(m, 0, sizeof(*m));
 	}
+	free(tables);
 	free(segs);
 	free(item);
 	heif_image_handle_release(h);

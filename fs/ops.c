@@ -397,6 +397,8 @@ out:
 }
 
 /* Open n as fi asks, into a new handle (fi->fh). 0 or -errno. */
+static int view_map(struct fs *fs, struct handle *h);
+
 static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi)
 {
 	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
@@ -433,7 +435,13 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 		if (f.kind == FS_KIND_VIEW)
 			check_reads(fs, h); /* its trailer is served from it */
 		fi->fh = (uintptr_t)h;
-		fi->keep_cache = 1; /* a view never changes while archived */
+		/* a view whose map knows all but its entropy-coded data is
+		 * read past the page cache: the kernel's readahead would carry
+		 * a reader of its head into the image data, and render it */
+		if (f.kind == FS_KIND_VIEW && view_map(fs, h) == 0 && h->map->end_len)
+			fi->direct_io = 1;
+		else
+			fi->keep_cache = 1; /* a view never changes while archived */
 		return 0;
 	}
 	/* a photo opened for writing is a JPEG again */
@@ -505,7 +513,7 @@ static int view_map(struct fs *fs, struct handle *h)
 	rc = codec_view_map(h->stored, m);
 	/* the head is checked against what was recorded (served bytes are
 	 * never plausible garbage) */
-	if (!rc && (m->size != e.view_bytes || sum_buf(m->head, (size_t)m->head_len, sum) ||
+	if (!rc && (m->size != e.view_bytes || codec_view_map_sum(m, sum) ||
 		    memcmp(sum, e.head_sum, SUM_LEN)))
 		rc = -EIO;
 	if (rc) {
@@ -548,6 +556,71 @@ static void reply_fd(fuse_req_t req, int fd, size_t size, off_t off)
 	bv.buf[0].fd = fd;
 	bv.buf[0].pos = off;
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+/* Does a view's map know bytes [off, end) after its image data: in the fill
+ * and EOI that end it, and the trailer that follows when the stored file
+ * holds it contiguous? */
+static int view_end_known(const struct codec_view_map *m, uint64_t off, uint64_t end)
+{
+	uint64_t a, b;
+
+	if (m->end_len) {
+		a = m->end_off;
+		b = m->end_off + m->end_len;
+		if (m->tail_len && m->tail_off == b)
+			b += m->tail_len;
+	} else if (m->tail_len) {
+		a = m->tail_off;
+		b = m->tail_off + m->tail_len;
+	} else {
+		return 0;
+	}
+	return off >= a && end <= b;
+}
+
+/* Reply bytes [off, end) of h's view that its map knows (view_end_known):
+ * the trailer is read from the stored file and checked against its block
+ * digests. 0, or -errno when nothing was replied. */
+static int view_reply_end(fuse_req_t req, struct fs *fs, struct handle *h, uint64_t off,
+			  uint64_t end)
+{
+	const struct codec_view_map *m = h->map;
+	uint64_t split = m->end_len ? m->end_off + m->end_len : m->tail_off, src;
+	size_t n = (size_t)(end - off), known = 0;
+	char *buf;
+	ssize_t got;
+	int rc;
+
+	if (off < split)
+		known = (size_t)((end < split ? end : split) - off);
+	if (known < n) {
+		src = m->tail_src + (off + known - m->tail_off);
+		rc = fs_check_range(fs, h->check, h->node, h->stored, src, n - known,
+				    "a view's trailer");
+		if (rc)
+			return rc;
+		if (!known) {
+			reply_fd(req, h->stored, n, (off_t)src);
+			return 0;
+		}
+	}
+	buf = malloc(n);
+	if (!buf)
+		return -ENOMEM;
+	memcpy(buf, m->end + (off - m->end_off), known);
+	if (known < n) {
+		src = m->tail_src + (off + known - m->tail_off);
+		got = pread(h->stored, buf + known, n - known, (off_t)src);
+		if (got != (ssize_t)(n - known)) {
+			rc = got < 0 ? -errno : -EIO;
+			free(buf);
+			return rc;
+		}
+	}
+	fuse_reply_buf(req, buf, n);
+	free(buf);
+	return 0;
 }
 
 /* Reply a checked read of h, then check the block after it when the reads
@@ -603,18 +676,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					       (size_t)(end - (uint64_t)off));
 				return;
 			}
-			if (m->tail_len && (uint64_t)off >= m->tail_off &&
-			    end <= m->tail_off + m->tail_len) {
-				uint64_t src = m->tail_src + ((uint64_t)off - m->tail_off);
+			if (view_end_known(m, (uint64_t)off, end)) {
 				pthread_mutex_unlock(&h->lock);
-				rc = fs_check_range(fs, h->check, h->node, h->stored, src,
-						    (size_t)(end - (uint64_t)off),
-						    "a view's trailer");
-				if (rc) {
+				rc = view_reply_end(req, fs, h, (uint64_t)off, end);
+				if (rc)
 					reply_err(req, rc);
-					return;
-				}
-				reply_fd(req, h->stored, (size_t)(end - (uint64_t)off), (off_t)src);
 				return;
 			}
 		}

@@ -338,16 +338,44 @@ static void notify_names(struct fs *fs, const char *dir, const char *lname, cons
 	}
 }
 
-/* The digest of a photo archive's view header (its bytes before the image
- * data, served without a render): recorded so that what is served is
- * checked. Left zero when the archive has no map. */
-static void head_digest(int fd, uint64_t view_bytes, uint8_t out[SUM_LEN])
+/* Are bytes [off, off + len) of the file on fd exactly p? */
+static int bytes_are(int fd, uint64_t off, const uint8_t *p, uint64_t len)
+{
+	uint8_t buf[16384];
+
+	while (len) {
+		size_t want = len < sizeof(buf) ? (size_t)len : sizeof(buf);
+		ssize_t n = pread(fd, buf, want, (off_t)off);
+
+		if (n != (ssize_t)want || memcmp(buf, p, want))
+			return 0;
+		off += want, p += want, len -= want;
+	}
+	return 1;
+}
+
+/* The digest of what a photo archive's view map serves without a render
+ * (its bytes before the image data and, from header version 5 on, those
+ * after it but the trailer): recorded so that what is served is checked.
+ * The map must say what the archive's own render (view_fd) holds there, or
+ * the digest is left zero and the view is always rendered; so is it when
+ * the archive has no map. */
+static void head_digest(int fd, int view_fd, uint64_t view_bytes, const char *path,
+			uint8_t out[SUM_LEN])
 {
 	struct codec_view_map m = {0};
 
-	if (codec_view_map(fd, &m) == 0 && m.size == view_bytes && m.head_len > 0 &&
-	    sum_buf(m.head, (size_t)m.head_len, out) != 0)
-		memset(out, 0, SUM_LEN);
+	memset(out, 0, SUM_LEN);
+	if (codec_view_map(fd, &m) == 0 && m.size == view_bytes && m.head_len > 0) {
+		if (!bytes_are(view_fd, 0, m.head, m.head_len) ||
+		    !bytes_are(view_fd, m.end_off, m.end, m.end_len))
+			log_msg(LOG_WARNING,
+				"%s: its view's head or end is not what the header item "
+				"says; the view will be rendered for every read",
+				path);
+		else if (codec_view_map_sum(&m, out) != 0)
+			memset(out, 0, SUM_LEN);
+	}
 	codec_view_map_release(&m);
 }
 
@@ -397,18 +425,19 @@ static void commit_job(struct fs *fs, struct job *j, const char *qpath, const ch
 		e.checked = (int64_t)time(NULL);
 	}
 	if (!rc && photo) {
-		int fd = openat(fs->work_fd, view, O_RDONLY | O_CLOEXEC);
-		if (fd >= 0 && sum_file(fd, 0, 0, 0, NULL, NULL, &vsum) == 0 &&
+		int vfd = openat(fs->work_fd, view, O_RDONLY | O_CLOEXEC), fd = -1;
+		if (vfd >= 0 && sum_file(vfd, 0, 0, 0, NULL, NULL, &vsum) == 0 &&
 		    vsum.size == res->view_bytes)
 			memcpy(e.view_sum, vsum.whole, SUM_LEN);
-		if (fd >= 0)
-			close(fd);
 		sum_file_release(&vsum);
-		fd = openat(fs->work_fd, out, O_RDONLY | O_CLOEXEC);
+		if (vfd >= 0)
+			fd = openat(fs->work_fd, out, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
-			head_digest(fd, res->view_bytes, e.head_sum);
+			head_digest(fd, vfd, res->view_bytes, qpath, e.head_sum);
 			close(fd);
 		}
+		if (vfd >= 0)
+			close(vfd);
 	}
 	e.elapsed = mono_sec() - t0;
 	/* a file renamed while it was archived (rsync's temporary name) is

@@ -589,3 +589,71 @@ def test_names_are_never_listed_twice(mount_factory):
     assert open(os.path.join(m.mnt, "a.jpg"), "rb").read() == b"not the photo"
     assert open(os.path.join(m.mnt, "a.jpg.heic"), "rb").read() == heic
     m.stop()
+
+
+def test_metadata_scan_renders_nothing(mount, tmp_path):
+    """exiftool over cold archived photos (view cache emptied, page cache
+    dropped) prints what it prints over the originals and renders no view:
+    it reads 8 KiB blocks up to the SOS segment, then the last 64 bytes, and
+    a view's tables end on a 64, 16 or 8 KiB boundary (as the room its
+    original's scan leaves allows) with fill before its EOI. Read
+    whole afterwards, each view is the render, and a private map of it reads
+    the same bytes."""
+    import mmap
+    names = []
+    for i in range(3):
+        n = f"scan{i}.jpg"
+        tagged_jpeg(str(tmp_path / n), seed=40 + i, width=960, height=720, quality=97,
+                    noise=2)
+        shutil.copy(str(tmp_path / n), os.path.join(mount.mnt, n))
+        names.append(n)
+    mount.wait_idle()
+    st = json.loads(hevcfs("status", mount.backing, "--json", "--files").stdout)
+    assert sorted(e["path"].lstrip("/") for e in st["entries"]
+                  if e["state"] == "archived") == names
+    cache = os.path.join(mount.backing, ".hevcfs", "cache")
+    mount.stop()
+    for f in os.listdir(cache):
+        os.unlink(os.path.join(cache, f))
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    mount.start()
+
+    def scan(paths):
+        out = subprocess.run(["exiftool", "-s", "-DateTimeOriginal", "-Model", "-Make",
+                              "-GPSLatitude", "-XMP:Title", *paths],
+                             capture_output=True, text=True, check=True).stdout
+        return re.sub(r"=+ \S+/", "", out)
+
+    got = scan([os.path.join(mount.mnt, n) for n in names])
+    want = scan([str(tmp_path / n) for n in names])
+    assert got == want and "2003:05:17 10:11:12" in got and "T-1" in got
+    if os.listdir(cache):
+        v = open(os.path.join(mount.mnt, names[0]), "rb").read()
+        q = 2
+        while v[q + 1] != 0xDA:
+            q += 2 + int.from_bytes(v[q + 2:q + 4], "big")
+        raise AssertionError(f"rendered {os.listdir(cache)}; data at {q} of {len(v)}")
+    # what the map serves: the head up to the image data, the last 64 bytes
+    ends = {}
+    for n in names:
+        fd = os.open(os.path.join(mount.mnt, n), os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        ends[n] = (os.pread(fd, 8192, 0), os.pread(fd, 64, size - 64))
+        os.close(fd)
+    assert os.listdir(cache) == []
+    for n in names:
+        p = os.path.join(mount.mnt, n)
+        whole = open(p, "rb").read()
+        assert whole.startswith(ends[n][0]) and whole.endswith(ends[n][1])
+        q = 2  # the entropy-coded data starts on an 8 KiB boundary at least
+        while whole[q + 1] != 0xDA:
+            q += 2 + int.from_bytes(whole[q + 2:q + 4], "big")
+        assert (q + 2 + int.from_bytes(whole[q + 2:q + 4], "big")) % 8192 == 0
+        assert len(whole) == os.stat(str(tmp_path / n)).st_size
+        assert whole.endswith(b"\xff\xd9")
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE,
+                                           prot=mmap.PROT_READ) as mm:
+            assert mm[:] == whole
+    assert len(os.listdir(cache)) == len(names)

@@ -476,7 +476,7 @@ static void check_archived(const struct buf *jpeg, const char *name, const struc
 		size_t il;
 		CHECK_EQ(heic_get_item(h, "mime", "application/x-hevcfs-jpeg-header", &item, &il),
 			 0);
-		CHECK(il >= 232 && memcmp(item, "HVFSJPEG\4", 9) == 0);
+		CHECK(il >= 236 && memcmp(item, "HVFSJPEG\5", 9) == 0);
 		free(item);
 	}
 	if (icc) {
@@ -862,9 +862,9 @@ static void test_raw_planes(void)
  * as they did: version 3 as SOI, segments and the image data from the
  * decoder's planes (no padding, nothing after EOI); version 2 from the
  * planes libheif hands out (through RGB and back). An archived photo's
- * header item (232 bytes: no segments) is rewritten in place as one of
- * version 3 of the same length (68 bytes and a record of a 164-byte COM
- * segment), then 2. */
+ * header item (236 bytes: no segments) is rewritten in place as one of
+ * version 3 of the same length (68 bytes and the record of a COM segment),
+ * then 2. */
 static void test_view_versions(void)
 {
 	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 21), heic, v2, v3;
@@ -874,18 +874,21 @@ static void test_view_versions(void)
 	struct heif_image_handle *h;
 	uint64_t n2 = 0, n3 = 0;
 	uint8_t *at, *scan;
-	size_t scan_len;
+	size_t scan_len, il;
 
 	CHECK_EQ(archive(&j, "versions.jpg", &res), 0);
 	CHECK(res.archived);
 	heic = read_path(tpath("versions.jpg.heic"));
-	at = memmem(heic.p, heic.len, "HVFSJPEG\4", 9);
+	at = memmem(heic.p, heic.len, "HVFSJPEG\5", 9);
 	CHECK(at != NULL);
 	CHECK(at[52] == 0 && at[53] == 0 && at[54] == 0 && at[55] == 0); /* no records */
+	il = 236; /* the item's length: no records */
 	at[8] = 3;
-	at[55] = 164;
-	memset(at + 68, 0, 164);
-	at[69] = 0xFF, at[70] = 0xFE, at[71] = 0, at[72] = 161;
+	at[54] = (uint8_t)((il - 68) >> 8);
+	at[55] = (uint8_t)(il - 68);
+	memset(at + 68, 0, il - 68);
+	at[69] = 0xFF, at[70] = 0xFE;
+	at[71] = (uint8_t)((il - 68 - 3) >> 8), at[72] = (uint8_t)(il - 68 - 3);
 	write_path(tpath("versions.v3.heic"), &heic);
 	at[8] = 2;
 	write_path(tpath("versions.v2.heic"), &heic);
@@ -900,8 +903,9 @@ static void test_view_versions(void)
 	CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
 	CHECK_EQ(heic_decode_planes(h, TJSAMP_420, 800, 600, 1, &raw), 0);
 	CHECK_EQ(jpeg_encode_scan(&raw, at[9], &scan, &scan_len), 0);
-	CHECK_EQ(v3.len, 2 + 163 + scan_len);
-	CHECK(v3.p[2] == 0xFF && v3.p[3] == 0xFE && memcmp(v3.p + 2 + 163, scan, scan_len) == 0);
+	CHECK_EQ(v3.len, 2 + (il - 68 - 1) + scan_len);
+	CHECK(v3.p[2] == 0xFF && v3.p[3] == 0xFE &&
+	      memcmp(v3.p + 2 + (il - 68 - 1), scan, scan_len) == 0);
 	free(scan);
 	photo_planes_release(&raw);
 	heif_image_handle_release(h);
@@ -918,7 +922,7 @@ static int probe_path(const char *path, struct codec_result *res);
 static int view_quality_of(const char *heic_path)
 {
 	struct buf heic = read_path(heic_path);
-	uint8_t *at = memmem(heic.p, heic.len, "HVFSJPEG\4", 9);
+	uint8_t *at = memmem(heic.p, heic.len, "HVFSJPEG\5", 9);
 	int q = at ? at[9] : -1;
 
 	buf_free(&heic);
@@ -945,8 +949,8 @@ static struct buf with_fill(const struct buf *j, size_t n)
  * When the view's image data at the view quality does not fit the
  * original's (an original coded at a lower quality than the view's), the
  * view is rendered at the highest lower quality that fits and meets the
- * floor; a gap of a few bytes, too short for padding, takes the next
- * quality down; when no quality that meets the floor fits, the view keeps
+ * floor; a gap of a few bytes, too short for padding, is fill before the
+ * EOI (header version 5); when no quality that meets the floor fits, the view keeps
  * its own size and says so. (Floors lowered: a synthetic picture coded at
  * JPEG quality 85 is smaller as HEVC only under SSIM 0.99.)
  */
@@ -973,7 +977,7 @@ static void test_view_fit(void)
 	buf_free(&v);
 
 	/* the same pixels with the room for the image data at quality 92 plus
-	 * 3 bytes: quality 92 cannot be padded to fit, 91 can */
+	 * 3 bytes: quality 92 fits, with 3 fill bytes before its EOI */
 	heic = read_path(tpath("fit85.jpg.heic"));
 	CHECK_EQ(heic_open(heic.p, heic.len, 0, &rd, &h), 0);
 	CHECK_EQ(heic_decode_planes(h, TJSAMP_420, 800, 600, 1, &raw), 0);
@@ -988,9 +992,11 @@ static void test_view_fit(void)
 	f = with_fill(&j, scan92 + 3 - (oe - 2));
 	CHECK_EQ(archive(&f, "fit3.jpg", &res), 0);
 	CHECK(res.archived && !res.view_own_size && res.view_bytes == f.len);
-	CHECK_EQ(view_quality_of(tpath("fit3.jpg.heic")), 91);
+	CHECK_EQ(view_quality_of(tpath("fit3.jpg.heic")), 92);
 	v = read_path(tpath("fit3.jpg.view.jpg"));
 	check_layout(&f, &v);
+	jpeg_bounds(&f, &od, &oe);
+	CHECK(!memcmp(v.p + oe - 5, "\xFF\xFF\xFF\xFF\xD9", 5) && v.p[oe - 6] != 0xFF);
 	buf_free(&v);
 	buf_free(&f);
 	buf_free(&j);
@@ -1025,14 +1031,14 @@ static void test_padding(void)
 
 	for (size_t g = 1; g < JPEG_PAD_MIN; g++) {
 		CHECK(!jpeg_pad_ok(g));
-		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), g, scan, sizeof(scan), NULL, 0, &out,
-					  &len),
+		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), g, scan, sizeof(scan), 0, NULL, 0,
+					  &out, &len),
 			 -EINVAL);
 	}
 	for (size_t i = 0; i < sizeof(gaps) / sizeof(gaps[0]); i++) {
 		size_t p = 2 + sizeof(segs), n = 0, lo = SIZE_MAX, hi = 0;
 		CHECK(jpeg_pad_ok(gaps[i]));
-		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), gaps[i], scan, sizeof(scan),
+		CHECK_EQ(jpeg_view_layout(segs, sizeof(segs), gaps[i], scan, sizeof(scan), 0,
 					  (const uint8_t *)"TR", 2, &out, &len),
 			 0);
 		CHECK_EQ(len, 2 + sizeof(segs) + gaps[i] + sizeof(scan) + 2);
@@ -1920,7 +1926,7 @@ static void test_digests(void)
 	struct codec_result res;
 	struct codec_embedded e;
 	uint8_t sum[SUM_LEN];
-	size_t vd, ve;
+	size_t vd, ve, fill;
 	uint8_t *mdat;
 	int ok = -1;
 
@@ -1932,7 +1938,16 @@ static void test_digests(void)
 	CHECK(!memcmp(sum, res.orig_sum, SUM_LEN));
 	v = read_path(tpath("sums.jpg.view.jpg"));
 	jpeg_bounds(&v, &vd, &ve);
-	CHECK_EQ(sum_buf(v.p + vd, ve - vd, sum), 0);
+	/* the image data without the fill before its EOI */
+	for (fill = 0; v.p[ve - 3 - fill] == 0xFF; fill++)
+		;
+	{
+		struct buf d = {0};
+		buf_add(&d, v.p + vd, ve - vd - 2 - fill);
+		buf_add(&d, "\xFF\xD9", 2);
+		CHECK_EQ(sum_buf(d.p, d.len, sum), 0);
+		buf_free(&d);
+	}
 	CHECK(!memcmp(sum, res.scan_sum, SUM_LEN));
 
 	CHECK_EQ(embedded_path(tpath("sums.jpg.heic"), &e, &ok), 0);
@@ -2153,9 +2168,21 @@ static int map_path(const char *path, struct codec_view_map *m)
 	return ret;
 }
 
+/* Where the entropy-coded data of the view v begins: past the SOS segment
+ * of the image data that starts at vd. */
+static size_t data_start(const struct buf *v, size_t vd)
+{
+	size_t p = vd;
+
+	while (p + 4 <= v->len && v->p[p] == 0xFF && v->p[p + 1] != 0xDA)
+		p += 2 + ((size_t)v->p[p + 2] << 8 | v->p[p + 3]);
+	return p + 4 <= v->len ? p + 2 + ((size_t)v->p[p + 2] << 8 | v->p[p + 3]) : 0;
+}
+
 /* The map of name's archived view against the rendered view: the head is
- * the view's bytes before its image data, the tail (when contiguous) the
- * stored file's bytes at tail_src. Returns tail_len. */
+ * the view's bytes before its entropy-coded data, the end its fill and EOI,
+ * the tail (when contiguous) the stored file's bytes at tail_src. Returns
+ * tail_len. */
 static uint64_t check_map(const char *name)
 {
 	char heic_path[256], view_path[256];
@@ -2171,8 +2198,10 @@ static uint64_t check_map(const char *name)
 	CHECK_EQ(map_path(heic_path, &m), 0);
 	jpeg_bounds(&v, &vd, &ve);
 	CHECK_EQ(m.size, v.len);
-	CHECK_EQ(m.head_len, vd);
+	CHECK_EQ(m.head_len, data_start(&v, vd));
 	CHECK(!memcmp(m.head, v.p, m.head_len));
+	CHECK(m.end_len >= 2 && m.end_off > m.head_len && m.end_off + m.end_len == ve);
+	CHECK(!memcmp(m.end, v.p + m.end_off, m.end_len));
 	if (m.tail_len) {
 		CHECK_EQ(m.tail_off, ve);
 		CHECK_EQ(m.tail_off + m.tail_len, v.len);
@@ -2185,6 +2214,49 @@ static uint64_t check_map(const char *name)
 	buf_free(&heic);
 	buf_free(&v);
 	return tail;
+}
+
+/* A view with room to spare (an original coded at quality 100): its
+ * entropy-coded data starts on a 64 KiB boundary and ends 64 bytes or more
+ * before the file does, so a reader of 8 KiB blocks that stops at the SOS
+ * segment, then reads the last 64 bytes (exiftool), reads only bytes the map
+ * knows; the view, fill and all, decodes to what the render coded. */
+static void test_view_aligned(void)
+{
+	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 33), v;
+	struct codec_result res;
+	struct codec_view_map m;
+	struct photo_planes a, b;
+	char why[128];
+	size_t vd, ve;
+
+	CHECK_EQ(archive(&j, "aligned.jpg", &res), 0);
+	CHECK(res.archived && !res.view_own_size && res.view_bytes == j.len);
+	check_map("aligned.jpg");
+	CHECK_EQ(map_path(tpath("aligned.jpg.heic"), &m), 0);
+	v = read_path(tpath("aligned.jpg.view.jpg"));
+	jpeg_bounds(&v, &vd, &ve);
+	CHECK(m.head_len % 65536 == 0 && m.head_len == data_start(&v, vd));
+	CHECK(m.end_len >= 64 && m.end_off + m.end_len == v.len);
+	for (uint64_t i = 0; i + 1 < m.end_len; i++)
+		CHECK(v.p[m.end_off + i] == 0xFF);
+	CHECK(v.p[v.len - 1] == 0xD9 && v.p[m.end_off - 1] != 0xFF);
+	/* the fill changes no pixel: the view without it decodes the same */
+	{
+		struct buf nf = {0};
+		buf_add(&nf, v.p, m.end_off);
+		buf_add(&nf, "\xFF\xD9", 2);
+		CHECK_EQ(jpeg_decode_planes(v.p, v.len, &a, why, sizeof(why)), 0);
+		CHECK_EQ(jpeg_decode_planes(nf.p, nf.len, &b, why, sizeof(why)), 0);
+		CHECK(a.width == 800 && b.width == 800 && a.height == 600 && b.height == 600);
+		CHECK(!memcmp(a.buf, b.buf, (size_t)a.pw[0] * (size_t)a.ph[0]));
+		photo_planes_release(&a);
+		photo_planes_release(&b);
+		buf_free(&nf);
+	}
+	codec_view_map_release(&m);
+	buf_free(&v);
+	buf_free(&j);
 }
 
 /* A view's map: its head and its trailer's place in the stored file, read
@@ -2388,7 +2460,7 @@ static void test_retag(void)
 	{
 		struct buf e = {0};
 		buf_add(&e, v0.p, v0.len);
-		e.p[ve0 - 100] ^= 0x10;
+		e.p[data_start(&v0, vd0) + 100] ^= 0x10; /* in the coded data, not the fill */
 		write_path(tpath("tag.px.jpg"), &e);
 		CHECK_EQ(retag_paths(prev, tpath("tag.px.jpg"), tpath("tag.px.heic"), NULL, &res),
 			 0);
@@ -2785,6 +2857,7 @@ int main(void)
 	RUN(test_digests);
 	RUN(test_sniff);
 	RUN(test_view_map);
+	RUN(test_view_aligned);
 	RUN(test_retag);
 	RUN(test_heif_jpeg);
 	RUN(test_exiftool_tags);

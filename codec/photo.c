@@ -1181,6 +1181,18 @@ static const size_t view_aligns[] = {65536, 16384, 8192, 4096};
  * exiftool reads there for a trailer. */
 #define VIEW_END_KNOWN 64
 
+/* The room a view whose head (SOI, segments, tables) is head bytes long
+ * needs for its tables to end on an 8 KiB boundary (exiftool's blocks) and
+ * its fill to keep VIEW_END_KNOWN bytes. */
+static size_t room_wanted(size_t head, size_t trailer_len)
+{
+	size_t g = 8192, a = (g - head % g) % g;
+
+	if (a && !jpeg_pad_ok(a))
+		a += g;
+	return a + (trailer_len + 2 >= VIEW_END_KNOWN ? 0 : VIEW_END_KNOWN - 2 - trailer_len);
+}
+
 /* Share room bytes between the view's padding and its fill (vh's pad and
  * fill): the tables end on the largest boundary that leaves the fill enough
  * for VIEW_END_KNOWN bytes at the end. head: the bytes before the image
@@ -1277,6 +1289,27 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, double 
 		log_msg(LOG_ERR, "photo: the view's image data has no scan");
 		ret = -EIO;
 		goto out_free_scan;
+	}
+	if (room >= 0 && q > 1) {
+		/* a scan that fits with too little room for its head to end on
+		 * a block boundary: one step down, if that meets the floor */
+		size_t want = room_wanted(2 + j->ji.segs_len + (size_t)tables, j->ji.trailer_len);
+		uint8_t *s2 = NULL;
+		size_t l2;
+		double ssim2;
+
+		if ((size_t)room < want) {
+			ret = view_try(j, q - 1, &s2, &l2, &ssim2);
+			if (ret)
+				goto out_free_scan;
+			if (ssim2 >= floor_ && room_for(space, l2) >= (long long)want) {
+				free(scan);
+				scan = s2, len = l2, q = q - 1, *view_ssim = ssim2;
+				room = room_for(space, len);
+			} else {
+				free(s2);
+			}
+		}
 	}
 	j->vh.view_quality = q;
 	j->vh.flags = room < 0 ? HDR_F_OWN_SIZE : 0;

@@ -92,6 +92,16 @@ out_drop:
 	return -ENOENT;
 }
 
+int fs_view_cached(struct fs *fs, uint64_t ino, uint64_t size)
+{
+	char name[32];
+	struct stat st;
+
+	cache_name(ino, 0, name);
+	return fstatat(fs->cache_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+	       (uint64_t)st.st_size == size;
+}
+
 /* Is a render's failure (rc) the stored file's fault: it does not decode? */
 static int render_damage(int rc)
 {

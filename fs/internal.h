@@ -633,6 +633,9 @@ int fs_sum_path(int dirfd, const char *name, struct sum_file *f);
  * the log. Returns an fd open for reading or -errno. */
 int fs_view_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
 		 const char *path);
+/* Is the view of inode ino in the cache, size bytes long (a read of it
+ * renders nothing)? */
+int fs_view_cached(struct fs *fs, uint64_t ino, uint64_t size);
 /* The same for a HEIF photo's JPEG sibling. */
 int fs_sibling_open(struct fs *fs, int stored, uint64_t ino, const struct idx_entry *e,
 		    const char *path);

@@ -435,10 +435,12 @@ static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi
 		if (f.kind == FS_KIND_VIEW)
 			check_reads(fs, h); /* its trailer is served from it */
 		fi->fh = (uintptr_t)h;
-		/* a view whose map knows all but its entropy-coded data is
-		 * read past the page cache: the kernel's readahead would carry
-		 * a reader of its head into the image data, and render it */
-		if (f.kind == FS_KIND_VIEW && view_map(fs, h) == 0 && h->map->end_len)
+		/* a view whose map knows all but its entropy-coded data, and
+		 * that is not rendered yet, is read past the page cache: the
+		 * kernel's readahead would carry a reader of its head into the
+		 * image data, and render it */
+		if (f.kind == FS_KIND_VIEW && view_map(fs, h) == 0 && h->map->end_len &&
+		    !fs_view_cached(fs, h->ino, h->map->size))
 			fi->direct_io = 1;
 		else
 			fi->keep_cache = 1; /* a view never changes while archived */

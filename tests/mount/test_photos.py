@@ -598,7 +598,7 @@ def test_metadata_scan_renders_nothing(mount, tmp_path):
     a view's tables end on a 64, 16 or 8 KiB boundary (as the room its
     original's scan leaves allows) with fill before its EOI. Read
     whole afterwards, each view is the render, and a private map of it reads
-    the same bytes."""
+    the same bytes; once rendered, a shared map does too."""
     import mmap
     names = []
     for i in range(3):
@@ -655,5 +655,8 @@ def test_metadata_scan_renders_nothing(mount, tmp_path):
         assert whole.endswith(b"\xff\xd9")
         with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE,
                                            prot=mmap.PROT_READ) as mm:
+            assert mm[:] == whole
+        # rendered now: read through the page cache, a shared map works too
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             assert mm[:] == whole
     assert len(os.listdir(cache)) == len(names)

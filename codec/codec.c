@@ -401,8 +401,16 @@ void codec_view_map_release(struct codec_view_map *m)
 	if (!m)
 		return;
 	free(m->head);
-	free(m->end);
 	memset(m, 0, sizeof(*m));
+}
+
+void codec_view_map_end(const struct codec_view_map *m, uint64_t off, uint8_t *buf, size_t n)
+{
+	uint64_t eoi = m->end_off + m->end_len - 1; /* the EOI's second byte */
+
+	memset(buf, 0xFF, n);
+	if (m->end_len && eoi >= off && eoi < off + n)
+		buf[eoi - off] = 0xD9;
 }
 
 int codec_view_map_sum(const struct codec_view_map *m, uint8_t out[SUM_LEN])
@@ -416,12 +424,46 @@ int codec_view_map_sum(const struct codec_view_map *m, uint8_t out[SUM_LEN])
 	if (ret)
 		return ret;
 	ret = sum_update(s, m->head, (size_t)m->head_len);
-	if (!ret)
-		ret = sum_update(s, m->end, (size_t)m->end_len);
+	for (uint64_t off = m->end_off; !ret && off < m->end_off + m->end_len;) {
+		uint8_t buf[4096];
+		size_t n = (size_t)(m->end_off + m->end_len - off);
+
+		n = n < sizeof(buf) ? n : sizeof(buf);
+		codec_view_map_end(m, off, buf, n);
+		ret = sum_update(s, buf, n);
+		off += n;
+	}
 	if (!ret)
 		ret = sum_final(s, out);
 	sum_free(&s);
 	return ret;
+}
+
+int codec_view_map_matches(int view_fd, const struct codec_view_map *m)
+{
+	uint8_t buf[16384], want[16384];
+	struct stat st;
+
+	if (fstat(view_fd, &st) == -1 || (uint64_t)st.st_size != m->size)
+		return 0;
+	for (uint64_t off = 0; off < m->head_len + m->end_len;) {
+		/* the head, then the end */
+		int head = off < m->head_len;
+		uint64_t at = head ? off : m->end_off + (off - m->head_len);
+		uint64_t left = head ? m->head_len - off : m->head_len + m->end_len - off;
+		size_t n = left < sizeof(buf) ? (size_t)left : sizeof(buf);
+
+		if (pread(view_fd, buf, n, (off_t)at) != (ssize_t)n)
+			return 0;
+		if (head)
+			memcpy(want, m->head + off, n);
+		else
+			codec_view_map_end(m, at, want, n);
+		if (memcmp(buf, want, n))
+			return 0;
+		off += n;
+	}
+	return 1;
 }
 
 const char *codec_carries_words(uint32_t carries, char *buf, size_t size)

@@ -172,8 +172,9 @@ int codec_probe_archived(int fd, struct codec_result *result);
  * only a view's head, exiftool its last bytes too): its first head_len bytes
  * are exactly head (SOI, the original's APPn/COM segments, the padding and,
  * from header version 5 on, the tables: everything before the entropy-coded
- * data); its bytes [end_off, end_off + end_len) are end (the fill bytes
- * and the EOI that end the image data; end_len is 0 before version 5); and
+ * data); its bytes [end_off, end_off + end_len) are end_len - 2 fill bytes
+ * 0xFF and the EOI that end the image data (codec_view_map_end; end_len is 0
+ * before version 5); and
  * its bytes [tail_off, tail_off + tail_len) are the stored file's bytes at
  * offset tail_src (the trailer, which the stored file holds contiguous and
  * which was checked against its digest). tail_len is 0 when there is no
@@ -183,14 +184,21 @@ struct codec_view_map {
 	uint64_t size; /* the view's exact size */
 	uint8_t *head; /* malloc'd; codec_view_map_release frees it */
 	uint64_t head_len;
-	uint8_t *end; /* malloc'd, or NULL */
 	uint64_t end_off, end_len;
 	uint64_t tail_off, tail_len, tail_src;
 };
 
+/* Bytes [off, off + n) of the view that lie in m's end (fill and EOI) into
+ * buf. */
+void codec_view_map_end(const struct codec_view_map *m, uint64_t off, uint8_t *buf, size_t n);
+
 /* The digest of what a map serves from itself (head, then end): recorded at
  * archive time and checked before a map is used. 0 or -ENOMEM. */
 int codec_view_map_sum(const struct codec_view_map *m, uint8_t out[SUM_LEN]);
+
+/* Does the view on view_fd (a render) hold what m serves from itself, and
+ * have m's size? 1 yes, 0 no (or unreadable). */
+int codec_view_map_matches(int view_fd, const struct codec_view_map *m);
 
 /*
  * Map the view of an archived photo on stored_fd (borrowed, read with

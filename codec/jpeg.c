@@ -878,17 +878,15 @@ int jpeg_view_tables(int quality, int subsamp, int width, int height, uint8_t **
 	if (ret)
 		return ret;
 	t = jpeg_scan_data_off(scan, n);
-	ret = t < 0 ? -EIO : 0;
-	/* the frame header: its size is the only thing the picture changes */
-	for (size_t p = 0; !ret && p + 4 <= (size_t)t; p += 2 + be16(scan + p + 2)) {
-		if (scan[p + 1] != M_SOF0)
+	ret = t < 0 ? -EIO : -ENOTSUP;
+	/* the frame header (baseline: what TurboJPEG writes unless told
+	 * otherwise): its size is the only thing the picture changes */
+	for (size_t p = 0; t >= 0 && p + 4 <= (size_t)t; p += 2 + be16(scan + p + 2)) {
+		if (scan[p + 1] != M_SOF0 || p + 9 > (size_t)t)
 			continue;
-		if (p + 9 > (size_t)t)
-			ret = -EIO;
-		else {
-			scan[p + 5] = (uint8_t)(height >> 8), scan[p + 6] = (uint8_t)height;
-			scan[p + 7] = (uint8_t)(width >> 8), scan[p + 8] = (uint8_t)width;
-		}
+		scan[p + 5] = (uint8_t)(height >> 8), scan[p + 6] = (uint8_t)height;
+		scan[p + 7] = (uint8_t)(width >> 8), scan[p + 8] = (uint8_t)width;
+		ret = 0;
 	}
 	if (ret) {
 		free(scan);

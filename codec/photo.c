@@ -20,7 +20,7 @@
  * Stored as a metadata item of type "mime" with the content type below,
  * attached to the primary image. Layout (integers big-endian):
  *   0  8  magic "HVFSJPEG"
- *   8  1  version (4; 1 to 3 are read too, see below)
+ *   8  1  version (5; 1 to 4 are read too, see below)
  *   9  1  view quality (TurboJPEG 1..100)
  *  10  1  subsampling of the original (TJSAMP_444/422/420/GRAY: 0/1/2/3)
  *  11  1  EXIF orientation of the original (informational)
@@ -34,7 +34,7 @@
  *  57  3  zero                                                  | version 2
  *  60  4  luma SSIM of the HEIC vs the original, x 1e6 (0..1e6) | only
  *  64  4  luma SSIM of the view vs the original, x 1e6         /
- *  68  N  (232 from version 4 on) one record per APPn and COM segment of
+ *  68  N  (232 from version 4 on, 236 from 5 on) one record per APPn and COM segment of
  *         the original, in order:
  *         0x00, then the segment verbatim (marker, length, payload): IPTC,
  *         maker notes, comments, vendor segments;
@@ -58,7 +58,8 @@
  *         payload or the trailer item's data), 0 when it does not
  * 104 32  SHA-256 of the trailer
  * 136 32  SHA-256 of the original JPEG
- * 168 32  SHA-256 of the view's image data (first table marker through EOI)
+ * 168 32  SHA-256 of the view's image data (first table marker through EOI;
+ *         from version 5 on, without the fill before the EOI)
  * 200 32  SHA-256 of the whole stored file with these 32 bytes counted as
  *         zeros (the file checks itself)
  * The view of version 4 is the original's layout: SOI, the segments, the
@@ -1292,7 +1293,7 @@ static int make_view(struct photo_job *j, const struct codec_opts *opts, double 
 	}
 	if (room >= 0 && q > 1) {
 		/* a scan that fits with too little room for its head to end on
-		 * a block boundary: one step down, if that meets the floor */
+		 * a block boundary: one quality lower, if that meets the floor */
 		size_t want = room_wanted(2 + j->ji.segs_len + (size_t)tables, j->ji.trailer_len);
 		uint8_t *s2 = NULL;
 		size_t l2;
@@ -2373,6 +2374,8 @@ int photo_view_map(int fd, struct codec_view_map *m)
 	if (vh.version >= HDR_VERSION_FILL) {
 		ret = jpeg_view_tables(vh.view_quality, vh.subsamp, vh.width, vh.height, &tables,
 				       &tables_len);
+		if (ret && ret != -ENOMEM)
+			ret = -ENOTSUP; /* no map: the view is rendered */
 		if (ret)
 			goto out_release;
 	}
@@ -2389,20 +2392,13 @@ int photo_view_map(int fd, struct codec_view_map *m)
 	if (vh.version >= HDR_VERSION_FILL) {
 		/* the fill and the EOI that end the image data */
 		m->end_len = (uint64_t)vh.fill + 2;
-		if (vh.trailer_len + m->end_len > m->size ||
+		if (vh.trailer_len > m->size || m->end_len > m->size - vh.trailer_len ||
 		    m->size - vh.trailer_len - m->end_len <= m->head_len) {
 			log_msg(LOG_ERR, "photo: the view's recorded layout does not add up");
 			ret = -EINVAL;
 			goto out_release;
 		}
 		m->end_off = m->size - vh.trailer_len - m->end_len;
-		m->end = malloc((size_t)m->end_len);
-		if (!m->end) {
-			ret = -ENOMEM;
-			goto out_release;
-		}
-		memset(m->end, 0xFF, (size_t)m->end_len);
-		m->end[m->end_len - 1] = 0xD9;
 	}
 	if (vh.trailer_len && vh.tail_src) {
 		ret = check_tail(fd, &f, h, &vh);
@@ -2417,7 +2413,6 @@ int photo_view_map(int fd, struct codec_view_map *m)
 out_release:
 	if (ret) {
 		free(m->head);
-		free(m->end);
 		memset(m, 0, sizeof(*m));
 	}
 	free(tables);

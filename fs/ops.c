@@ -396,9 +396,9 @@ out:
 	return rc;
 }
 
-/* Open n as fi asks, into a new handle (fi->fh). 0 or -errno. */
 static int view_map(struct fs *fs, struct handle *h);
 
+/* Open n as fi asks, into a new handle (fi->fh). 0 or -errno. */
 static int open_node(struct fs *fs, struct fs_node *n, struct fuse_file_info *fi)
 {
 	int acc = fi->flags & O_ACCMODE, writable = acc != O_RDONLY;
@@ -496,8 +496,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		op_release_handle(fs_of(req), fi); /* the opener went away */
 }
 
-/* A view's map (what is served without a render), made at its first
- * read. 0 or -errno (the caller renders instead). */
+/* A view's map (what is served without a render), made at its open (or,
+ * when that failed, tried again at each read until it renders). 0 or
+ * -errno (the caller renders instead). */
 static int view_map(struct fs *fs, struct handle *h)
 {
 	struct codec_view_map *m;
@@ -544,6 +545,15 @@ static int view_render(struct fs *fs, struct handle *h, const char *why)
 					: fs_view_open(fs, h->stored, h->ino, &e, path);
 	if (fd < 0)
 		return fd == -ENOSPC || fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM ? fd : -EIO;
+	if (h->map && !codec_view_map_matches(fd, h->map)) {
+		/* the map may have served some of this view already: a render
+		 * that says otherwise (TurboJPEG changed since the archive)
+		 * would make the bytes read a mix of two files */
+		log_msg(LOG_ERR, "%s: its view renders other bytes than its header item says",
+			path);
+		close(fd);
+		return -EIO;
+	}
 	h->fd = fd;
 	return 0;
 }
@@ -610,7 +620,7 @@ static int view_reply_end(fuse_req_t req, struct fs *fs, struct handle *h, uint6
 	buf = malloc(n);
 	if (!buf)
 		return -ENOMEM;
-	memcpy(buf, m->end + (off - m->end_off), known);
+	codec_view_map_end(m, off, (uint8_t *)buf, known);
 	if (known < n) {
 		src = m->tail_src + (off + known - m->tail_off);
 		got = pread(h->stored, buf + known, n - known, (off_t)src);

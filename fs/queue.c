@@ -338,22 +338,6 @@ static void notify_names(struct fs *fs, const char *dir, const char *lname, cons
 	}
 }
 
-/* Are bytes [off, off + len) of the file on fd exactly p? */
-static int bytes_are(int fd, uint64_t off, const uint8_t *p, uint64_t len)
-{
-	uint8_t buf[16384];
-
-	while (len) {
-		size_t want = len < sizeof(buf) ? (size_t)len : sizeof(buf);
-		ssize_t n = pread(fd, buf, want, (off_t)off);
-
-		if (n != (ssize_t)want || memcmp(buf, p, want))
-			return 0;
-		off += want, p += want, len -= want;
-	}
-	return 1;
-}
-
 /* The digest of what a photo archive's view map serves without a render
  * (its bytes before the image data and, from header version 5 on, those
  * after it but the trailer): recorded so that what is served is checked.
@@ -367,8 +351,7 @@ static void head_digest(int fd, int view_fd, uint64_t view_bytes, const char *pa
 
 	memset(out, 0, SUM_LEN);
 	if (codec_view_map(fd, &m) == 0 && m.size == view_bytes && m.head_len > 0) {
-		if (!bytes_are(view_fd, 0, m.head, m.head_len) ||
-		    !bytes_are(view_fd, m.end_off, m.end, m.end_len))
+		if (!codec_view_map_matches(view_fd, &m))
 			log_msg(LOG_WARNING,
 				"%s: its view's head or end is not what the header item "
 				"says; the view will be rendered for every read",

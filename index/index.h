@@ -110,9 +110,10 @@ struct idx_entry {
 	uint8_t orig_sum[SUM_LEN]; /* SHA-256 of the original bytes */
 	uint8_t view_sum[SUM_LEN]; /* SHA-256 of a photo's view */
 	uint8_t scan_sum[SUM_LEN]; /* SHA-256 of the view's image data */
-	uint8_t head_sum[SUM_LEN]; /* SHA-256 of the view's header (its bytes
-				      before the image data: served without a
-				      render, checked against this) */
+	uint8_t head_sum[SUM_LEN]; /* SHA-256 of what a view's map serves
+				      without a render (codec_view_map_sum:
+				      its header, then its fill and EOI),
+				      checked against this */
 	char suffix[8];		   /* appended to the logical name on the backing tree */
 	char reason[160];	   /* why kept or failed, or what was found damaged */
 };

@@ -39,7 +39,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (mapped != 0 && mapped != -EINVAL && mapped != -ENOTSUP && mapped != -ENOMEM)
 		abort();
 	if (mapped == 0 &&
-	    (m.head_len > m.size || m.tail_off > m.size || m.tail_len > m.size - m.tail_off))
+	    (m.head_len > m.size || m.tail_off > m.size || m.tail_len > m.size - m.tail_off ||
+	     m.end_off > m.size || m.end_len > m.size - m.end_off ||
+	     (m.end_len && m.end_off < m.head_len)))
 		abort(); /* a map outside its own view */
 	codec_view_map_release(&m);
 	ret = codec_embedded_sums(fd, &emb);

@@ -258,6 +258,28 @@ def test_render_of_another_size_is_refused(mount_factory, tmp_path):
     assert m.status()["damaged"] == 1
 
 
+def test_render_that_contradicts_the_map_is_refused(mount_factory, tmp_path):
+    """A view's header and end are served from its map, the rest from its
+    render: a render whose header differs from the map's (here a cached view
+    altered on disk, with checksums off so the cache is not re-checked) is
+    an error, never a file made of the two."""
+    m = mount_factory().start()
+    make_jpeg(os.path.join(m.mnt, "a.jpg"), 640, 480, seed=6, quality=97)
+    m.wait_idle()
+    whole = open(os.path.join(m.mnt, "a.jpg"), "rb").read()
+    m.stop()
+    cache = os.path.join(m.backing, ".hevcfs", "cache")
+    (name,) = os.listdir(cache)
+    data = bytearray(open(os.path.join(cache, name), "rb").read())
+    assert bytes(data) == whole
+    data[3] ^= 0x01  # the first segment's marker byte: in the map's head
+    open(os.path.join(cache, name), "wb").write(data)
+    m = mount_factory("verify_reads=off").start()
+    assert read_errno(os.path.join(m.mnt, "a.jpg")) == errno.EIO
+    log = open(os.path.join(m.backing, ".hevcfs", "log")).read()
+    assert "a.jpg: its view renders other bytes than its header item says" in log, log[-2000:]
+
+
 def test_checksums_survive_rebuild(mount_factory, tmp_path):
     m = mount_factory(OPTS).start()
     src = fill(m.mnt, tmp_path)

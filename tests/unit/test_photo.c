@@ -2201,7 +2201,17 @@ static uint64_t check_map(const char *name)
 	CHECK_EQ(m.head_len, data_start(&v, vd));
 	CHECK(!memcmp(m.head, v.p, m.head_len));
 	CHECK(m.end_len >= 2 && m.end_off > m.head_len && m.end_off + m.end_len == ve);
-	CHECK(!memcmp(m.end, v.p + m.end_off, m.end_len));
+	{
+		uint8_t *e = malloc(m.end_len);
+		codec_view_map_end(&m, m.end_off, e, m.end_len);
+		CHECK(!memcmp(e, v.p + m.end_off, m.end_len));
+		free(e);
+	}
+	{
+		int fd = open(view_path, O_RDONLY);
+		CHECK(fd >= 0 && codec_view_map_matches(fd, &m) == 1);
+		close(fd);
+	}
 	if (m.tail_len) {
 		CHECK_EQ(m.tail_off, ve);
 		CHECK_EQ(m.tail_off + m.tail_len, v.len);

@@ -1182,16 +1182,26 @@ static const size_t view_aligns[] = {65536, 16384, 8192, 4096};
  * exiftool reads there for a trailer. */
 #define VIEW_END_KNOWN 64
 
+/* The padding that ends a head of head bytes on a boundary of g bytes (a
+ * gap too short for a padding segment takes a whole boundary more). */
+static size_t pad_to(size_t head, size_t g)
+{
+	size_t a = (g - head % g) % g;
+
+	return a && !jpeg_pad_ok(a) ? a + g : a;
+}
+
+/* The fill a view needs for VIEW_END_KNOWN bytes at its end to be known. */
+static size_t fill_min(size_t trailer_len)
+{
+	return trailer_len + 2 >= VIEW_END_KNOWN ? 0 : VIEW_END_KNOWN - 2 - trailer_len;
+}
+
 /* The room a view whose head (SOI, segments, tables) is head bytes long
- * needs for its tables to end on an 8 KiB boundary (exiftool's blocks) and
- * its fill to keep VIEW_END_KNOWN bytes. */
+ * needs for its tables to end on an 8 KiB boundary (exiftool's blocks). */
 static size_t room_wanted(size_t head, size_t trailer_len)
 {
-	size_t g = 8192, a = (g - head % g) % g;
-
-	if (a && !jpeg_pad_ok(a))
-		a += g;
-	return a + (trailer_len + 2 >= VIEW_END_KNOWN ? 0 : VIEW_END_KNOWN - 2 - trailer_len);
+	return pad_to(head, 8192) + fill_min(trailer_len);
 }
 
 /* Share room bytes between the view's padding and its fill (vh's pad and
@@ -1200,15 +1210,11 @@ static size_t room_wanted(size_t head, size_t trailer_len)
  * data without padding (SOI, segments, tables). */
 static void place_view(struct view_hdr *vh, size_t head, size_t room, size_t trailer_len)
 {
-	size_t end_min = trailer_len + 2 >= VIEW_END_KNOWN ? 0 : VIEW_END_KNOWN - 2 - trailer_len;
-
 	vh->pad = 0;
 	for (size_t i = 0; i < sizeof(view_aligns) / sizeof(view_aligns[0]); i++) {
-		size_t g = view_aligns[i], a = (g - head % g) % g;
+		size_t a = pad_to(head, view_aligns[i]);
 
-		if (a && !jpeg_pad_ok(a))
-			a += g;
-		if (a <= room && room - a >= end_min) {
+		if (a <= room && room - a >= fill_min(trailer_len)) {
 			vh->pad = (uint32_t)a;
 			break;
 		}

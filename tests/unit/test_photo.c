@@ -2172,11 +2172,9 @@ static int map_path(const char *path, struct codec_view_map *m)
  * of the image data that starts at vd. */
 static size_t data_start(const struct buf *v, size_t vd)
 {
-	size_t p = vd;
+	long off = jpeg_scan_data_off(v->p + vd, v->len - vd);
 
-	while (p + 4 <= v->len && v->p[p] == 0xFF && v->p[p + 1] != 0xDA)
-		p += 2 + ((size_t)v->p[p + 2] << 8 | v->p[p + 3]);
-	return p + 4 <= v->len ? p + 2 + ((size_t)v->p[p + 2] << 8 | v->p[p + 3]) : 0;
+	return off < 0 ? 0 : vd + (size_t)off;
 }
 
 /* The map of name's archived view against the rendered view: the head is
@@ -2230,7 +2228,8 @@ static uint64_t check_map(const char *name)
  * entropy-coded data starts on a 64 KiB boundary and ends 64 bytes or more
  * before the file does, so a reader of 8 KiB blocks that stops at the SOS
  * segment, then reads the last 64 bytes (exiftool), reads only bytes the map
- * knows; the view, fill and all, decodes to what the render coded. */
+ * knows; the view, fill and all, decodes to what the render coded. A header
+ * item whose fill does not add up makes no map. */
 static void test_view_aligned(void)
 {
 	struct buf j = make_jpeg_pf(800, 600, TJSAMP_420, 0, 100, TJPF_RGB, 33), v;
@@ -2265,6 +2264,24 @@ static void test_view_aligned(void)
 		buf_free(&nf);
 	}
 	codec_view_map_release(&m);
+	/* a header item whose fill does not add up makes no map: as large as
+	 * the view, or beyond it */
+	{
+		static const uint32_t fills[] = {0, 0xFFFFFFFFu};
+		struct buf heic = read_path(tpath("aligned.jpg.heic"));
+		uint8_t *at = memmem(heic.p, heic.len, "HVFSJPEG\5", 9);
+
+		CHECK(at != NULL);
+		for (size_t i = 0; at && i < sizeof(fills) / sizeof(fills[0]); i++) {
+			uint32_t f = fills[i] ? fills[i] : (uint32_t)v.len;
+			at[232] = (uint8_t)(f >> 24), at[233] = (uint8_t)(f >> 16);
+			at[234] = (uint8_t)(f >> 8), at[235] = (uint8_t)f;
+			write_path(tpath("badfill.heic"), &heic);
+			CHECK_EQ(map_path(tpath("badfill.heic"), &m), -EINVAL);
+			CHECK(m.head == NULL && m.size == 0);
+		}
+		buf_free(&heic);
+	}
 	buf_free(&v);
 	buf_free(&j);
 }

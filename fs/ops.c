@@ -683,9 +683,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (end > m->size)
 				end = m->size;
 			if (end <= m->head_len) {
+				/* a copy: the reply completes the read before
+				 * writev returns, and the close that follows
+				 * may free the map meanwhile */
+				size_t n = (size_t)(end - (uint64_t)off);
+				char *buf = malloc(n ? n : 1);
+				if (buf)
+					memcpy(buf, m->head + off, n);
 				pthread_mutex_unlock(&h->lock);
-				fuse_reply_buf(req, (const char *)m->head + off,
-					       (size_t)(end - (uint64_t)off));
+				if (buf)
+					fuse_reply_buf(req, buf, n);
+				else
+					reply_err(req, ENOMEM);
+				free(buf);
 				return;
 			}
 			if (view_end_known(m, (uint64_t)off, end)) {
